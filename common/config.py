@@ -1,0 +1,265 @@
+"""Every configuration option, defined once: flag, environment variable, config-file key,
+default, bounds and help.
+
+Commands build their parsers from this table with :func:`build_parser`, so an option means the
+same thing everywhere. Any configuration error ends the program with exit status 78
+(``EX_CONFIG``): systemd's ``RestartPreventExitStatus=78`` then stops a restart loop that no
+restart could fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, NoReturn, Sequence
+from urllib.parse import urlsplit
+
+import configargparse
+
+EX_CONFIG = 78
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message says which and how to fix it."""
+
+
+def bounded_int(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An argparse type: an integer within [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {minimum} to {maximum}, got {text!r}"
+            ) from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {minimum} to {maximum}, got {value}"
+            )
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def parse_bool(text: str) -> bool:
+    """An argparse type for environment-style booleans (``True``/``false``/``1``/``no``...)."""
+    lowered = str(text).strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def database_url(text: str) -> str:
+    """An argparse type: a ``postgresql://`` URL with a host and a database name."""
+    try:
+        validate_database_url(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def validate_database_url(url: str) -> None:
+    """Raise :class:`ConfigError` unless ``url`` is a usable PostgreSQL URL (never echoing it)."""
+    example = "postgresql://USER:PASSWORD@HOST:5432/DBNAME"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as error:
+        raise ConfigError(f"malformed database URL ({error}); expected {example}") from None
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise ConfigError(
+            f"database URL must start with postgresql:// (got scheme {parts.scheme!r}); "
+            f"expected {example}"
+        )
+    if not parts.hostname and "host=" not in parts.query:
+        raise ConfigError(f"database URL names no host; expected {example}")
+    if not parts.path.strip("/"):
+        raise ConfigError(f"database URL names no database; expected {example}")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration option. ``flags[0]`` is its canonical name; ``env`` its variable."""
+
+    flags: tuple[str, ...]
+    dest: str
+    help: str
+    env: str | None = None
+    default: Any = None
+    type: Callable[[str], Any] | None = None
+    action: str | None = None
+    metavar: str | None = None
+    choices: Sequence[str] | None = None
+    required: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add_to(self, parser: configargparse.ArgumentParser) -> None:
+        kwargs: dict[str, Any] = {"dest": self.dest, "help": self.help, **self.extra}
+        if self.env:
+            kwargs["env_var"] = self.env
+        for name in ("default", "type", "action", "metavar", "choices"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = value
+        if self.required:
+            kwargs["required"] = True
+        parser.add_argument(*self.flags, **kwargs)
+
+
+OPTIONS: dict[str, Option] = {
+    option.dest: option
+    for option in (
+        # -- shared by every command ------------------------------------------------------
+        Option(
+            ("--database-url",), "database_url", env="DATABASE_URL", type=database_url,
+            metavar="URL", help="PostgreSQL URL of the application database (postgresql://...)",
+        ),
+        Option(
+            ("--task-processor-database-url",), "task_processor_database_url",
+            env="TASK_PROCESSOR_DATABASE_URL", type=database_url, metavar="URL",
+            help="PostgreSQL URL of a database of its own for the queue (default: DATABASE_URL)",
+        ),
+        Option(
+            ("--log-level",), "log_level", env="LOG_LEVEL", default="INFO",
+            choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
+            help="log level (default INFO)",
+        ),
+        Option(
+            ("--log-format",), "log_format", env="LOG_FORMAT", default="text",
+            choices=("text", "json"), help="log line format: text or json (default text)",
+        ),
+        Option(
+            ("--sentry-dsn",), "sentry_dsn", env="SENTRY_DSN", metavar="DSN",
+            help="report errors to this Sentry DSN (off when unset)",
+        ),
+        # -- run-task-processor ---------------------------------------------------------------
+        Option(
+            ("--tasks",), "tasks", env="TASK_PROCESSOR_TASKS", action="append", metavar="MODULE",
+            help="module that defines tasks; repeat for several (env: comma-separated)",
+        ),
+        Option(
+            ("--numthreads",), "numthreads", env="TASK_PROCESSOR_NUM_THREADS", default=5,
+            type=bounded_int(1, 256), metavar="N",
+            help="number of worker processes (the name is the reference's) (default 5)",
+        ),
+        Option(
+            ("--sleepintervalms",), "sleepintervalms", env="TASK_PROCESSOR_SLEEP_INTERVAL_MS",
+            default=2000, type=bounded_int(10, 3_600_000), metavar="MS",
+            help="fallback poll interval of an idle worker; new tasks wake it at once (default 2000)",
+        ),
+        Option(
+            ("--graceperiodms",), "graceperiodms", env="TASK_PROCESSOR_GRACE_PERIOD_MS",
+            default=20000, type=bounded_int(100, 86_400_000), metavar="MS",
+            help="an idle worker silent this long is stuck and is replaced (default 20000)",
+        ),
+        Option(
+            ("--queuepopsize",), "queuepopsize", env="TASK_PROCESSOR_QUEUE_POP_SIZE",
+            default=10, type=bounded_int(1, 1000), metavar="N",
+            help="tasks a worker claims in one statement (default 10)",
+        ),
+        Option(
+            ("--drain-timeout",), "drain_timeout", env="TASK_PROCESSOR_DRAIN_TIMEOUT",
+            default=30, type=bounded_int(0, 86_400), metavar="SECONDS",
+            help="on SIGTERM, how long running tasks may finish before they are killed (default 30)",
+        ),
+        Option(
+            ("--max-tasks-per-worker",), "max_tasks_per_worker",
+            env="TASK_PROCESSOR_MAX_TASKS_PER_WORKER", default=0,
+            type=bounded_int(0, 1_000_000_000), metavar="N",
+            help="replace a worker after it ran this many tasks; 0 never (default 0)",
+        ),
+        Option(
+            ("--max-worker-memory-mb",), "max_worker_memory_mb",
+            env="TASK_PROCESSOR_MAX_WORKER_MEMORY_MB", default=0,
+            type=bounded_int(0, 1_000_000), metavar="MB",
+            help="replace a worker whose resident memory exceeds this; 0 never (default 0)",
+        ),
+        Option(
+            ("--retention-days",), "retention_days", env="TASK_PROCESSOR_RETENTION_DAYS",
+            default=30, type=bounded_int(1, 36_500), metavar="DAYS",
+            help="delete finished tasks and their runs after this many days (default 30)",
+        ),
+        Option(
+            ("--dead-retention-days",), "dead_retention_days",
+            env="TASK_PROCESSOR_DEAD_RETENTION_DAYS", default=90,
+            type=bounded_int(1, 36_500), metavar="DAYS",
+            help="delete dead tasks (out of attempts) after this many days (default 90)",
+        ),
+        Option(
+            ("--migrate",), "migrate", env="TASK_PROCESSOR_MIGRATE", default=True,
+            type=parse_bool, metavar="BOOL",
+            help="apply pending schema migrations at start (default true)",
+        ),
+    )
+}
+
+
+class _Parser(configargparse.ArgumentParser):
+    """An ArgumentParser whose errors raise :class:`ConfigError` instead of exiting with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def build_parser(prog: str, description: str, options: Sequence[str],
+                 config_file: bool = True) -> configargparse.ArgumentParser:
+    """A parser for ``prog`` with the named options of :data:`OPTIONS`, plus ``--config``."""
+    parser = _Parser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        args_for_setting_config_path=["--config"] if config_file else [],
+        config_arg_help_message="config file (key = value lines, keys as the long flags)",
+        auto_env_var_prefix=None,
+        add_env_var_help=True,
+    )
+    for name in options:
+        OPTIONS[name].add_to(parser)
+    return parser
+
+
+def parse_args(parser: configargparse.ArgumentParser,
+               argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; report a configuration error on stderr and exit 78."""
+    try:
+        namespace = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        if getattr(namespace, "tasks", None) is not None:
+            namespace.tasks = split_modules(namespace.tasks)
+        return namespace
+    except ConfigError as error:
+        exit_config_error(parser.prog, str(error))
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):  # configargparse exits on unreadable config files
+            sys.exit(EX_CONFIG)
+        raise
+
+
+def split_modules(values: Sequence[str]) -> list[str]:
+    """``--tasks a --tasks b,c`` and ``TASK_PROCESSOR_TASKS="a, b"`` both give [a, b, c]."""
+    modules: list[str] = []
+    for value in values:
+        modules.extend(part for part in value.replace(" ", ",").split(",") if part)
+    return modules
+
+
+def exit_config_error(prog: str, message: str) -> NoReturn:
+    """Print ``message`` as a configuration error of ``prog`` and exit with EX_CONFIG."""
+    print(f"{prog}: configuration error: {message}", file=sys.stderr)
+    sys.exit(EX_CONFIG)
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """Read a boolean environment variable; an unreadable value is a :class:`ConfigError`."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return parse_bool(raw)
+    except argparse.ArgumentTypeError as error:
+        raise ConfigError(f"{name}: {error}") from None

@@ -1,0 +1,38 @@
+"""Logging set-up, called once per process (the supervisor, and each worker after fork)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure(level: str = "INFO", fmt: str = "text", role: str = "") -> None:
+    """Send log records to stderr, replacing whatever handlers the parent process had."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        prefix = f"[{role} {os.getpid()}] " if role else ""
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,155 @@
+"""Putting tasks on the queue: the SQL of the application side, and its own connection.
+
+A bulk of tasks goes in one ``INSERT ... SELECT FROM unnest(...)`` round trip. ``queue_size``
+is exact under concurrent callers: a transaction-level advisory lock per task identifier
+serialises the count-then-insert, and the count runs in a statement that starts after the lock
+is held, so it sees every task committed before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Sequence
+
+import psycopg2
+
+from common import db
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "task_processor"
+
+_INSERT = """
+INSERT INTO task_processor.tasks
+    (identifier, args, kwargs, priority, scheduled_for, max_attempts, timeout_ms)
+SELECT %(identifier)s, a.args, a.kwargs, %(priority)s, coalesce(a.scheduled_for, now()),
+       %(max_attempts)s, %(timeout_ms)s
+FROM unnest(%(args)s::jsonb[], %(kwargs)s::jsonb[], %(scheduled_for)s::timestamptz[])
+     WITH ORDINALITY AS a(args, kwargs, scheduled_for, position)
+WHERE a.position <= %(capacity)s
+ORDER BY a.position
+RETURNING id
+"""
+
+_LOCK_IDENTIFIER = "SELECT pg_advisory_xact_lock(hashtext('task_processor.queue_size'), " \
+                   "hashtext(%s))"
+
+_COUNT_WAITING = """
+SELECT count(*) FROM task_processor.tasks WHERE identifier = %s AND state = 'waiting'
+"""
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """One task to insert: its arguments as JSON text, and when it is due (None: now)."""
+
+    args_json: str
+    kwargs_json: str
+    scheduled_for: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """What every task of one identifier shares."""
+
+    identifier: str
+    priority: int
+    max_attempts: int
+    timeout_ms: int
+    queue_size: int | None
+
+
+def insert(cursor, kind: TaskKind, tasks: Sequence[NewTask]) -> list[int | None]:
+    """Insert ``tasks`` in the cursor's transaction; return each one's id, None if refused.
+
+    With a ``queue_size``, tasks beyond the free places are refused (None), never dropped
+    silently: the caller logs them.
+    """
+    capacity = len(tasks)
+    if kind.queue_size is not None:
+        cursor.execute(_LOCK_IDENTIFIER, (kind.identifier,))
+        cursor.execute(_COUNT_WAITING, (kind.identifier,))
+        capacity = max(0, min(capacity, kind.queue_size - cursor.fetchone()[0]))
+    ids: list[int | None] = [None] * len(tasks)
+    if capacity:
+        cursor.execute(_INSERT, {
+            "identifier": kind.identifier,
+            "priority": kind.priority,
+            "max_attempts": kind.max_attempts,
+            "timeout_ms": kind.timeout_ms,
+            "args": [task.args_json for task in tasks],
+            "kwargs": [task.kwargs_json for task in tasks],
+            "scheduled_for": [task.scheduled_for for task in tasks],
+            "capacity": capacity,
+        })
+        for index, (task_id,) in enumerate(cursor.fetchall()):
+            ids[index] = task_id
+    return ids
+
+
+def enqueue(kind: TaskKind, tasks: Sequence[NewTask],
+            connection: db.Connection | None = None) -> list[int | None]:
+    """Insert ``tasks`` on ``connection`` (inside the caller's transaction), or on this
+    thread's own queue connection in a transaction of its own."""
+    if connection is not None:
+        with connection.cursor() as cursor:
+            return insert(cursor, kind, tasks)
+    return _own_connection().run(lambda cursor: insert(cursor, kind, tasks))
+
+
+class _OwnConnection:
+    """The queue connection of one thread of one process, opened on first use.
+
+    A connection is never shared across a fork (the pid is checked) nor across threads. A
+    connection that turns out to be broken is replaced once, then the error is raised.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.connection: db.Connection | None = None
+
+    def _connect(self) -> db.Connection:
+        if self.connection is None or self.connection.closed:
+            self.connection = db.connect(db.queue_database_url(), "enqueue", autocommit=False)
+        return self.connection
+
+    def run(self, work):
+        for attempt in (1, 2):
+            connection = self._connect()
+            try:
+                with connection:  # commits on success, rolls back on error
+                    with connection.cursor() as cursor:
+                        return work(cursor)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                self.close()
+                if attempt == 2:
+                    raise
+                logger.warning("queue connection was broken; reconnecting once")
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.connection is not None and not self.connection.closed:
+            self.connection.close()
+        self.connection = None
+
+
+_local = threading.local()
+
+
+def _own_connection() -> _OwnConnection:
+    own = getattr(_local, "own", None)
+    if own is None or own.pid != os.getpid():
+        own = _OwnConnection()
+        _local.own = own
+    return own
+
+
+def close_own_connection() -> None:
+    """Close this thread's queue connection (tests, and processes about to exit)."""
+    own = getattr(_local, "own", None)
+    if own is not None and own.pid == os.getpid():
+        own.close()

@@ -1,0 +1,52 @@
+"""The process-wide table of task handlers, keyed by task identifier."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.tasks import TaskHandler
+
+
+class DuplicateTaskError(ValueError):
+    """Two handlers were registered under one task identifier."""
+
+
+class UnknownTaskError(LookupError):
+    """No handler is registered under a task identifier."""
+
+
+_handlers: dict[str, "TaskHandler"] = {}
+
+
+def register(handler: "TaskHandler") -> None:
+    """Add ``handler``; refuse a second handler under the same identifier."""
+    existing = _handlers.get(handler.identifier)
+    if existing is not None:
+        raise DuplicateTaskError(
+            f"task identifier {handler.identifier!r} is already registered by "
+            f"{existing.function.__module__}.{existing.function.__qualname__}; pass "
+            f"task_name= to give one of them another name"
+        )
+    _handlers[handler.identifier] = handler
+
+
+def get(identifier: str) -> "TaskHandler":
+    """The handler for ``identifier``; :class:`UnknownTaskError` says what is known."""
+    try:
+        return _handlers[identifier]
+    except KeyError:
+        raise UnknownTaskError(
+            f"no task handler is registered as {identifier!r} in this processor; check the "
+            f"--tasks modules it was started with (it knows {len(_handlers)} tasks)"
+        ) from None
+
+
+def identifiers() -> list[str]:
+    """Every registered identifier, sorted."""
+    return sorted(_handlers)
+
+
+def unregister(identifier: str) -> None:
+    """Remove a handler (for tests that define tasks on the fly)."""
+    _handlers.pop(identifier, None)

@@ -1,0 +1,87 @@
+"""Task arguments are JSON, checked at ``.delay()`` so a bad argument fails its caller at once.
+
+Python's ``json`` module converts silently where it should not (integer dictionary keys become
+strings, NaN becomes a non-standard token), and unknown objects only fail once a worker reads
+them. :func:`serialize_arguments` accepts exactly what survives a round trip, plus tuples, which
+travel as JSON arrays and arrive as lists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+DEFAULT_MAX_ARGUMENT_BYTES = 1024 * 1024
+
+
+class ArgumentError(TypeError):
+    """A task argument cannot be carried as JSON, or the arguments are too large."""
+
+
+def max_argument_bytes() -> int:
+    """The size limit of serialised arguments (``TASK_PROCESSOR_MAX_ARGUMENT_BYTES``)."""
+    raw = os.environ.get("TASK_PROCESSOR_MAX_ARGUMENT_BYTES")
+    return int(raw) if raw else DEFAULT_MAX_ARGUMENT_BYTES
+
+
+def _check(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ArgumentError(f"{path} contains a NUL character, which PostgreSQL's jsonb "
+                                f"cannot store; remove it or encode the text (e.g. base64)")
+        return
+    if value is None or isinstance(value, (bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ArgumentError(f"{path} is {value!r}, which JSON cannot carry; pass a finite "
+                                f"number or None")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check(item, f"{path}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ArgumentError(f"{path} has the key {key!r} ({type(key).__name__}); JSON "
+                                    f"object keys must be strings")
+            _check(key, f"{path} key {key!r}")
+            _check(item, f"{path}[{key!r}]")
+        return
+    raise ArgumentError(
+        f"{path} is a {type(value).__name__} ({_preview(value)}), which JSON cannot carry; "
+        f"pass str, int, float, bool, None, list or dict (for example an id instead of an object)"
+    )
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def serialize_arguments(task: str, args: Sequence[Any] = (),
+                        kwargs: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """Return ``(args_json, kwargs_json)``; raise :class:`ArgumentError` naming the argument."""
+    if not isinstance(args, (list, tuple)):
+        raise ArgumentError(f"{task}: args must be a tuple or list, got {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ArgumentError(f"{task}: kwargs must be a dict, got {type(kwargs).__name__}")
+    for index, value in enumerate(args):
+        _check(value, f"{task}: args[{index}]")
+    for key, value in (kwargs or {}).items():
+        if not isinstance(key, str):
+            raise ArgumentError(f"{task}: kwargs key {key!r} must be a string")
+        _check(value, f"{task}: kwargs[{key!r}]")
+    args_json = json.dumps(list(args), separators=(",", ":"), allow_nan=False)
+    kwargs_json = json.dumps(kwargs or {}, separators=(",", ":"), allow_nan=False)
+    size = len(args_json.encode()) + len(kwargs_json.encode())
+    limit = max_argument_bytes()
+    if size > limit:
+        raise ArgumentError(
+            f"{task}: arguments are {size} bytes as JSON, over the limit of {limit}; pass a "
+            f"reference (an id, a URL) instead, or raise TASK_PROCESSOR_MAX_ARGUMENT_BYTES"
+        )
+    return args_json, kwargs_json

@@ -1,0 +1,216 @@
+"""The public task API: declare tasks, then run them now, in a thread, or on the processor.
+
+    @register_task_handler(priority=TaskPriority.HIGH, timeout=timedelta(seconds=60))
+    def send_email(to: str) -> None: ...
+
+    send_email.delay(args=("a@example.com",))    # the task id, or None
+
+``TASK_RUN_METHOD`` decides what ``.delay()`` does: ``TASK_PROCESSOR`` writes a task row,
+``SEPARATE_THREAD`` (the default) runs it in an unmanaged thread, ``SYNCHRONOUSLY`` runs it
+inline. Inside the processor ``.delay()`` always writes a task row.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+import json
+import logging
+import os
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from common import queue, registry
+from common.config import ConfigError
+from common.db import Connection
+from common.serialization import serialize_arguments
+
+logger = logging.getLogger(__name__)
+
+
+class TaskPriority(enum.IntEnum):
+    """Lower runs first, as in the reference."""
+
+    HIGHEST = 0
+    HIGH = 10
+    NORMAL = 20
+    LOW = 50
+    LOWER = 75
+    LOWEST = 100
+
+
+class TaskRunMethod(enum.Enum):
+    TASK_PROCESSOR = "TASK_PROCESSOR"
+    SEPARATE_THREAD = "SEPARATE_THREAD"
+    SYNCHRONOUSLY = "SYNCHRONOUSLY"
+
+
+class TaskBackoffError(Exception):
+    """Raised by a task to be run again later: at ``delay_until``, or after the usual backoff.
+
+    The attempt counts towards ``max_attempts``.
+    """
+
+    def __init__(self, delay_until: datetime | None = None) -> None:
+        super().__init__(f"task asked to be retried at {delay_until or 'the next backoff'}")
+        self.delay_until = delay_until
+
+
+_in_processor = False
+
+
+def enter_processor_mode() -> None:
+    """Called by the processor's processes: from now on ``.delay()`` always enqueues."""
+    global _in_processor
+    _in_processor = True
+
+
+def run_method() -> TaskRunMethod:
+    """The effective run method; an unknown ``TASK_RUN_METHOD`` is a :class:`ConfigError`."""
+    if _in_processor:
+        return TaskRunMethod.TASK_PROCESSOR
+    raw = os.environ.get("TASK_RUN_METHOD", TaskRunMethod.SEPARATE_THREAD.value)
+    try:
+        return TaskRunMethod(raw.strip().upper())
+    except ValueError:
+        valid = ", ".join(method.value for method in TaskRunMethod)
+        raise ConfigError(f"TASK_RUN_METHOD is {raw!r}; valid values are {valid}") from None
+
+
+def _run_logged(function: Callable[..., Any], identifier: str, args: Sequence[Any],
+                kwargs: Mapping[str, Any]) -> None:
+    """Run a task in a thread that nobody joins: its exception must reach the log."""
+    try:
+        function(*args, **kwargs)
+    except Exception:
+        logger.exception("task %s failed in its thread", identifier)
+
+
+class TaskHandler:
+    """A registered task: call it, ``.delay()`` it, or ``.run_in_thread()`` it."""
+
+    def __init__(self, function: Callable[..., Any], identifier: str, priority: int,
+                 timeout: timedelta, max_attempts: int, queue_size: int | None) -> None:
+        if timeout <= timedelta(0):
+            raise ValueError(f"{identifier}: timeout must be positive, got {timeout}")
+        if max_attempts < 1:
+            raise ValueError(f"{identifier}: max_attempts must be at least 1, got {max_attempts}")
+        if queue_size is not None and queue_size < 1:
+            raise ValueError(f"{identifier}: queue_size must be at least 1, got {queue_size}")
+        self.function = function
+        self.identifier = identifier
+        self.priority = int(priority)
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.queue_size = queue_size
+        functools.update_wrapper(self, function)
+
+    @property
+    def kind(self) -> queue.TaskKind:
+        return queue.TaskKind(
+            identifier=self.identifier,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            timeout_ms=max(1, int(self.timeout.total_seconds() * 1000)),
+            queue_size=self.queue_size,
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<TaskHandler {self.identifier}>"
+
+    def delay(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+              delay_until: datetime | None = None,
+              connection: Connection | None = None) -> int | None:
+        """Run the task by ``TASK_RUN_METHOD``; return its id when it was queued, else None.
+
+        With ``connection=`` (TASK_PROCESSOR mode) the row is inserted in the caller's open
+        transaction: a rollback leaves no task, a commit wakes idle workers.
+        """
+        calls = [{"args": args, "kwargs": kwargs, "delay_until": delay_until}]
+        return self.delay_many(calls, connection=connection)[0]
+
+    def delay_many(self, calls: Iterable[Mapping[str, Any]],
+                   connection: Connection | None = None) -> list[int | None]:
+        """Enqueue many calls in one round trip; each call is a dict with optional keys
+        ``args``, ``kwargs`` and ``delay_until``. Returns one id (or None) per call."""
+        new_tasks = [self._new_task(call) for call in calls]
+        method = run_method()
+        if method is not TaskRunMethod.TASK_PROCESSOR:
+            for task in new_tasks:
+                self._run_here(method, task)
+            return [None] * len(new_tasks)
+        ids = queue.enqueue(self.kind, new_tasks, connection)
+        refused = ids.count(None)
+        if refused:
+            logger.warning("task %s: queue_size %s reached; %d of %d not queued",
+                           self.identifier, self.queue_size, refused, len(ids))
+        return ids
+
+    def _new_task(self, call: Mapping[str, Any]) -> queue.NewTask:
+        unknown = set(call) - {"args", "kwargs", "delay_until"}
+        if unknown:
+            raise TypeError(f"{self.identifier}: unknown keys in a call: {sorted(unknown)}; "
+                            f"use args, kwargs and delay_until")
+        args_json, kwargs_json = serialize_arguments(
+            self.identifier, call.get("args") or (), call.get("kwargs"))
+        delay_until = call.get("delay_until")
+        if delay_until is not None:
+            if not isinstance(delay_until, datetime):
+                raise TypeError(f"{self.identifier}: delay_until must be a datetime, got "
+                                f"{type(delay_until).__name__}")
+            if delay_until.tzinfo is None:
+                raise ValueError(f"{self.identifier}: delay_until must be timezone-aware "
+                                 f"(e.g. datetime.now(timezone.utc) + timedelta(hours=1))")
+        return queue.NewTask(args_json, kwargs_json, delay_until)
+
+    def _run_here(self, method: TaskRunMethod, task: queue.NewTask) -> None:
+        """Run without the processor, on the JSON round-tripped arguments, so a task sees the
+        same values in every mode. A future ``delay_until`` is honoured by a timer thread in
+        SEPARATE_THREAD mode and ignored (run now) in SYNCHRONOUSLY mode."""
+        args, kwargs = json.loads(task.args_json), json.loads(task.kwargs_json)
+        if method is TaskRunMethod.SYNCHRONOUSLY:
+            self.function(*args, **kwargs)
+            return
+        wait = 0.0
+        if task.scheduled_for is not None:
+            wait = max(0.0, (task.scheduled_for - datetime.now(timezone.utc)).total_seconds())
+        timer = threading.Timer(wait, _run_logged, (self.function, self.identifier, args, kwargs))
+        timer.daemon = True
+        timer.start()
+
+    def run_in_thread(self, args: Sequence[Any] = (),
+                      kwargs: Mapping[str, Any] | None = None) -> threading.Thread:
+        """Run now in an unmanaged daemon thread: no persistence, no retry."""
+        thread = threading.Thread(
+            target=_run_logged, args=(self.function, self.identifier, args, kwargs or {}),
+            name=f"task {self.identifier}", daemon=True)
+        thread.start()
+        return thread
+
+
+def _default_identifier(function: Callable[..., Any], task_name: str | None) -> str:
+    """``<last module part>.<name>``, as the reference names tasks."""
+    module = inspect.getmodule(function)
+    module_name = (module.__name__ if module else function.__module__).rsplit(".", 1)[-1]
+    return f"{module_name}.{task_name or function.__name__}"
+
+
+def register_task_handler(task_name: str | None = None,
+                          priority: int = TaskPriority.NORMAL,
+                          timeout: timedelta = timedelta(seconds=60),
+                          max_attempts: int = 3,
+                          queue_size: int | None = None) -> Callable[[Callable[..., Any]], TaskHandler]:
+    """Register the decorated function as a task."""
+
+    def decorator(function: Callable[..., Any]) -> TaskHandler:
+        handler = TaskHandler(function, _default_identifier(function, task_name), priority,
+                              timeout, max_attempts, queue_size)
+        registry.register(handler)
+        return handler
+
+    return decorator
