@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn, Sequence
@@ -70,8 +71,12 @@ def validate_database_url(url: str) -> None:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as error:
-        raise ConfigError(f"malformed database URL ({error}); expected {example}") from None
+    except ValueError:
+        # The parser's own message may quote part of the password: never show it.
+        raise ConfigError(
+            f"malformed database URL (host or port unreadable; a password containing / ? # @ "
+            f"or : must be percent-encoded); expected {example}"
+        ) from None
     if parts.scheme not in {"postgres", "postgresql"}:
         raise ConfigError(
             f"database URL must start with postgresql:// (got scheme {parts.scheme!r}); "
@@ -248,9 +253,22 @@ def split_modules(values: Sequence[str]) -> list[str]:
     return modules
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/?#@\s]*:)(\S*)@")
+
+
+def hide_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``.
+
+    Parser messages can quote a value as given (an unknown config-file key, say), and that
+    value may be a database URL.
+    """
+    return _URL_PASSWORD.sub(
+        lambda match: match[0] if match[2] == "PASSWORD" else f"{match[1]}***@", text)
+
+
 def exit_config_error(prog: str, message: str) -> NoReturn:
     """Print ``message`` as a configuration error of ``prog`` and exit with EX_CONFIG."""
-    print(f"{prog}: configuration error: {message}", file=sys.stderr)
+    print(f"{prog}: configuration error: {hide_passwords(message)}", file=sys.stderr)
     sys.exit(EX_CONFIG)
 
 

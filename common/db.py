@@ -8,7 +8,7 @@ tell the processes apart in ``pg_stat_activity``.
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.extensions
@@ -42,13 +42,15 @@ def queue_database_url(explicit: str | None = None,
 
 
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs and error messages."""
+    """``url`` with its password (in the user part or a ``password=`` parameter) replaced by
+    ``***``, for logs and error messages."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    query = [(key, "***" if key == "password" else value)
+             for key, value in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
 
 
 def describe(url: str) -> str:

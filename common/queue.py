@@ -16,8 +16,10 @@ from datetime import datetime
 from typing import Sequence
 
 import psycopg2
+import psycopg2.errors
 
 from common import db
+from common.migrations import SchemaOutdated
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +97,30 @@ def enqueue(kind: TaskKind, tasks: Sequence[NewTask],
             connection: db.Connection | None = None) -> list[int | None]:
     """Insert ``tasks`` on ``connection`` (inside the caller's transaction), or on this
     thread's own queue connection in a transaction of its own."""
-    if connection is not None:
+    try:
+        if connection is None:
+            return _own_connection().run(lambda cursor: insert(cursor, kind, tasks))
+        if connection.autocommit:
+            return _in_one_transaction(connection, kind, tasks)
         with connection.cursor() as cursor:
             return insert(cursor, kind, tasks)
-    return _own_connection().run(lambda cursor: insert(cursor, kind, tasks))
+    except psycopg2.errors.UndefinedTable:
+        raise SchemaOutdated(
+            "the task processor schema is missing from this database; run "
+            "`task-processor migrate` against it") from None
+
+
+def _in_one_transaction(connection: db.Connection, kind: TaskKind,
+                        tasks: Sequence[NewTask]) -> list[int | None]:
+    """On an autocommit connection each statement would commit alone, releasing the
+    ``queue_size`` lock before the insert: run the whole enqueue as one transaction."""
+    connection.autocommit = False
+    try:
+        with connection:
+            with connection.cursor() as cursor:
+                return insert(cursor, kind, tasks)
+    finally:
+        connection.autocommit = True
 
 
 class _OwnConnection:

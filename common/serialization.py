@@ -8,12 +8,16 @@ travel as JSON arrays and arrive as lists.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 from typing import Any, Mapping, Sequence
 
+from common.config import ConfigError, bounded_int
+
 DEFAULT_MAX_ARGUMENT_BYTES = 1024 * 1024
+_positive_bytes = bounded_int(1, 1024 * 1024 * 1024)
 
 
 class ArgumentError(TypeError):
@@ -23,7 +27,12 @@ class ArgumentError(TypeError):
 def max_argument_bytes() -> int:
     """The size limit of serialised arguments (``TASK_PROCESSOR_MAX_ARGUMENT_BYTES``)."""
     raw = os.environ.get("TASK_PROCESSOR_MAX_ARGUMENT_BYTES")
-    return int(raw) if raw else DEFAULT_MAX_ARGUMENT_BYTES
+    if not raw:
+        return DEFAULT_MAX_ARGUMENT_BYTES
+    try:
+        return _positive_bytes(raw)
+    except argparse.ArgumentTypeError as error:
+        raise ConfigError(f"TASK_PROCESSOR_MAX_ARGUMENT_BYTES: {error}") from None
 
 
 def _check(value: Any, path: str) -> None:
@@ -52,7 +61,7 @@ def _check(value: Any, path: str) -> None:
             _check(item, f"{path}[{key!r}]")
         return
     raise ArgumentError(
-        f"{path} is a {type(value).__name__} ({_preview(value)}), which JSON cannot carry; "
+        f"{path} has type {type(value).__name__} ({_preview(value)}), which JSON cannot carry; "
         f"pass str, int, float, bool, None, list or dict (for example an id instead of an object)"
     )
 
@@ -74,6 +83,7 @@ def serialize_arguments(task: str, args: Sequence[Any] = (),
     for key, value in (kwargs or {}).items():
         if not isinstance(key, str):
             raise ArgumentError(f"{task}: kwargs key {key!r} must be a string")
+        _check(key, f"{task}: kwargs key {key!r}")
         _check(value, f"{task}: kwargs[{key!r}]")
     args_json = json.dumps(list(args), separators=(",", ":"), allow_nan=False)
     kwargs_json = json.dumps(kwargs or {}, separators=(",", ":"), allow_nan=False)

@@ -88,17 +88,38 @@ def _run_logged(function: Callable[..., Any], identifier: str, args: Sequence[An
         logger.exception("task %s failed in its thread", identifier)
 
 
+_MAX_TIMEOUT = timedelta(days=24)  # fits timeout_ms, a 32-bit integer column of milliseconds
+_MAX_ATTEMPTS = 1_000_000
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_settings(identifier: str, priority: Any, timeout: Any, max_attempts: Any,
+                    queue_size: Any) -> None:
+    """Refuse a bad setting at import time, where the mistake is, not when a task runs."""
+    if not _is_int(priority) or not TaskPriority.HIGHEST <= priority <= TaskPriority.LOWEST:
+        raise ValueError(f"{identifier}: priority must be a whole number from "
+                         f"{TaskPriority.HIGHEST:d} (runs first) to {TaskPriority.LOWEST:d}, "
+                         f"e.g. TaskPriority.HIGH; got {priority!r}")
+    if not isinstance(timeout, timedelta) or not timedelta(0) < timeout <= _MAX_TIMEOUT:
+        raise ValueError(f"{identifier}: timeout must be a timedelta above zero and at most "
+                         f"{_MAX_TIMEOUT}, e.g. timedelta(seconds=60); got {timeout!r}")
+    if not _is_int(max_attempts) or not 1 <= max_attempts <= _MAX_ATTEMPTS:
+        raise ValueError(f"{identifier}: max_attempts must be a whole number from 1 to "
+                         f"{_MAX_ATTEMPTS}; got {max_attempts!r}")
+    if queue_size is not None and (not _is_int(queue_size) or queue_size < 1):
+        raise ValueError(f"{identifier}: queue_size must be None (no limit) or a whole number "
+                         f"of at least 1; got {queue_size!r}")
+
+
 class TaskHandler:
     """A registered task: call it, ``.delay()`` it, or ``.run_in_thread()`` it."""
 
     def __init__(self, function: Callable[..., Any], identifier: str, priority: int,
                  timeout: timedelta, max_attempts: int, queue_size: int | None) -> None:
-        if timeout <= timedelta(0):
-            raise ValueError(f"{identifier}: timeout must be positive, got {timeout}")
-        if max_attempts < 1:
-            raise ValueError(f"{identifier}: max_attempts must be at least 1, got {max_attempts}")
-        if queue_size is not None and queue_size < 1:
-            raise ValueError(f"{identifier}: queue_size must be at least 1, got {queue_size}")
+        _check_settings(identifier, priority, timeout, max_attempts, queue_size)
         self.function = function
         self.identifier = identifier
         self.priority = int(priority)
