@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+import os
+import sys
+import traceback
+from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
     from common.tasks import TaskHandler
@@ -14,6 +18,10 @@ class DuplicateTaskError(ValueError):
 
 class UnknownTaskError(LookupError):
     """No handler is registered under a task identifier."""
+
+
+class TaskModuleError(ImportError):
+    """A module named by ``--tasks`` cannot be imported; the message gives the reason."""
 
 
 _handlers: dict[str, "TaskHandler"] = {}
@@ -50,3 +58,29 @@ def identifiers() -> list[str]:
 def unregister(identifier: str) -> None:
     """Remove a handler (for tests that define tasks on the fly)."""
     _handlers.pop(identifier, None)
+
+
+def load_modules(modules: Iterable[str]) -> None:
+    """Import each task module so that its handlers register themselves.
+
+    The working directory is searched first, as ``python -m`` does, so that a console script
+    started from a project's root finds the project's modules.
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as error:
+            raise TaskModuleError(
+                f"cannot import task module {module!r}: {type(error).__name__}: {error}"
+                f"{_where(error)}"
+            ) from error
+
+
+def _where(error: Exception) -> str:
+    """Where a module's own code raised; import and syntax errors already say it."""
+    if isinstance(error, (ImportError, SyntaxError)):
+        return ""
+    origin = traceback.extract_tb(error.__traceback__)[-1]
+    return f" ({origin.filename}, line {origin.lineno})"

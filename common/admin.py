@@ -1,0 +1,249 @@
+"""task-processor: the operator's command: migrate the schema, inspect and requeue tasks.
+
+Exit status: 0 on success, 1 when the work could not be done (database down, schema not
+current, unknown or non-dead task), 78 for a configuration or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timedelta
+from typing import Any, Callable, Sequence
+
+import psycopg2
+
+from common import admin_sql, db, migrations, registry
+from common.builtin import BUILTIN_TASK_MODULES
+from common.config import OPTIONS, ConfigError, build_parser, exit_config_error, parse_args
+
+PROG = "task-processor"
+STATES = ("waiting", "running", "succeeded", "dead")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class CommandFailed(Exception):
+    """The command could not do its work; the message is its one line of output."""
+
+
+def _age(seconds: float | None) -> str:
+    """``1h 02m 03s``: an age an operator reads at a glance."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _time(value: datetime | None) -> str:
+    return value.isoformat(sep=" ", timespec="seconds") if value else "-"
+
+
+def _first_line(text: str | None, width: int = 60) -> str:
+    line = (text or "").strip().splitlines()[-1:] or [""]
+    return line[0] if len(line[0]) <= width else line[0][: width - 3] + "..."
+
+
+def _connect(args: argparse.Namespace) -> db.Connection:
+    url = db.queue_database_url(args.task_processor_database_url, args.database_url)
+    return db.connect(url, "admin")
+
+
+def _query(args: argparse.Namespace, sql: str, params: Any = None) -> list[tuple]:
+    """Run one inspection query after checking that the schema is there to query."""
+    connection = _connect(args)
+    try:
+        migrations.check_current(connection)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    connection = _connect(args)
+    try:
+        applied = migrations.migrate(connection)
+    finally:
+        connection.close()
+    for migration in applied:
+        print(f"applied {migration.version:04d}_{migration.name}")
+    if not applied:
+        latest = migrations.available()[-1]
+        print(f"schema is current (latest migration {latest.version:04d}_{latest.name})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    connection = _connect(args)
+    try:
+        migrations.check_current(connection)
+        with connection.cursor() as cursor:
+            cursor.execute(admin_sql.STATE_COUNTS)
+            counts = dict.fromkeys(STATES, 0) | dict(cursor.fetchall())
+            cursor.execute(admin_sql.WAITING_SUMMARY)
+            due, scheduled, oldest = cursor.fetchone()
+            cursor.execute(admin_sql.LIVE_PROCESSORS)
+            processors = cursor.fetchall()
+    finally:
+        connection.close()
+    oldest_seconds = float(oldest) if oldest is not None else None
+    if args.json:
+        print(json.dumps({"states": counts, "waiting_due": due, "waiting_scheduled": scheduled,
+                          "oldest_due_seconds": oldest_seconds,
+                          "processors": len(processors)}))
+        return 0
+    for state in STATES:
+        print(f"{state:<10} {counts[state]}")
+    print(f"waiting now {due}, scheduled later {scheduled}, "
+          f"oldest waiting for {_age(oldest_seconds)}")
+    print(f"processors {len(processors)}")
+    for pid_row in processors:
+        processor_id, host, pid, workers, state, beat = pid_row
+        print(f"  {processor_id} on {host} pid {pid}: {workers} workers, {state}, "
+              f"last beat {_age(float(beat))} ago")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = _query(args, admin_sql.LIST_TASKS,
+                  {"state": args.state, "identifier": args.identifier, "limit": args.limit})
+    print(f"{'ID':>8}  {'STATE':<9}  {'TRIES':>5}  {'PRIO':>4}  {'SCHEDULED FOR':<25}  "
+          f"IDENTIFIER / LAST ERROR")
+    for task_id, identifier, state, attempts, max_attempts, priority, scheduled, error in rows:
+        tries = f"{attempts}/{max_attempts}"
+        print(f"{task_id:>8}  {state:<9}  {tries:>5}  {priority:>4}  {_time(scheduled):<25}  "
+              f"{identifier}" + (f"  ({_first_line(error)})" if error else ""))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    tasks = _query(args, admin_sql.TASK, (args.id,))
+    if not tasks:
+        raise CommandFailed(f"no task {args.id}")
+    (task_id, identifier, state, priority, attempts, max_attempts, timeout_ms, task_args,
+     task_kwargs, created, scheduled, finished, lease_owner, lease_expires, error) = tasks[0]
+    print(f"task {task_id}: {identifier}")
+    print(f"  state        {state}")
+    print(f"  attempts     {attempts} of {max_attempts}")
+    print(f"  priority     {priority}")
+    print(f"  timeout      {timedelta(milliseconds=timeout_ms)}")
+    print(f"  args         {json.dumps(task_args)}")
+    print(f"  kwargs       {json.dumps(task_kwargs)}")
+    print(f"  created      {_time(created)}")
+    print(f"  scheduled    {_time(scheduled)}")
+    print(f"  finished     {_time(finished)}")
+    if lease_owner:
+        print(f"  lease        {lease_owner} until {_time(lease_expires)}")
+    if error:
+        print("  last error")
+        print("    " + error.rstrip().replace("\n", "\n    "))
+    runs = _query(args, admin_sql.TASK_RUNS, (task_id,))
+    print(f"runs ({len(runs)})")
+    for attempt, worker, started, ended, result, run_error in runs:
+        print(f"  #{attempt} {result:<11} {_time(started)} -> {_time(ended)} on {worker}")
+        if run_error:
+            print("    " + run_error.rstrip().replace("\n", "\n    "))
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    if bool(args.ids) == args.dead:
+        exit_config_error(PROG, "requeue needs task ids or --dead (not both)")
+    if args.identifier and not args.dead:
+        exit_config_error(PROG, "requeue: --identifier goes with --dead")
+    ids = args.ids or None
+    requeued = [row[0] for row in _query(args, admin_sql.REQUEUE_DEAD,
+                                         {"ids": ids, "identifier": args.identifier})]
+    print(f"requeued {len(requeued)} dead task{'s' if len(requeued) != 1 else ''}"
+          + (f": {', '.join(map(str, sorted(requeued)))}" if ids and requeued else ""))
+    if ids is None:
+        return 0
+    missed = sorted(set(ids) - set(requeued))
+    if not missed:
+        return 0
+    states = dict(_query(args, admin_sql.STATES_OF, (missed,)))
+    for task_id in missed:
+        state = states.get(task_id)
+        reason = f"is {state}, not dead" if state else "does not exist"
+        print(f"task {task_id} {reason}: left as it is", file=sys.stderr)
+    return 1
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    registry.load_modules([*BUILTIN_TASK_MODULES, *(args.tasks or [])])
+    handlers = [registry.get(identifier) for identifier in registry.identifiers()]
+    if not handlers:
+        raise CommandFailed("no tasks registered; name the module that defines them with "
+                            "--tasks MODULE")
+    print(f"{'IDENTIFIER':<40} {'PRIORITY':>8} {'TIMEOUT':>10} {'ATTEMPTS':>8} QUEUE SIZE")
+    for handler in handlers:
+        print(f"{handler.identifier:<40} {handler.priority:>8} "
+              f"{str(handler.timeout):>10} {handler.max_attempts:>8} "
+              f"{handler.queue_size or '-'}")
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def build() -> argparse.ArgumentParser:
+    """The parser: every option of common.config (one config file serves every command, so
+    processor options are accepted here and ignored), then one subcommand."""
+    parser = build_parser(PROG, __doc__, list(OPTIONS))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, run: Command, help_: str, aliases: Sequence[str] = ()):
+        sub = commands.add_parser(name, help=help_, description=help_, aliases=list(aliases))
+        sub.set_defaults(run=run)
+        return sub
+
+    add("migrate", cmd_migrate, "apply pending schema migrations")
+    status = add("status", cmd_status, "task counts per state and the oldest waiting task",
+                 aliases=["stats"])
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    listing = add("list", cmd_list, "the latest tasks, newest first")
+    listing.add_argument("--state", choices=STATES, help="only tasks in this state")
+    listing.add_argument("--identifier", help="only tasks of this task identifier")
+    listing.add_argument("--limit", type=_positive, default=50, help="at most N (default 50)")
+    show = add("show", cmd_show, "one task with its runs and errors")
+    show.add_argument("id", type=_positive, help="task id")
+    requeue = add("requeue", cmd_requeue,
+                  "dead tasks back to waiting, due now, with a fresh attempt budget")
+    requeue.add_argument("ids", type=_positive, nargs="*", metavar="ID", help="task ids")
+    requeue.add_argument("--dead", action="store_true", help="every dead task")
+    requeue.add_argument("--identifier", help="with --dead: only tasks of this identifier")
+    tasks = add("tasks", cmd_tasks, "the task identifiers that the given modules register")
+    tasks.add_argument("--tasks", action="append", metavar="MODULE", default=argparse.SUPPRESS,
+                       help="module that defines tasks; repeat for several")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(build(), argv)
+    try:
+        return args.run(args)
+    except (ConfigError, registry.TaskModuleError) as error:
+        exit_config_error(PROG, str(error))
+    except (CommandFailed, db.DatabaseUnavailable, migrations.SchemaOutdated) as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+    except psycopg2.Error as error:
+        print(f"{PROG}: database error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
