@@ -1,0 +1,43 @@
+"""The SQL of the HTTP API's own endpoints (the probe's lives with its task)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.pool import Cursor
+from common import health_sql
+
+_PING = "SELECT 1"
+
+# "waiting" is the reference's number: tasks due now that no worker has claimed.
+_TASK_COUNTS = """
+SELECT count(*) FILTER (WHERE state = 'waiting' AND scheduled_for <= now()) AS waiting,
+       count(*) FILTER (WHERE state = 'waiting' AND scheduled_for > now()) AS scheduled,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state = 'dead') AS dead,
+       coalesce(extract(epoch FROM now() - min(scheduled_for)
+                FILTER (WHERE state = 'waiting' AND scheduled_for <= now())), 0)::float8
+           AS oldest_waiting_seconds
+FROM task_processor.tasks
+WHERE state IN ('waiting', 'running', 'dead')
+"""
+
+
+def ping(cursor: Cursor) -> None:
+    """A round trip to the database."""
+    cursor.execute(_PING)
+    cursor.fetchone()
+
+
+def monitoring(cursor: Cursor) -> dict[str, Any]:
+    """Task counts by state, the age of the oldest due task, and the live processors' workers."""
+    cursor.execute(_TASK_COUNTS)
+    names = [column.name for column in cursor.description]
+    counts = dict(zip(names, cursor.fetchone()))
+    processors = [p for p in health_sql.processors_not_stopped(cursor) if p.beat_fresh]
+    workers = health_sql.workers_of(cursor, [p.id for p in processors])
+    counts["oldest_waiting_seconds"] = round(counts["oldest_waiting_seconds"], 3)
+    counts["processors_alive"] = len(processors)
+    counts["workers_alive"] = sum(1 for worker in workers
+                                  if worker.healthy and worker.state is not None)
+    return counts

@@ -1,0 +1,46 @@
+"""The API's settings, read from the environment so that a host application can mount it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from common import db
+from common.config import ConfigError, env_flag
+
+DEFAULT_ROUND_TRIP_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    database_url: str
+    round_trip_enabled: bool = False
+    round_trip_timeout_seconds: float = DEFAULT_ROUND_TRIP_TIMEOUT_SECONDS
+    monitoring_token: str | None = None
+
+    @classmethod
+    def from_environment(cls, database_url: str | None = None,
+                         task_processor_database_url: str | None = None) -> "ApiSettings":
+        """Settings from ``DATABASE_URL``/``TASK_PROCESSOR_DATABASE_URL``,
+        ``ENABLE_TASK_PROCESSOR_HEALTH_CHECK``, ``TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT`` and
+        ``TASK_PROCESSOR_MONITORING_TOKEN``; raise :class:`ConfigError` on a bad value."""
+        return cls(
+            database_url=db.queue_database_url(task_processor_database_url, database_url),
+            round_trip_enabled=env_flag("ENABLE_TASK_PROCESSOR_HEALTH_CHECK"),
+            round_trip_timeout_seconds=_timeout("TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT"),
+            monitoring_token=os.environ.get("TASK_PROCESSOR_MONITORING_TOKEN") or None,
+        )
+
+
+def _timeout(name: str) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return DEFAULT_ROUND_TRIP_TIMEOUT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 60:
+        raise ConfigError(f"{name} is {raw!r}; expected a number of seconds from 0.1 to 60, "
+                          f"e.g. {DEFAULT_ROUND_TRIP_TIMEOUT_SECONDS:g}")
+    return value
