@@ -33,10 +33,16 @@ def register(handler: "TaskHandler") -> None:
     if existing is not None:
         raise DuplicateTaskError(
             f"task identifier {handler.identifier!r} is already registered by "
-            f"{existing.function.__module__}.{existing.function.__qualname__}; pass "
+            f"{_origin(existing.function)}; pass "
             f"task_name= to give one of them another name"
         )
     _handlers[handler.identifier] = handler
+
+
+def _origin(function: object) -> str:
+    """``module.name`` of a task function, or of the class of a callable object."""
+    name = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return f"{getattr(function, '__module__', '?')}.{name}"
 
 
 def get(identifier: str) -> "TaskHandler":

@@ -218,7 +218,7 @@ def _default_identifier(function: Callable[..., Any], task_name: str | None) -> 
     """``<last module part>.<name>``, as the reference names tasks."""
     module = inspect.getmodule(function)
     module_name = (module.__name__ if module else function.__module__).rsplit(".", 1)[-1]
-    return f"{module_name}.{task_name or function.__name__}"
+    return f"{module_name}.{task_name or getattr(function, '__name__', type(function).__name__)}"
 
 
 def register_task_handler(task_name: str | None = None,
@@ -235,3 +235,4 @@ def register_task_handler(task_name: str | None = None,
         return handler
 
     return decorator
+from common.recurring import register_recurring_task  # noqa: E402,F401 - public API
