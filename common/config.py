@@ -186,6 +186,12 @@ OPTIONS: dict[str, Option] = {
             help="replace a worker whose resident memory exceeds this; 0 never (default 0)",
         ),
         Option(
+            ("--lease-seconds",), "lease_seconds", env="TASK_PROCESSOR_LEASE_SECONDS",
+            default=60, type=bounded_int(2, 86_400), metavar="SECONDS",
+            help="lease of a claimed task, renewed while its processor lives; after a lost "
+                 "processor its tasks are requeued this long after its last renewal (default 60)",
+        ),
+        Option(
             ("--retention-days",), "retention_days", env="TASK_PROCESSOR_RETENTION_DAYS",
             default=30, type=bounded_int(1, 36_500), metavar="DAYS",
             help="delete finished tasks and their runs after this many days (default 30)",

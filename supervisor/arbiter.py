@@ -1,0 +1,405 @@
+"""The supervisor: one thread, one loop, a small method per concern.
+
+Signal handlers only queue the signal number. Each turn of the loop handles queued signals,
+reaps children (unknown ones too: the supervisor may be PID 1 in a container), kills stuck
+workers, starts missing ones, tends the database (heartbeat, lease renewal, requeues) and
+pings systemd.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import setproctitle
+
+from common import db
+from common.slots import Beat, Slots, WorkerState
+from supervisor import queries
+from supervisor.database import SupervisorDatabase
+from supervisor.systemd import Notifier
+from worker.process import Worker, WorkerSettings, worker_id
+
+logger = logging.getLogger(__name__)
+
+MAX_WORKERS = 256
+TICK = 0.1  # the longest the loop sleeps when nothing happens
+KILL_AFTER_DUMP = 0.3  # between the SIGUSR1 stack dump and the SIGKILL
+MIN_UPTIME = 5.0  # a worker that dies sooner, unasked, counts towards a crash loop
+CRASH_LOOP_LIMIT = 5  # that many quick deaths in a row in one slot stop the processor
+RESPAWN_DELAY_CAP = 30.0
+
+EXIT_OK, EXIT_FATAL = 0, 1
+
+
+@dataclass
+class WorkerProcess:
+    """The supervisor's record of one live worker process."""
+
+    slot: int
+    generation: int
+    pid: int
+    started: float
+    settings: WorkerSettings
+    last_beat: Beat | None = None
+    kill_reason: str | None = None
+    kill_result: str = "worker_lost"
+    dump_sent_at: float | None = None
+    stop_requested: bool = False
+
+    @property
+    def owner(self) -> str:
+        return worker_id(self.settings.processor_id, self.slot, self.generation)
+
+
+@dataclass
+class SlotHistory:
+    """Per slot: generations started, and quick deaths in a row (crash-loop backoff)."""
+
+    generation: int = 0
+    quick_deaths: int = 0
+    respawn_at: float = 0.0
+
+
+@dataclass
+class Supervisor:
+    settings: WorkerSettings
+    num_workers: int
+    drain_timeout: float
+    reload_settings: Callable[[], tuple[WorkerSettings, int] | None]
+    on_start: Callable[[db.Connection], None] = lambda connection: None
+    migrate: bool = True
+    workers: dict[int, WorkerProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.slots = Slots(MAX_WORKERS)
+        self.history = [SlotHistory() for _ in range(MAX_WORKERS)]
+        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.notifier = Notifier()
+        self.database = SupervisorDatabase(self.settings, self.host, self.pid)
+        self.draining_until: float | None = None
+        self.stopping_now = False
+        self.exit_code = EXIT_OK
+        self.ready_sent = False
+        self.next_watchdog = 0.0
+        self.status = ""
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signal_handlers()
+        self._title("starting")
+        if not self.database.start(self.num_workers, self._signal_pending, self.on_start,
+                                   self.migrate):
+            return self.exit_code  # stopped by a signal while waiting for the database
+        logger.info("processor %s starting %d workers", self.settings.processor_id,
+                    self.num_workers)
+        while True:
+            self._handle_signals()
+            if self.stopping_now:
+                break
+            self._reap()
+            self._watch_workers()
+            if self.draining_until is not None:
+                if not self.workers:
+                    break
+            else:
+                self._replace_outdated()
+                self._spawn_missing()
+            self._tend_database()
+            self._talk_to_systemd()
+        self._shutdown()
+        return self.exit_code
+
+    # -- signals ------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                       signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+            signal.signal(signum, self._queue_signal)
+
+    def _queue_signal(self, signum: int, frame: object) -> None:
+        self.signals.put(signum)
+
+    def _signal_pending(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a signal while starting; True if it asks us to stop."""
+        try:
+            signum = self.signals.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            logger.info("stopping before start: got %s", signal.Signals(signum).name)
+            return True
+        return False
+
+    def _handle_signals(self) -> None:
+        try:
+            signum = self.signals.get(timeout=TICK)
+        except queue.Empty:
+            return
+        while True:
+            self._handle_signal(signum)
+            try:
+                signum = self.signals.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle_signal(self, signum: int) -> None:
+        if signum == signal.SIGCHLD:
+            return  # the loop reaps next
+        name = signal.Signals(signum).name
+        if signum == signal.SIGQUIT or (signum in (signal.SIGTERM, signal.SIGINT)
+                                        and self.draining_until is not None):
+            logger.info("got %s: stopping at once", name)
+            self.stopping_now = True
+        elif signum in (signal.SIGTERM, signal.SIGINT):
+            self._start_drain(name)
+        elif signum == signal.SIGHUP:
+            self._reload()
+        elif signum == signal.SIGTTIN:
+            self._resize(self.num_workers + 1)
+        elif signum == signal.SIGTTOU:
+            self._resize(self.num_workers - 1)
+
+    def _start_drain(self, name: str) -> None:
+        logger.info("got %s: draining (running tasks may finish within %.0f s)", name,
+                    self.drain_timeout)
+        self.draining_until = time.monotonic() + self.drain_timeout
+        self.notifier.stopping(f"draining {len(self.workers)} workers")
+        self.database.state = "draining"
+        for process in self.workers.values():
+            self._ask_to_stop(process)
+
+    def _reload(self) -> None:
+        """Re-read the configuration; replace the workers one by one with the new one."""
+        self.notifier.reloading()
+        reloaded = self.reload_settings()
+        if reloaded is None:
+            logger.error("SIGHUP: the new configuration is invalid; keeping the current one")
+        else:
+            self.settings, num_workers = reloaded
+            self.settings = _same_identity(self.settings, self.database.settings)
+            self.database.settings = self.settings
+            logger.info("SIGHUP: configuration reloaded; replacing workers one by one")
+            self._resize(num_workers)
+        self.notifier.ready(self._status_line())
+
+    def _resize(self, num_workers: int) -> None:
+        num_workers = max(1, min(MAX_WORKERS, num_workers))
+        if num_workers != self.num_workers:
+            logger.info("workers: %d -> %d", self.num_workers, num_workers)
+        self.num_workers = num_workers
+        for slot, process in self.workers.items():
+            if slot >= num_workers:
+                self._ask_to_stop(process)
+
+    # -- children -----------------------------------------------------------------------------
+
+    def _spawn_missing(self) -> None:
+        now = time.monotonic()
+        for slot in range(self.num_workers):
+            if slot not in self.workers and now >= self.history[slot].respawn_at:
+                self._spawn(slot)
+
+    def _spawn(self, slot: int) -> None:
+        history = self.history[slot]
+        history.generation += 1
+        self.slots.clear(slot)
+        settings = self.settings
+        pid = os.fork()
+        if pid == 0:  # the child never returns from here
+            Worker(settings, self.slots, slot, history.generation, self.pid).run()
+        self.workers[slot] = WorkerProcess(slot, history.generation, pid, time.monotonic(),
+                                           settings)
+        logger.debug("worker %d started: pid %d, generation %d", slot, pid, history.generation)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            process = next((p for p in self.workers.values() if p.pid == pid), None)
+            if process is None:
+                logger.debug("reaped pid %d, not a worker", pid)  # orphans when PID 1
+                continue
+            del self.workers[process.slot]
+            self._worker_exited(process, status)
+
+    def _worker_exited(self, process: WorkerProcess, status: int) -> None:
+        history = self.history[process.slot]
+        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
+               else f"signal {signal.Signals(os.WTERMSIG(status)).name}")
+        beat = process.last_beat
+        task_id = beat.task_id if beat and beat.state == WorkerState.BUSY else 0
+        if process.kill_reason:
+            reason, result = process.kill_reason, process.kill_result
+        elif clean:
+            reason, result = "worker stopped", "worker_lost"
+        else:
+            reason, result = f"worker {process.slot} (pid {process.pid}) died: {how}", \
+                "worker_lost"
+            logger.error("%s%s", reason, f" while running task {task_id}" if task_id else "")
+        self.database.release_worker(process.owner, task_id, reason, result,
+                                     time.monotonic() - beat.beat if task_id and beat else 0.0)
+        if process.slot >= self.num_workers:
+            self.database.forget_slot(process.slot)
+        if clean or process.kill_reason or process.stop_requested:
+            history.quick_deaths = 0
+            history.respawn_at = 0.0
+            return
+        lived = time.monotonic() - process.started
+        history.quick_deaths = history.quick_deaths + 1 if lived < MIN_UPTIME else 0
+        if history.quick_deaths >= CRASH_LOOP_LIMIT:
+            logger.critical("worker %d died %d times in a row within %.0f s of starting: crash "
+                            "loop; stopping the processor", process.slot, history.quick_deaths,
+                            MIN_UPTIME)
+            self.exit_code = EXIT_FATAL
+            self.stopping_now = True
+        elif history.quick_deaths:
+            delay = min(RESPAWN_DELAY_CAP, 0.5 * 2 ** (history.quick_deaths - 1))
+            history.respawn_at = time.monotonic() + delay
+            logger.warning("worker %d respawns in %.1f s", process.slot, delay)
+
+    def _watch_workers(self) -> None:
+        """Read every slot; kill the stuck, and everyone left at the drain deadline."""
+        now = time.monotonic()
+        grace = self.settings.grace_period
+        for process in list(self.workers.values()):
+            beat = self.slots.read(process.slot)
+            if beat is not None and beat.pid == process.pid:
+                process.last_beat = beat
+            beat = process.last_beat
+            if process.kill_reason:
+                self._finish_kill(process, now)
+            elif self.draining_until is not None and now >= self.draining_until:
+                self._kill(process, "killed at the drain deadline", "worker_lost")
+            elif beat is not None and beat.state == WorkerState.BUSY:
+                if now > beat.deadline:
+                    timeout = beat.deadline - beat.beat
+                    self._kill(process, f"task {beat.task_id} exceeded its timeout of "
+                                        f"{timeout:.1f} s", "timeout")
+            else:
+                last = beat.beat if beat is not None else process.started
+                if now - last > grace:
+                    state = beat.state.name.lower() if beat else "booting"
+                    self._kill(process, f"worker {process.slot} was {state} and silent for "
+                                        f"{now - last:.1f} s (grace period {grace:.1f} s)",
+                               "worker_lost")
+
+    def _kill(self, process: WorkerProcess, reason: str, result: str) -> None:
+        """Dump the worker's stack (SIGUSR1), then SIGKILL it a moment later: only SIGKILL
+        stops a worker stuck in C code."""
+        logger.error("killing worker %d (pid %d, task %s): %s", process.slot, process.pid,
+                     process.last_beat.task_id if process.last_beat else "-", reason)
+        process.kill_reason, process.kill_result = reason, result
+        process.dump_sent_at = time.monotonic()
+        _send(process.pid, signal.SIGUSR1)
+
+    def _finish_kill(self, process: WorkerProcess, now: float) -> None:
+        if process.dump_sent_at is not None and now - process.dump_sent_at >= KILL_AFTER_DUMP:
+            _send(process.pid, signal.SIGKILL)
+            process.dump_sent_at = None
+
+    def _ask_to_stop(self, process: WorkerProcess) -> None:
+        """SIGTERM: the worker finishes its task, gives back the rest of its batch, exits 0."""
+        process.stop_requested = True
+        _send(process.pid, signal.SIGTERM)
+
+    def _replace_outdated(self) -> None:
+        """After a reload, stop one worker that runs the old configuration at a time; it is
+        respawned with the new one, and the next follows once it is up."""
+        if any(p.stop_requested for p in self.workers.values()):
+            return
+        if any(p.last_beat is None or p.last_beat.state == WorkerState.BOOTING
+               for p in self.workers.values() if p.settings is self.settings):
+            return
+        for process in self.workers.values():
+            if process.settings is not self.settings:
+                self._ask_to_stop(process)
+                return
+
+    # -- database, systemd, shutdown ------------------------------------------------------------
+
+    def _tend_database(self) -> None:
+        owners = [p.owner for p in self.workers.values()]
+        self.database.tend(self.num_workers, owners)
+        if self.database.lease_at_risk() and self.draining_until is None:
+            for process in self.workers.values():
+                beat = process.last_beat
+                if beat is not None and beat.state == WorkerState.BUSY and \
+                        not process.kill_reason:
+                    self._kill(process, "its lease could not be renewed (database unreachable);"
+                                        " stopped so that no other processor runs the task "
+                                        "twice", "worker_lost")
+
+    def _talk_to_systemd(self) -> None:
+        now = time.monotonic()
+        if not self.ready_sent and self.workers and all(
+                p.last_beat is not None and p.last_beat.state in (WorkerState.IDLE,
+                                                                  WorkerState.BUSY)
+                for p in self.workers.values()):
+            self.ready_sent = True
+            self.notifier.ready(self._status_line())
+            logger.info("processor %s ready: %d workers", self.settings.processor_id,
+                        len(self.workers))
+        interval = self.notifier.watchdog_interval
+        if interval and now >= self.next_watchdog:
+            self.notifier.watchdog()
+            self.next_watchdog = now + interval
+        status = self._status_line()
+        if status != self.status:
+            self.status = status
+            self.notifier.status(status)
+            self._title(status)
+
+    def _status_line(self) -> str:
+        busy = sum(1 for p in self.workers.values()
+                   if p.last_beat is not None and p.last_beat.state == WorkerState.BUSY)
+        done = sum(p.last_beat.tasks_done for p in self.workers.values() if p.last_beat)
+        mode = "draining, " if self.draining_until is not None else ""
+        return f"{mode}{len(self.workers)}/{self.num_workers} workers, {busy} busy, " \
+               f"{done} tasks by current workers"
+
+    def _title(self, text: str) -> None:
+        setproctitle.setproctitle(f"tp-supervisor {text}")
+
+    def _shutdown(self) -> None:
+        """Kill what is left, reap it, give back its tasks, and sign off."""
+        for process in self.workers.values():
+            if not process.kill_reason:
+                process.kill_reason = "processor stopped at once"
+            _send(process.pid, signal.SIGKILL)
+        for process in list(self.workers.values()):
+            try:
+                _, status = os.waitpid(process.pid, 0)
+            except ChildProcessError:
+                status = 0
+            del self.workers[process.slot]
+            self._worker_exited(process, status)
+        self.notifier.stopping("stopped")
+        self.database.stop()
+        logger.info("processor %s stopped", self.settings.processor_id)
+
+
+def _same_identity(new: WorkerSettings, old: WorkerSettings) -> WorkerSettings:
+    """A reload keeps the processor id: it is the same processor."""
+    return replace(new, processor_id=old.processor_id)
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,118 @@
+"""``run-task-processor``: parse the configuration, import the task modules, run the
+supervisor. Exit status: 0 after a requested stop, 78 for a configuration error (including a
+task module that cannot be imported), 1 for a fatal error such as a worker crash loop."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import secrets
+import socket
+import sys
+import traceback
+from typing import Sequence
+
+from common import db, logs, sentry
+from common.builtin import BUILTIN_TASK_MODULES
+from common.config import ConfigError, build_parser, exit_config_error, parse_args, split_modules
+from common.tasks import enter_processor_mode
+from supervisor.arbiter import Supervisor
+from worker.process import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+PROG = "run-task-processor"
+DESCRIPTION = """\
+Run the queued tasks. A supervisor process forks --numthreads worker processes (the option
+keeps the reference's name; they are processes), watches their heartbeats, and kills and
+replaces any worker that is stuck or runs a task past its timeout.
+
+Signals: TERM/INT drain (running tasks finish, up to --drain-timeout), a second TERM/INT or
+QUIT stops at once, HUP reloads the configuration, TTIN/TTOU add or remove a worker.
+Exit status: 0 stopped on request, 78 configuration error, 1 fatal error (crash loop)."""
+
+OPTIONS = (
+    "tasks", "numthreads", "sleepintervalms", "graceperiodms", "queuepopsize", "drain_timeout",
+    "max_tasks_per_worker", "max_worker_memory_mb", "lease_seconds", "retention_days",
+    "dead_retention_days", "migrate", "database_url", "task_processor_database_url",
+    "log_level", "log_format", "sentry_dsn",
+)
+
+RETRY_BACKOFF_SECONDS = 1.0  # a failed task's first retry comes 0.5-1 s later, then doubles
+MAX_RETRY_BACKOFF_SECONDS = 600.0
+
+
+def worker_settings(options: argparse.Namespace, processor_id: str) -> WorkerSettings:
+    """Settings for the workers, from parsed options; ConfigError if no database is set."""
+    return WorkerSettings(
+        database_url=db.queue_database_url(options.task_processor_database_url,
+                                           options.database_url),
+        processor_id=processor_id,
+        sleep_interval=options.sleepintervalms / 1000,
+        grace_period=options.graceperiodms / 1000,
+        queue_pop_size=options.queuepopsize,
+        lease_seconds=options.lease_seconds,
+        max_tasks=options.max_tasks_per_worker,
+        max_memory_mb=options.max_worker_memory_mb,
+        backoff_seconds=RETRY_BACKOFF_SECONDS,
+        max_backoff_seconds=MAX_RETRY_BACKOFF_SECONDS,
+        log_level=options.log_level,
+        log_format=options.log_format,
+        sentry_dsn=options.sentry_dsn,
+    )
+
+
+def import_task_modules(modules: Sequence[str]) -> None:
+    """Import every task module before the first fork, so that workers inherit them and a
+    broken module stops the start (exit 78) instead of feeding a respawn loop."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `--tasks app.tasks` works from the project root
+    for module in [*BUILTIN_TASK_MODULES, *modules]:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001 - any import error is a configuration error
+            traceback.print_exc(file=sys.stderr)
+            exit_config_error(PROG, f"cannot import task module {module!r}: "
+                                    f"{type(error).__name__}: {error}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(PROG, DESCRIPTION, OPTIONS)
+    options = parse_args(parser, argv)
+    logs.configure(options.log_level, options.log_format, role="supervisor")
+    processor_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    try:
+        settings = worker_settings(options, processor_id)
+    except ConfigError as error:
+        exit_config_error(PROG, str(error))
+    if not options.tasks:
+        logger.warning("no task modules given (--tasks or TASK_PROCESSOR_TASKS): this "
+                       "processor runs only the built-in tasks")
+    import_task_modules(options.tasks or [])
+    sentry.init(options.sentry_dsn, "supervisor")
+    enter_processor_mode()
+
+    def reload() -> tuple[WorkerSettings, int] | None:
+        """Re-read flags, environment and config file; None if the result is invalid."""
+        try:
+            new = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+            if new.tasks is not None:
+                new.tasks = split_modules(new.tasks)
+            if sorted(new.tasks or []) != sorted(options.tasks or []):
+                logger.warning("SIGHUP cannot change --tasks: restart the processor to load "
+                               "other task modules")
+            return worker_settings(new, processor_id), new.numthreads
+        except (ConfigError, SystemExit) as error:
+            logger.error("SIGHUP: %s", error)
+            return None
+
+    supervisor = Supervisor(settings=settings, num_workers=options.numthreads,
+                            drain_timeout=options.drain_timeout, reload_settings=reload,
+                            migrate=options.migrate)
+    return supervisor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

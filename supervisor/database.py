@@ -1,0 +1,238 @@
+"""The supervisor's side of the database: its heartbeat, its workers' leases, and requeueing
+the tasks of whatever died. Every call is short and bounded (statement timeout), and a
+database that is down never stops the supervisor's loop: work that could not be written is
+kept and written once the database is back."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import psutil
+import psycopg2
+
+from common import db, migrations
+from supervisor import queries
+from worker.process import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+STATEMENT_TIMEOUT_MS = 5000
+RECONNECT_CAP = 10.0
+REQUEUE_EVERY = 10.0  # seconds between looks for expired leases and dead local processors
+
+
+@dataclass(frozen=True)
+class Release:
+    """The leases of one worker that exited, to give back."""
+
+    owner: str
+    task_id: int
+    reason: str
+    result: str
+    running_seconds: float
+
+
+class SupervisorDatabase:
+    def __init__(self, settings: WorkerSettings, host: str, pid: int) -> None:
+        self.settings = settings
+        self.host = host
+        self.pid = pid
+        self.state = "running"
+        self.connection: db.Connection | None = None
+        self.pending: list[Release] = []
+        self.next_attempt = 0.0
+        self.reconnect_delay = 0.5
+        self.next_beat = 0.0
+        self.next_requeue = 0.0
+        self.last_renewal = time.monotonic()
+        self.duties: list = []
+
+    @property
+    def beat_interval(self) -> float:
+        return min(5.0, self.settings.grace_period / 4, self.settings.lease_seconds / 4)
+
+    # -- start and stop -----------------------------------------------------------------------
+
+    def start(self, num_workers: int, stop_requested: Callable[[float], bool],
+              on_start: Callable[[db.Connection], None], migrate: bool = True) -> bool:
+        """Wait for the database (retrying with backoff), migrate, register this processor and
+        requeue what dead processors on this host left. False if a signal said stop first."""
+        delay = 0.5
+        while True:
+            try:
+                self._connect()
+                if migrate:
+                    applied = migrations.migrate(self.connection)
+                    for migration in applied:
+                        logger.info("applied migration %04d_%s", migration.version,
+                                    migration.name)
+                else:
+                    migrations.check_current(self.connection)
+                self._execute(queries.REGISTER, {
+                    "processor_id": self.settings.processor_id, "host": self.host,
+                    "pid": self.pid, "num_workers": num_workers,
+                    "grace_period_ms": int(self.settings.grace_period * 1000)})
+                self._requeue_dead_local_processors()
+                on_start(self.connection)
+                self.last_renewal = time.monotonic()
+                return True
+            except (psycopg2.OperationalError, psycopg2.InterfaceError,
+                    db.DatabaseUnavailable) as error:
+                self._drop()
+                logger.warning("database unavailable at start (%s); retrying in %.1f s",
+                               _one_line(error), delay)
+                if stop_requested(delay):
+                    return False
+                delay = min(delay * 2, RECONNECT_CAP)
+
+    def stop(self) -> None:
+        """Write what is pending and mark this processor stopped (best effort)."""
+        self.state = "stopped"
+        if self.connection is None:
+            try:
+                self._connect()
+            except db.DatabaseUnavailable as error:
+                logger.error("could not record the stop: %s", error)
+                return
+        try:
+            self._flush_releases()
+            self._execute(queries.MARK_STOPPED, {"processor_id": self.settings.processor_id})
+        except psycopg2.Error as error:
+            logger.error("could not record the stop: %s", _one_line(error))
+        finally:
+            self._drop()
+
+    # -- the loop's calls ---------------------------------------------------------------------
+
+    def tend(self, num_workers: int, own_owners: list[str]) -> None:
+        """Beat, renew leases, requeue, run the periodic duties: each when it is due."""
+        now = time.monotonic()
+        if now < self.next_attempt:
+            return
+        try:
+            if self.connection is None:
+                self._connect()
+            self._flush_releases()
+            if now >= self.next_beat:
+                self._beat(num_workers, own_owners)
+                self.next_beat = now + self.beat_interval
+            if now >= self.next_requeue:
+                self._execute(queries.REQUEUE_EXPIRED, {
+                    "own_owners": own_owners, "reason": "its lease expired"})
+                self._requeue_dead_local_processors()
+                self.next_requeue = now + REQUEUE_EVERY
+            for duty in self.duties:
+                if now >= duty.next_due():
+                    duty.run(self.connection)
+            self.reconnect_delay = 0.5
+        except (psycopg2.Error, db.DatabaseUnavailable) as error:
+            self._drop()
+            self.next_attempt = now + self.reconnect_delay
+            logger.warning("database: %s; retrying in %.1f s", _one_line(error),
+                           self.reconnect_delay)
+            self.reconnect_delay = min(self.reconnect_delay * 2, RECONNECT_CAP)
+
+    def lease_at_risk(self) -> bool:
+        """True once renewals have failed for most of a lease: other processors may soon
+        take this processor's tasks."""
+        return time.monotonic() - self.last_renewal > self.settings.lease_seconds * 0.75
+
+    def release_worker(self, owner: str, task_id: int, reason: str, result: str,
+                       running_seconds: float) -> None:
+        """Give back a dead worker's tasks now, or as soon as the database answers."""
+        self.pending.append(Release(owner, task_id, reason, result, running_seconds))
+        self.next_attempt = 0.0
+        self.tend_releases()
+
+    def tend_releases(self) -> None:
+        try:
+            if self.connection is None:
+                self._connect()
+            self._flush_releases()
+        except (psycopg2.Error, db.DatabaseUnavailable) as error:
+            self._drop()
+            logger.warning("could not release leases yet (%s); will retry", _one_line(error))
+
+    def forget_slot(self, slot: int) -> None:
+        try:
+            if self.connection is not None:
+                self._execute(queries.FORGET_WORKER_SLOT,
+                              {"processor_id": self.settings.processor_id, "slot": slot})
+        except psycopg2.Error as error:
+            self._drop()
+            logger.warning("could not delete the row of worker slot %d: %s", slot,
+                           _one_line(error))
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _beat(self, num_workers: int, own_owners: list[str]) -> None:
+        self._execute(queries.BEAT, {
+            "processor_id": self.settings.processor_id, "host": self.host, "pid": self.pid,
+            "num_workers": num_workers,
+            "grace_period_ms": int(self.settings.grace_period * 1000),
+            "state": self.state, "lease_seconds": self.settings.lease_seconds,
+            "own_owners": own_owners})
+        self.last_renewal = time.monotonic()
+
+    def _flush_releases(self) -> None:
+        while self.pending:
+            release = self.pending[0]
+            self._execute(queries.RELEASE_WORKER, {
+                "owner": release.owner, "task_id": release.task_id, "reason": release.reason,
+                "result": release.result, "backoff": release.result == "timeout",
+                "running_seconds": release.running_seconds,
+                "backoff_seconds": self.settings.backoff_seconds,
+                "max_backoff_seconds": self.settings.max_backoff_seconds})
+            self.pending.pop(0)
+
+    def _requeue_dead_local_processors(self) -> None:
+        """Processors on this host whose process is gone: requeue their leases now instead of
+        waiting for them to expire, and mark them stopped."""
+        rows = self._execute(queries.PROCESSORS_ON_HOST, {
+            "host": self.host, "processor_id": self.settings.processor_id})
+        for processor_id, pid, started_at in rows:
+            if _process_alive(pid, float(started_at)):
+                continue
+            requeued = self._execute(queries.REQUEUE_PROCESSOR, {
+                "owner_prefix": processor_id + "/",
+                "reason": f"its processor {processor_id} died"})
+            self._execute(queries.MARK_STOPPED, {"processor_id": processor_id})
+            logger.warning("processor %s (pid %d) is gone: requeued %d of its tasks",
+                           processor_id, pid, requeued[0][0] if requeued else 0)
+
+    def _connect(self) -> None:
+        if self.connection is None:
+            self.connection = db.connect(self.settings.database_url, "supervisor",
+                                         statement_timeout_ms=STATEMENT_TIMEOUT_MS)
+
+    def _execute(self, statement, params: dict) -> list[tuple]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+
+    def _drop(self) -> None:
+        if self.connection is not None:
+            try:
+                self.connection.close()
+            except psycopg2.Error:
+                pass
+            self.connection = None
+
+
+def _process_alive(pid: int, started_at: float) -> bool:
+    """Is ``pid`` the process that registered at ``started_at`` (not a later one that reuses
+    the number, as PID 1 does in every container)?"""
+    if pid == os.getpid():
+        return False
+    try:
+        return psutil.Process(pid).create_time() <= started_at + 1.0
+    except psutil.Error:
+        return False
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]

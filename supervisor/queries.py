@@ -1,0 +1,112 @@
+"""The supervisor's SQL: its heartbeat row, lease renewal, and giving back the tasks of
+workers and processors that died, so that nothing is lost."""
+
+from __future__ import annotations
+
+from psycopg2 import sql
+
+REGISTER = """
+INSERT INTO task_processor.processors (id, host, pid, num_workers, grace_period_ms)
+VALUES (%(processor_id)s, %(host)s, %(pid)s, %(num_workers)s, %(grace_period_ms)s)
+"""
+
+# Requeues the tasks selected by the CTE ``lost`` (columns id, lease_owner): each lost
+# attempt counts, is recorded as ``worker_lost``, and a task out of attempts is dead. Idle
+# workers are woken when anything was requeued.
+_REQUEUE_LOST = """
+WITH lost AS ({select}), requeued AS (
+    UPDATE task_processor.tasks AS t
+    SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'waiting' END,
+        finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+        last_error = %(reason)s || ' (worker ' || lost.lease_owner || ')',
+        lease_owner = NULL, lease_expires_at = NULL
+    FROM lost WHERE t.id = lost.id
+    RETURNING t.id, t.attempts, t.state, t.last_error, lost.lease_owner
+), recorded AS (
+    INSERT INTO task_processor.runs (task_id, attempt, worker, started_at, result, error)
+    SELECT id, attempts, lease_owner, now(), 'worker_lost', last_error FROM requeued
+)
+SELECT count(*) FROM requeued, LATERAL (SELECT pg_notify('task_processor', '')) AS wake
+"""
+
+# Expired leases anywhere in the cluster (a processor on another host died with its tasks),
+# a bounded batch per heartbeat so that one statement never locks much.
+REQUEUE_EXPIRED = sql.SQL(_REQUEUE_LOST).format(select=sql.SQL("""
+    SELECT id, lease_owner FROM task_processor.tasks
+    WHERE state = 'running' AND lease_expires_at < now()
+      AND NOT (lease_owner = ANY(%(own_owners)s))
+    ORDER BY lease_expires_at
+    LIMIT 500
+    FOR UPDATE SKIP LOCKED"""))
+
+# Every lease of one processor that is known to be dead.
+REQUEUE_PROCESSOR = sql.SQL(_REQUEUE_LOST).format(select=sql.SQL("""
+    SELECT id, lease_owner FROM task_processor.tasks
+    WHERE state = 'running' AND starts_with(lease_owner, %(owner_prefix)s)
+    FOR UPDATE"""))
+
+# The supervisor's heartbeat: its row (re-created if an operator deleted it) and the leases
+# of its live workers, renewed in one statement.
+BEAT = """
+WITH processor AS (
+    INSERT INTO task_processor.processors AS p
+        (id, host, pid, num_workers, grace_period_ms, state)
+    VALUES (%(processor_id)s, %(host)s, %(pid)s, %(num_workers)s, %(grace_period_ms)s,
+            %(state)s)
+    ON CONFLICT (id) DO UPDATE
+    SET last_beat_at = now(), num_workers = excluded.num_workers, state = excluded.state
+    RETURNING id
+), renewed AS (
+    UPDATE task_processor.tasks
+    SET lease_expires_at = now() + %(lease_seconds)s * interval '1 second'
+    WHERE state = 'running' AND lease_owner = ANY(%(own_owners)s)
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM renewed)
+"""
+
+# A worker that died: the task it was running (if it is still leased to it) counts the
+# attempt and is retried (after a backoff when it overran its timeout, at once when it was
+# killed from outside); the tasks it had claimed but not started go back without an attempt.
+RELEASE_WORKER = """
+WITH released AS (
+    UPDATE task_processor.tasks AS t
+    SET state = CASE WHEN t.id = %(task_id)s AND t.attempts >= t.max_attempts
+                     THEN 'dead' ELSE 'waiting' END,
+        attempts = CASE WHEN t.id = %(task_id)s THEN t.attempts ELSE t.attempts - 1 END,
+        scheduled_for = CASE
+            WHEN t.id = %(task_id)s AND %(backoff)s THEN now()
+                 + least(%(backoff_seconds)s * power(2, t.attempts - 1), %(max_backoff_seconds)s)
+                 * (0.5 + random() / 2) * interval '1 second'
+            ELSE t.scheduled_for END,
+        finished_at = CASE WHEN t.id = %(task_id)s AND t.attempts >= t.max_attempts
+                           THEN now() END,
+        last_error = CASE WHEN t.id = %(task_id)s THEN %(reason)s ELSE t.last_error END,
+        lease_owner = NULL, lease_expires_at = NULL
+    WHERE t.lease_owner = %(owner)s AND t.state = 'running'
+    RETURNING t.id, t.attempts, t.state
+), recorded AS (
+    INSERT INTO task_processor.runs (task_id, attempt, worker, started_at, result, error)
+    SELECT id, attempts, %(owner)s, now() - %(running_seconds)s * interval '1 second',
+           %(result)s, %(reason)s
+    FROM released WHERE id = %(task_id)s
+)
+SELECT count(*) FROM released, LATERAL (SELECT pg_notify('task_processor', '')) AS wake
+"""
+
+PROCESSORS_ON_HOST = """
+SELECT id, pid, extract(epoch FROM started_at) FROM task_processor.processors
+WHERE host = %(host)s AND state <> 'stopped' AND id <> %(processor_id)s
+"""
+
+MARK_STOPPED = """
+WITH stopped AS (
+    UPDATE task_processor.processors SET state = 'stopped', stopped_at = now()
+    WHERE id = %(processor_id)s
+)
+DELETE FROM task_processor.workers WHERE processor_id = %(processor_id)s
+"""
+
+FORGET_WORKER_SLOT = """
+DELETE FROM task_processor.workers WHERE processor_id = %(processor_id)s AND slot = %(slot)s
+"""

@@ -1,0 +1,295 @@
+"""One worker process: claim a batch under a lease, run it, record it, wait for more.
+
+A worker is forked by the supervisor and never returns to the supervisor's code: it leaves
+through ``os._exit``. It writes its heartbeat slot before every task and while idle; the
+supervisor reads it and kills the worker if it goes silent or overruns a task's deadline.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import psutil
+import psycopg2
+import setproctitle
+
+from common import db, logs, sentry
+from common.slots import Slots, WorkerState
+from common.tasks import enter_processor_mode
+from worker import queries
+from worker.runner import ClaimedTask, Outcome, run_task
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_FLUSH_AFTER = 0.010  # record finished attempts before the next task once they are this old
+_MAX_WAIT = 1.0  # an idle worker beats its slot at least this often
+_RETRY_BASE, _RETRY_CAP = 0.1, 5.0  # reconnect backoff while the database is down
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker needs from the processor's configuration."""
+
+    database_url: str
+    processor_id: str
+    sleep_interval: float
+    grace_period: float
+    queue_pop_size: int
+    lease_seconds: int
+    max_tasks: int
+    max_memory_mb: int
+    backoff_seconds: float
+    max_backoff_seconds: float
+    log_level: str
+    log_format: str
+    sentry_dsn: str | None
+
+
+def worker_id(processor_id: str, slot: int, generation: int) -> str:
+    """The lease owner of one worker process: unique per process start."""
+    return f"{processor_id}/{slot}.{generation}"
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, slots: Slots, slot: int, generation: int,
+                 parent_pid: int) -> None:
+        self.settings = settings
+        self.slots = slots
+        self.slot = slot
+        self.generation = generation
+        self.parent_pid = parent_pid
+        self.owner = worker_id(settings.processor_id, slot, generation)
+        self.pid = os.getpid()
+        self.connection: db.Connection | None = None
+        self.stopping = False
+        self.tasks_done = 0
+        self.poll_interval = min(settings.sleep_interval, settings.grace_period / 3)
+        self._wakeup_read = -1
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The child's whole life; never returns."""
+        code = 0
+        try:
+            self._boot()
+            self._loop()
+        except BaseException:  # noqa: BLE001 - a worker must always leave through _exit
+            logger.exception("worker %s crashed", self.owner)
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _boot(self) -> None:
+        self._die_with_parent()
+        self._reset_signals()
+        self.pid = os.getpid()
+        self._beat(WorkerState.BOOTING)
+        logs.configure(self.settings.log_level, self.settings.log_format,
+                       role=f"worker {self.slot}")
+        sentry.init(self.settings.sentry_dsn, f"worker {self.slot}")
+        enter_processor_mode()
+        self._title("booting")
+
+    def _die_with_parent(self) -> None:
+        """Ask the kernel to SIGKILL this process when the supervisor dies, then make sure it
+        did not die already (between fork and prctl)."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != self.parent_pid:
+            os._exit(0)
+
+    def _reset_signals(self) -> None:
+        """Drop the supervisor's handlers: TERM asks this worker to stop after its task; the
+        rest is the supervisor's business. USR1 dumps every thread's stack to the log."""
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+                       signal.SIGQUIT):
+            signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self._on_term)
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wakeup_read = read
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        wake = True  # claim at once on start: work may be waiting
+        next_poll = 0.0
+        while not self.stopping and not self._should_recycle():
+            now = time.monotonic()
+            if wake or now >= next_poll:
+                batch = self._database(self._claim)
+                next_poll = time.monotonic() + self.poll_interval
+                if batch:
+                    self._run_batch(batch)
+                    wake = True  # there may be more: claim again before sleeping
+                    continue
+                wake = False
+            self._beat(WorkerState.IDLE)
+            self._title("idle")
+            wake = self._wait(max(0.0, min(next_poll - time.monotonic(), _MAX_WAIT)))
+        logger.debug("worker %s leaves after %d tasks", self.owner, self.tasks_done)
+
+    def _wait(self, timeout: float) -> bool:
+        """Sleep until a notification, a signal or ``timeout``; True if work was announced."""
+        connection = self.connection
+        watched = [self._wakeup_read] + ([connection] if connection is not None else [])
+        try:
+            readable, _, _ = select.select(watched, [], [], timeout)
+        except OSError:
+            readable = []
+        if self._wakeup_read in readable:
+            try:
+                while os.read(self._wakeup_read, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        if connection is not None and connection in readable:
+            try:
+                connection.poll()
+            except psycopg2.Error:
+                self._drop_connection()
+                return True
+            announced = bool(connection.notifies)
+            connection.notifies.clear()
+            return announced
+        return False
+
+    def _run_batch(self, batch: list[ClaimedTask]) -> None:
+        pending: list[Outcome] = []
+        oldest = 0.0
+        for index, task in enumerate(batch):
+            if self.stopping or self._should_recycle():
+                self._record(pending)
+                self._database(lambda: self._release(batch[index:]))
+                return
+            if pending and time.monotonic() - oldest > _FLUSH_AFTER:
+                self._record(pending)
+                pending = []
+            self._beat(WorkerState.BUSY, task.id, time.monotonic() + task.timeout_ms / 1000)
+            self._title(f"busy task {task.id} {task.identifier}")
+            outcome = run_task(task)
+            if not pending:
+                oldest = time.monotonic()
+            pending.append(outcome)
+            self.tasks_done += 1
+        self._record(pending)
+
+    def _record(self, outcomes: list[Outcome]) -> None:
+        if outcomes:
+            self._beat(WorkerState.IDLE)
+            self._database(lambda: self._finish(outcomes))
+
+    # -- the database -------------------------------------------------------------------------
+
+    def _database(self, work):
+        """Run ``work`` until it succeeds, reconnecting with backoff while the database is down.
+        The slot keeps beating meanwhile: a worker waiting for the database is not stuck."""
+        delay = _RETRY_BASE
+        while True:
+            try:
+                if self.connection is None:
+                    self._connect()
+                return work()
+            except (psycopg2.OperationalError, psycopg2.InterfaceError, db.DatabaseUnavailable) \
+                    as error:
+                self._drop_connection()
+                logger.warning("worker %s: database unavailable (%s); retrying in %.1f s",
+                               self.owner, " ".join(str(error).split())[:200], delay)
+                self._sleep_beating(delay)
+                delay = min(delay * 2, _RETRY_CAP)
+
+    def _connect(self) -> None:
+        self.connection = db.connect(self.settings.database_url, f"worker {self.slot}")
+        with self.connection.cursor() as cursor:
+            cursor.execute(queries.LISTEN)
+
+    def _drop_connection(self) -> None:
+        if self.connection is not None:
+            try:
+                self.connection.close()
+            except psycopg2.Error:
+                pass
+            self.connection = None
+
+    def _claim(self) -> list[ClaimedTask]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(queries.CLAIM, {
+                "limit": self.settings.queue_pop_size,
+                "owner": self.owner,
+                "lease_seconds": self.settings.lease_seconds,
+                "processor_id": self.settings.processor_id,
+                "slot": self.slot,
+                "pid": self.pid,
+                "generation": self.generation,
+            })
+            rows = cursor.fetchall()
+        return [ClaimedTask(*row) for row in rows]
+
+    def _finish(self, outcomes: list[Outcome]) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.execute(queries.FINISH, {
+                "ids": [o.task_id for o in outcomes],
+                "outcomes": [o.result for o in outcomes],
+                "errors": [o.error for o in outcomes],
+                "started": [o.started_at for o in outcomes],
+                "finished": [o.finished_at for o in outcomes],
+                "retry_at": [o.retry_at for o in outcomes],
+                "owner": self.owner,
+                "backoff_seconds": self.settings.backoff_seconds,
+                "max_backoff_seconds": self.settings.max_backoff_seconds,
+            })
+            recorded = {row[0] for row in cursor.fetchall()}
+        lost = [o.task_id for o in outcomes if o.task_id not in recorded]
+        if lost:
+            logger.warning("worker %s lost the lease of tasks %s before recording them; their "
+                           "results were not written", self.owner, lost)
+
+    def _release(self, tasks: list[ClaimedTask]) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.execute(queries.RELEASE_UNSTARTED,
+                           {"ids": [task.id for task in tasks], "owner": self.owner})
+
+    # -- heartbeats and housekeeping ----------------------------------------------------------
+
+    def _beat(self, state: WorkerState, task_id: int = 0, deadline: float = 0.0) -> None:
+        self.slots.write(self.slot, self.pid, self.generation, state, task_id, deadline,
+                         self.tasks_done)
+
+    def _sleep_beating(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and (left := end - time.monotonic()) > 0:
+            self._beat(WorkerState.IDLE)
+            time.sleep(min(left, _MAX_WAIT))
+
+    def _title(self, text: str) -> None:
+        setproctitle.setproctitle(f"tp-worker {self.slot} {text}"[:200])
+
+    def _should_recycle(self) -> bool:
+        """Replace this process between tasks after enough tasks or too much memory."""
+        if self.settings.max_tasks and self.tasks_done >= self.settings.max_tasks:
+            return True
+        if self.settings.max_memory_mb:
+            rss_mb = psutil.Process().memory_info().rss / (1024 * 1024)
+            if rss_mb > self.settings.max_memory_mb:
+                logger.info("worker %s uses %.0f MiB (limit %d); recycling", self.owner,
+                            rss_mb, self.settings.max_memory_mb)
+                return True
+        return False
+

@@ -1,0 +1,87 @@
+"""The worker's SQL: claim a batch under a lease, record the attempts, give back what it did
+not start. Each is one statement, so a worker costs one round trip per batch each way."""
+
+from __future__ import annotations
+
+# Claims up to %(limit)s due tasks (the partial index tasks_claim_idx serves the inner
+# SELECT), counts the attempt, sets the lease, and upserts the worker's heartbeat row in the
+# same statement: busy until the latest time the batch may end, or idle.
+CLAIM = """
+WITH next AS (
+    SELECT id FROM task_processor.tasks
+    WHERE state = 'waiting' AND scheduled_for <= now()
+    ORDER BY priority, scheduled_for, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE task_processor.tasks AS t
+    SET state = 'running', attempts = t.attempts + 1, lease_owner = %(owner)s,
+        lease_expires_at = now() + %(lease_seconds)s * interval '1 second'
+    FROM next WHERE t.id = next.id
+    RETURNING t.id, t.identifier, t.args, t.kwargs, t.priority, t.scheduled_for, t.attempts,
+              t.max_attempts, t.timeout_ms
+), beat AS (
+    INSERT INTO task_processor.workers AS w
+        (processor_id, slot, pid, generation, state, task_id, task_deadline, last_beat_at)
+    SELECT %(processor_id)s, %(slot)s, %(pid)s, %(generation)s,
+           CASE WHEN count(*) > 0 THEN 'busy' ELSE 'idle' END, min(id),
+           now() + sum(timeout_ms) * interval '1 millisecond', now()
+    FROM claimed
+    ON CONFLICT (processor_id, slot) DO UPDATE
+    SET pid = excluded.pid, generation = excluded.generation, state = excluded.state,
+        task_id = excluded.task_id, task_deadline = excluded.task_deadline,
+        last_beat_at = excluded.last_beat_at
+)
+SELECT id, identifier, args, kwargs, attempts, max_attempts, timeout_ms
+FROM claimed ORDER BY priority, scheduled_for, id
+"""
+
+# Records a batch of attempts and finishes their tasks. Fenced by the lease owner: a worker
+# whose lease was taken away (it was too slow, its processor was presumed dead) changes
+# nothing. Failures are retried after an exponential backoff with jitter, capped at
+# %(max_backoff_seconds)s, until max_attempts; then the task is dead, with its last error.
+FINISH = """
+WITH result AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(outcomes)s::text[], %(errors)s::text[],
+                         %(started)s::timestamptz[], %(finished)s::timestamptz[],
+                         %(retry_at)s::timestamptz[])
+        AS r(task_id, outcome, error, started_at, finished_at, retry_at)
+), finished AS (
+    UPDATE task_processor.tasks AS t
+    SET state = CASE
+            WHEN r.outcome = 'success' THEN 'succeeded'
+            WHEN t.attempts >= t.max_attempts THEN 'dead'
+            ELSE 'waiting' END,
+        scheduled_for = CASE
+            WHEN r.outcome = 'success' OR t.attempts >= t.max_attempts THEN t.scheduled_for
+            WHEN r.retry_at IS NOT NULL THEN r.retry_at
+            ELSE now() + least(%(backoff_seconds)s * power(2, t.attempts - 1),
+                               %(max_backoff_seconds)s)
+                         * (0.5 + random() / 2) * interval '1 second' END,
+        finished_at = CASE
+            WHEN r.outcome = 'success' OR t.attempts >= t.max_attempts THEN now() END,
+        last_error = CASE WHEN r.outcome = 'success' THEN t.last_error ELSE r.error END,
+        lease_owner = NULL, lease_expires_at = NULL
+    FROM result AS r
+    WHERE t.id = r.task_id AND t.lease_owner = %(owner)s AND t.state = 'running'
+    RETURNING t.id, t.attempts
+)
+INSERT INTO task_processor.runs (task_id, attempt, worker, started_at, finished_at, result, error)
+SELECT r.task_id, f.attempts, %(owner)s, r.started_at, r.finished_at, r.outcome, r.error
+FROM result AS r JOIN finished AS f ON f.id = r.task_id
+RETURNING task_id
+"""
+
+# Gives back claimed tasks that this worker did not start (it is draining or recycling): the
+# claim's attempt is undone and idle workers are woken.
+RELEASE_UNSTARTED = """
+WITH released AS (
+    UPDATE task_processor.tasks
+    SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL
+    WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
+    RETURNING id
+)
+SELECT count(*) FROM released, LATERAL (SELECT pg_notify('task_processor', '')) AS wake
+"""
+
+LISTEN = "LISTEN task_processor"
