@@ -1,0 +1,90 @@
+"""The retention clean-up: a recurring task every processor runs.
+
+Succeeded tasks (and their runs) go after ``--retention-days``, dead ones after the longer
+``--dead-retention-days`` (they are kept to be looked at and requeued), processor and worker
+rows once their processor has been stopped or silent for ``--retention-days``. Deletes go in
+small batches, each its own short transaction, so the queue never waits on the clean-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from common import db, retention_sql
+from common.recurring import register_recurring_task
+from common.tasks import TaskPriority
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    retention_days: int = 30
+    dead_retention_days: int = 90
+
+
+_settings = RetentionSettings()
+
+
+def configure(retention_days: int, dead_retention_days: int) -> None:
+    """Set the periods; the supervisor calls this before forking, so workers inherit them."""
+    for name, value in (("retention_days", retention_days),
+                        ("dead_retention_days", dead_retention_days)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number of days, at least 1; got {value!r}")
+    global _settings
+    _settings = RetentionSettings(retention_days, dead_retention_days)
+
+
+def settings() -> RetentionSettings:
+    return _settings
+
+
+def delete_in_batches(connection, sql: str, params: dict, batch_size: int = BATCH_SIZE) -> int:
+    """Run a one-batch DELETE until a batch comes back short; return the rows deleted.
+
+    ``connection`` is in autocommit mode, so every batch commits on its own.
+    """
+    total = 0
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, {**params, "batch_size": batch_size})
+            total += cursor.rowcount
+        if cursor.rowcount < batch_size:
+            return total
+
+
+def clean_up(connection, current: RetentionSettings, batch_size: int = BATCH_SIZE) -> dict[str, int]:
+    """Delete everything past its retention period; return the counts by kind."""
+    days = current.retention_days
+    counts = {
+        "succeeded tasks": delete_in_batches(
+            connection, retention_sql.DELETE_FINISHED_TASKS,
+            {"state": "succeeded", "days": days}, batch_size),
+        "dead tasks": delete_in_batches(
+            connection, retention_sql.DELETE_FINISHED_TASKS,
+            {"state": "dead", "days": current.dead_retention_days}, batch_size),
+        "processors": delete_in_batches(
+            connection, retention_sql.DELETE_OLD_PROCESSORS, {"days": days}, batch_size),
+        "workers": delete_in_batches(
+            connection, retention_sql.DELETE_SILENT_WORKERS, {"days": days}, batch_size),
+    }
+    logger.info("retention clean-up deleted %s",
+                ", ".join(f"{count} {kind}" for kind, count in counts.items()))
+    return counts
+
+
+@register_recurring_task(run_every=timedelta(hours=1), timeout=timedelta(minutes=30),
+                         task_name="clean_up_old_tasks", priority=TaskPriority.LOW,
+                         max_attempts=1)
+def clean_up_old_tasks() -> None:
+    """The hourly clean-up; a failed run is simply done again by the next hour's run."""
+    connection = db.connect(db.queue_database_url(), "retention")
+    try:
+        clean_up(connection, _settings)
+    finally:
+        connection.close()
