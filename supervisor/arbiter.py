@@ -241,7 +241,7 @@ class Supervisor:
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
                else f"signal {signal.Signals(os.WTERMSIG(status)).name}")
-        beat = process.last_beat
+        beat = self._read_beat(process)  # the slot outlives its writer
         task_id = beat.task_id if beat and beat.state == WorkerState.BUSY else 0
         if process.kill_reason:
             reason, result = process.kill_reason, process.kill_result
@@ -277,10 +277,7 @@ class Supervisor:
         now = time.monotonic()
         grace = self.settings.grace_period
         for process in list(self.workers.values()):
-            beat = self.slots.read(process.slot)
-            if beat is not None and beat.pid == process.pid:
-                process.last_beat = beat
-            beat = process.last_beat
+            beat = self._read_beat(process)
             if process.kill_reason:
                 self._finish_kill(process, now)
             elif self.draining_until is not None and now >= self.draining_until:
@@ -297,6 +294,13 @@ class Supervisor:
                     self._kill(process, f"worker {process.slot} was {state} and silent for "
                                         f"{now - last:.1f} s (grace period {grace:.1f} s)",
                                "worker_lost")
+
+    def _read_beat(self, process: WorkerProcess) -> Beat | None:
+        """The slot's latest consistent beat if it is this process's, else the last one."""
+        beat = self.slots.read(process.slot)
+        if beat is not None and beat.pid == process.pid:
+            process.last_beat = beat
+        return process.last_beat
 
     def _kill(self, process: WorkerProcess, reason: str, result: str) -> None:
         """Dump the worker's stack (SIGUSR1), then SIGKILL it a moment later: only SIGKILL

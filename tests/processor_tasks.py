@@ -1,0 +1,85 @@
+"""Tasks for the processor tests. Each leaves its trace in the table ``test_results`` of the
+database named by DATABASE_URL, so that tests check outcomes in the database."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from datetime import timedelta
+
+import psycopg2
+
+from common.tasks import TaskBackoffError, register_task_handler
+
+RESULTS_TABLE = """
+CREATE TABLE IF NOT EXISTS test_results (
+    key text NOT NULL, pid integer NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+
+
+def _record(key: str) -> None:
+    connection = psycopg2.connect(os.environ["DATABASE_URL"])
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute("INSERT INTO test_results (key, pid) VALUES (%s, %s)",
+                           (key, os.getpid()))
+    finally:
+        connection.close()
+
+
+@register_task_handler()
+def record(key: str) -> None:
+    _record(key)
+
+
+@register_task_handler()
+def noop() -> None:
+    """Does nothing: for throughput and exactly-once counting via the runs table."""
+
+
+@register_task_handler(timeout=timedelta(seconds=30))
+def sleep_then_record(key: str, seconds: float) -> None:
+    _record(f"{key}:started")
+    time.sleep(seconds)
+    _record(key)
+
+
+@register_task_handler(timeout=timedelta(seconds=1), max_attempts=2)
+def hang_in_python() -> None:
+    while True:
+        pass
+
+
+@register_task_handler(timeout=timedelta(seconds=1), max_attempts=2)
+def hang_in_c() -> None:
+    """Blocks inside libpq waiting for the server: no Python code runs until it returns."""
+    connection = psycopg2.connect(os.environ["DATABASE_URL"])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(600)")
+
+
+@register_task_handler(max_attempts=3)
+def always_fails(key: str) -> None:
+    _record(key)
+    raise RuntimeError(f"failure number for {key}")
+
+
+@register_task_handler(max_attempts=5)
+def backs_off_once(key: str) -> None:
+    connection = psycopg2.connect(os.environ["DATABASE_URL"])
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM test_results WHERE key = %s", (key,))
+            seen = cursor.fetchone()[0]
+    finally:
+        connection.close()
+    _record(key)
+    if not seen:
+        raise TaskBackoffError()
+
+
+@register_task_handler(timeout=timedelta(seconds=30))
+def segfault() -> None:
+    ctypes.string_at(0)
