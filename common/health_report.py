@@ -107,15 +107,14 @@ def worker_problem(worker: WorkerRow, processor: ProcessorRow) -> str | None:
 def judge(scope: str, processors: list[ProcessorRow], workers: list[WorkerRow]) -> Report:
     """The report for ``processors`` (already selected by the caller) and their workers."""
     report = Report(scope, processors, workers)
-    by_id = {processor.id: processor for processor in processors}
     for processor in processors:
         problem = processor_problem(processor)
-        if problem:
+        if problem:  # its workers' state follows from it: one problem per processor suffices
             report.problems.append(problem)
-    for worker in workers:
-        problem = worker_problem(worker, by_id[worker.processor_id])
-        if problem:
-            report.problems.append(problem)
+            continue
+        report.problems.extend(
+            problem for problem in (worker_problem(worker, processor) for worker in workers
+                                    if worker.processor_id == processor.id) if problem)
     return report
 
 
