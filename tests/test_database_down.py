@@ -3,10 +3,7 @@ nor a traceback; a connection that broke is replaced."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from typing import Iterator
 
 import pytest
@@ -14,8 +11,7 @@ import pytest
 from common import db, queue, tasks
 from common.tasks import register_task_handler
 from conftest import fetch_all
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_admin import admin
 PASSWORD = "hunter2-secret"
 
 
@@ -74,10 +70,7 @@ def test_the_queue_database_url_wins_over_database_url(down_url, database_url, m
 
 @pytest.mark.parametrize("command", [["migrate"], ["status"], ["list"], ["requeue", "--dead"]])
 def test_admin_command_gives_one_line_and_exit_1(down_url, command):
-    environment = {**os.environ, "DATABASE_URL": down_url}
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "task-processor"),
-                             *command], env=environment, capture_output=True, text=True,
-                            timeout=60)
+    result = admin(*command, DATABASE_URL=down_url)
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.startswith("task-processor: cannot connect to ")

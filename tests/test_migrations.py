@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 
 import psycopg2
@@ -12,8 +10,8 @@ import pytest
 
 from common import migrations
 from conftest import fetch_all
+from test_admin import ADMIN_COMMAND
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSIONS = [(m.version, m.name) for m in migrations.available()]
 
 
@@ -76,8 +74,7 @@ def test_concurrent_migrations_all_succeed_and_apply_once(empty_database_url):
 
 
 def test_concurrent_migrate_commands_both_succeed(empty_database_url):
-    command = [sys.executable, os.path.join(ROOT, "bin", "task-processor"), "migrate"]
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    processes = [subprocess.Popen([*ADMIN_COMMAND, "migrate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for _ in range(2)]
     outputs = [process.communicate(timeout=60) for process in processes]
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue as thread_queue
 import select
+import subprocess
+import sys
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -21,6 +24,7 @@ from common.migrations import SchemaOutdated
 from common.serialization import ArgumentError
 from common.tasks import TaskHandler, TaskPriority, register_task_handler
 from conftest import fetch_all
+from test_admin import ROOT
 
 WAIT_SECONDS = 15
 
@@ -488,3 +492,38 @@ def test_enqueue_before_migrating_says_what_to_run(define, run_method, empty_dat
             define().delay()
     finally:
         queue.close_own_connection()
+
+
+# -- the shipped examples --------------------------------------------------------------------
+
+
+def run_examples(method: str, greetings_file: str) -> subprocess.CompletedProcess:
+    """``python3 -m examples.enqueue`` from the checkout's root, as the README says."""
+    environment = {**os.environ, "TASK_RUN_METHOD": method,
+                   "EXAMPLE_GREETINGS_FILE": greetings_file}
+    return subprocess.run([sys.executable, "-m", "examples.enqueue"], cwd=ROOT,
+                          env=environment, capture_output=True, text=True, timeout=60)
+
+
+EXPECTED_GREETINGS = sorted(["Hello, world!", "Good morning, processor!", "Hello, later!",
+                             *(f"Hello, guest {n}!" for n in range(1, 6))])
+
+
+@pytest.mark.parametrize("method", ["SYNCHRONOUSLY", "SEPARATE_THREAD"])
+def test_the_examples_run_without_the_processor(method, tmp_path):
+    greetings = tmp_path / "greetings.log"
+    result = run_examples(method, str(greetings))
+    assert result.returncode == 0, result.stderr
+    assert f"ran 10 tasks here; greetings are in {greetings}" in result.stdout
+    assert sorted(greetings.read_text().splitlines()) == EXPECTED_GREETINGS
+
+
+def test_the_examples_are_queued_for_the_processor(conn, tmp_path):
+    greetings = tmp_path / "greetings.log"
+    result = run_examples("TASK_PROCESSOR", str(greetings))
+    assert result.returncode == 0, result.stderr
+    assert "queued 10 tasks" in result.stdout
+    counts = dict(fetch_all(conn, "SELECT identifier, count(*) FROM task_processor.tasks "
+                                  "GROUP BY identifier"))
+    assert counts == {"tasks.greet": 8, "tasks.count_slowly": 1, "tasks.flaky": 1}
+    assert not greetings.exists()
