@@ -1,0 +1,80 @@
+"""The round-trip check of ``/health``: a task enqueued by the API, run by a live processor."""
+
+from __future__ import annotations
+
+import threading
+
+from conftest import fetch_all
+from test_api_support import api_server, running_processor, wait_until
+
+ROUND_TRIP = {"ENABLE_TASK_PROCESSOR_HEALTH_CHECK": "True",
+              "TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT": "1.5"}
+
+
+def leftovers(conn) -> tuple[list, list]:
+    """Probe rows, and probe tasks nobody ran, left after the API answered."""
+    return (fetch_all(conn, "SELECT id FROM task_processor.health_checks"),
+            fetch_all(conn, "SELECT id FROM task_processor.tasks WHERE state = 'waiting'"))
+
+
+def test_round_trip_works_with_a_running_processor(database_url, conn):
+    with running_processor(database_url), api_server(database_url, **ROUND_TRIP) as server:
+        status, _, body = server.get("/health?format=json")
+        assert (status, body) == (200, {"database": "working", "task_processor": "working"})
+        assert leftovers(conn) == ([], [])
+        runs = wait_until(lambda: fetch_all(
+            conn, "SELECT t.identifier, t.priority, r.result FROM task_processor.runs r"
+                  " JOIN task_processor.tasks t ON t.id = r.task_id"), what="the probe's run")
+    assert runs == [("health.round_trip_health_check", 0, "success")]  # HIGHEST priority
+
+
+def test_round_trip_failure_is_reported_with_200_and_leaves_nothing(database_url, conn):
+    with api_server(database_url, **ROUND_TRIP) as server:
+        status, _, body = server.get("/health?format=json")
+    assert status == 200  # not critical
+    assert body["database"] == "working"
+    assert "did not run the health-check task" in body["task_processor"]
+    assert "within 1.5 s" in body["task_processor"]
+    assert leftovers(conn) == ([], [])
+
+
+def test_concurrent_probes_share_one_task(database_url, conn):
+    answers: list[tuple[int, dict]] = []
+    with api_server(database_url, **ROUND_TRIP) as server:
+        start = threading.Barrier(6)
+
+        def ask() -> None:
+            start.wait()
+            status, _, body = server.get("/health?format=json")
+            answers.append((status, body))
+
+        threads = [threading.Thread(target=ask) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert len(answers) == 6
+    assert all(status == 200 and "did not run" in body["task_processor"]
+               for status, body in answers)
+    # One task was ever inserted (the sequence moved once) and none is left.
+    assert fetch_all(conn, "SELECT last_value, is_called FROM task_processor.tasks_id_seq") \
+        == [(1, True)]
+    assert leftovers(conn) == ([], [])
+
+
+def test_a_late_processor_does_not_run_an_abandoned_probe(database_url, conn):
+    with api_server(database_url, **ROUND_TRIP) as server:
+        assert "did not run" in server.get("/health?format=json")[2]["task_processor"]
+    with running_processor(database_url), api_server(database_url, **ROUND_TRIP) as server:
+        assert server.get("/health?format=json")[2]["task_processor"] == "working"
+        runs = wait_until(lambda: fetch_all(conn, "SELECT task_id FROM task_processor.runs"),
+                          what="the second probe's run")
+    # Only the second probe's task ever ran: the first was deleted when its probe gave up.
+    assert runs == [(2,)]
+
+
+def test_round_trip_is_not_run_when_the_database_is_down():
+    with api_server("postgresql://postgres@127.0.0.1:1/nowhere", **ROUND_TRIP) as server:
+        status, _, body = server.get("/health?format=json")
+    assert status == 500
+    assert body["task_processor"] == "not run: the database check failed"
