@@ -4,11 +4,14 @@
   PYTHONPATH, as PID 1 of a new PID namespace (``unshare --pid --fork --mount-proc``, what a
   container without an init gives it): it reaps orphans and drains on SIGTERM with exit 0; the
   HEALTHCHECK command run inside that namespace (``nsenter``, as ``docker exec`` would).
+- docker-compose.yml: its services' commands, environments and healthchecks, run one after the
+  other as Compose would start them.
 - systemd: the notify protocol with ``WATCHDOG_USEC`` set, on a real datagram socket bound here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,9 +29,9 @@ import psutil
 import pytest
 
 from conftest import fetch_all
+from deploy_files import (ENTRYPOINT_SCRIPT, ROOT, compose_command, compose_environment,
+                          compose_probe, compose_service)
 
-ROOT = Path(__file__).resolve().parent.parent
-ENTRYPOINT_SCRIPT = ROOT / "deploy" / "docker-entrypoint.sh"
 TASK_MODULE = Path(__file__).resolve().parent / "deploy_tasks.py"
 # Console scripts are installed next to the interpreter, as in the image's virtualenv.
 SCRIPTS = Path(sys.executable).parent
@@ -61,14 +65,19 @@ def app_dir(tmp_path: Path) -> Path:
     return directory
 
 
-@pytest.fixture
-def image_env(app_dir: Path, database_url: str) -> dict[str, str]:
+def image_environment(app_dir: Path, database_url: str) -> dict[str, str]:
     """The environment the image gives its processes: PATH, PYTHONPATH, unbuffered output."""
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "TASK_PROCESSOR_"))}
+           if not key.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "TASK_PROCESSOR_"))
+           and key not in {"TASK_RUN_METHOD", "ENABLE_TASK_PROCESSOR_HEALTH_CHECK"}}
     env.update(PATH=f"{SCRIPTS}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(app_dir),
                PYTHONUNBUFFERED="1", DATABASE_URL=database_url)
     return env
+
+
+@pytest.fixture
+def image_env(app_dir: Path, database_url: str) -> dict[str, str]:
+    return image_environment(app_dir, database_url)
 
 
 @pytest.fixture
@@ -232,6 +241,69 @@ def test_entrypoint_reports_a_configuration_error_with_exit_78(image_env, app_di
                             timeout=60)
     assert result.returncode == 78, result.stderr
     assert "no_such_module_here" in result.stderr
+
+
+# -- docker-compose.yml without Docker ----------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def passes(command: list[str], env: dict[str, str]) -> bool:
+    return subprocess.run(command, env=env, capture_output=True, timeout=30).returncode == 0
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_compose_services_start_and_work_together(started, app_dir, empty_database_url):
+    """migrate, then api and processor, with the file's commands, environments and probes; the
+    database URL and the API's address are the only values changed for the test."""
+    shutil.copytree(ROOT / "examples", app_dir / "examples")  # the ./examples:/app/examples mount
+
+    def service_env(name: str) -> dict[str, str]:
+        environment = compose_environment(compose_service(name))
+        environment["DATABASE_URL"] = empty_database_url
+        return {**image_environment(app_dir, empty_database_url), **environment}
+
+    migrate = subprocess.run([str(ENTRYPOINT_SCRIPT), *compose_command("migrate")], cwd=app_dir,
+                             env=service_env("migrate"), capture_output=True, text=True,
+                             timeout=60)
+    assert migrate.returncode == 0, migrate.stderr
+
+    port = free_port()
+
+    def local(words: list[str]) -> list[str]:
+        return [word.replace("0.0.0.0:8000", f"127.0.0.1:{port}")
+                .replace("127.0.0.1:8000", f"127.0.0.1:{port}") for word in words]
+
+    api = started([str(ENTRYPOINT_SCRIPT), *local(compose_command("api"))], cwd=app_dir,
+                  env=service_env("api"))
+    wait_for(lambda: passes(local(compose_probe("api")), service_env("api")),
+             "the api's healthcheck to pass")
+
+    processor_env = {**service_env("processor"), "TASK_PROCESSOR_NUM_THREADS": "2",
+                     "EXAMPLE_GREETINGS_FILE": str(app_dir / "greetings.log")}
+    processor = started([str(ENTRYPOINT_SCRIPT), *compose_command("processor")], cwd=app_dir,
+                        env=processor_env)
+    wait_for(lambda: passes(compose_probe("processor"), processor_env),
+             "the processor's healthcheck to pass")
+
+    status, health = get_json(f"http://127.0.0.1:{port}/health?format=json")
+    assert status == 200
+    assert health == {"database": "working", "task_processor": "working"}, \
+        "the round trip from the API through the processor failed"
+    status, monitoring = get_json(f"http://127.0.0.1:{port}/processor/monitoring")
+    assert status == 200 and monitoring["waiting"] == 0
+
+    for process in (processor, api):
+        process.send_signal(signal.SIGTERM)
+        status, output = wait_exit(process)
+        assert status == 0, output
 
 
 # -- systemd notify protocol ---------------------------------------------------------------------

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from api.settings import DEFAULT_ROUND_TRIP_TIMEOUT_SECONDS
 from common import config
 
-ROOT = Path(__file__).resolve().parent.parent
+from deploy_files import (ENTRYPOINT_SCRIPT, IMAGE_SERVICES, ROOT, compose_command,
+                          compose_environment, compose_probe, compose_service, compose_value)
+
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-COMPOSE = ROOT / "docker-compose.yml"
-ENTRYPOINT_SCRIPT = ROOT / "deploy" / "docker-entrypoint.sh"
 UNIT = ROOT / "deploy" / "task-processor.service"
 ENV_EXAMPLE = ROOT / "deploy" / "task-processor.env.example"
 
@@ -35,7 +36,6 @@ NON_OPTION_VARIABLES = {
     "TASK_RUN_METHOD", "ENABLE_TASK_PROCESSOR_HEALTH_CHECK", "PYTHONPATH",
     "PYTHONDONTWRITEBYTECODE",
 }
-IMAGE_SERVICES = ("migrate", "api", "processor")
 
 
 # -- readers ---------------------------------------------------------------------------------
@@ -90,55 +90,6 @@ def exec_form(arguments: str) -> list[str]:
         pytest.fail(f"not exec form (a JSON array): {arguments}")
     assert isinstance(value, list) and value and all(isinstance(v, str) for v in value)
     return value
-
-
-def compose_lines() -> list[str]:
-    return COMPOSE.read_text().splitlines()
-
-
-def compose_service(name: str) -> list[str]:
-    """The lines of one service block (a two-space-indented key under ``services:``)."""
-    lines = compose_lines()
-    start = lines.index("services:")
-    block: list[str] = []
-    inside = False
-    for line in lines[start + 1:]:
-        if line and not line.startswith(" "):
-            break
-        if re.fullmatch(r"  [\w-]+:", line):
-            inside = line.strip() == f"{name}:"
-            continue
-        if inside:
-            block.append(line)
-    assert block, f"docker-compose.yml has no service {name!r}"
-    return block
-
-
-def compose_value(block: list[str], key: str) -> str | None:
-    values = [line.split(":", 1)[1].strip() for line in block
-              if line.strip().startswith(f"{key}:")]
-    assert len(values) <= 1, f"{key} appears more than once in one service: {values}"
-    return values[0] if values else None
-
-
-def compose_environment(block: list[str]) -> dict[str, str]:
-    """The service's environment, with the ``<<: *database`` anchor expanded."""
-    environment: dict[str, str] = {}
-    lines = compose_lines()
-    anchor = lines.index("x-database: &database")
-    for line in lines[anchor + 1:]:
-        if not line.startswith("  "):
-            break
-        key, _, value = line.strip().partition(":")
-        environment[key] = value.strip()
-    start = block.index("    environment:")
-    for line in block[start + 1:]:
-        if not line.startswith("      "):
-            break
-        key, _, value = line.strip().partition(":")
-        if key != "<<":
-            environment[key] = value.strip().strip('"')
-    return environment
 
 
 def unit_sections() -> dict[str, dict[str, list[str]]]:
@@ -298,15 +249,8 @@ def test_the_entrypoint_script_passes_options_to_the_processor():
 
 def compose_commands() -> list[list[str]]:
     """Every command line the image services run: ``command:`` and healthcheck ``test:``."""
-    commands = []
-    for name in IMAGE_SERVICES:
-        block = compose_service(name)
-        command = compose_value(block, "command")
-        if command:
-            commands.append(json.loads(command))
-        test = compose_value(block, "test")
-        if test:
-            commands.append(json.loads(test)[1:])  # drop the leading "CMD"
+    commands = [compose_command(name) for name in IMAGE_SERVICES]
+    commands += [compose_probe(name) for name in ("api", "processor")]
     return commands
 
 
@@ -346,10 +290,14 @@ def test_compose_api_enqueues_on_the_processor_and_checks_it():
     environment = compose_environment(block)
     assert environment["TASK_RUN_METHOD"] == "TASK_PROCESSOR"
     assert config.parse_bool(environment["ENABLE_TASK_PROCESSOR_HEALTH_CHECK"]) is True
-    command = json.loads(compose_value(block, "command"))
+    command = compose_command("api")
     assert command[:2] == ["run-api", "--bind"] and command[2].startswith("0.0.0.0:")
-    probe = json.loads(compose_value(block, "test"))
-    assert "/health?format=json" in probe[-1]
+    probe = compose_probe("api")[-1]
+    assert "/health?format=json" in probe
+    # With the round trip enabled and no processor, /health answers only after the probe gives up.
+    probe_timeout = float(re.search(r"timeout=(\d+(?:\.\d+)?)", probe).group(1))
+    assert probe_timeout > DEFAULT_ROUND_TRIP_TIMEOUT_SECONDS
+    assert seconds(compose_value(block, "timeout")) > probe_timeout
 
 
 def test_compose_processor_gets_longer_to_stop_than_its_drain_deadline():
@@ -357,7 +305,7 @@ def test_compose_processor_gets_longer_to_stop_than_its_drain_deadline():
     environment = compose_environment(block)
     drain = int(environment.get("TASK_PROCESSOR_DRAIN_TIMEOUT", default_drain_timeout()))
     assert seconds(compose_value(block, "stop_grace_period")) > drain
-    assert json.loads(compose_value(block, "command"))[0] == "run-task-processor"
+    assert compose_command("processor")[0] == "run-task-processor"
     assert environment["TASK_PROCESSOR_TASKS"]
     assert "DATABASE_URL" in environment
 

@@ -1,0 +1,79 @@
+"""Paths of the deployment files, and a reader for the parts of docker-compose.yml the tests
+use (no YAML parser is a dependency: the file keeps a simple, regular layout, and the readers
+fail loudly when it does not)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+ENTRYPOINT_SCRIPT = ROOT / "deploy" / "docker-entrypoint.sh"
+IMAGE_SERVICES = ("migrate", "api", "processor")
+
+
+def compose_lines() -> list[str]:
+    return COMPOSE.read_text().splitlines()
+
+
+def compose_service(name: str) -> list[str]:
+    """The lines of one service block (a two-space-indented key under ``services:``)."""
+    lines = compose_lines()
+    start = lines.index("services:")
+    block: list[str] = []
+    inside = False
+    for line in lines[start + 1:]:
+        if line and not line.startswith(" "):
+            break
+        if re.fullmatch(r"  [\w-]+:", line):
+            inside = line.strip() == f"{name}:"
+            continue
+        if inside:
+            block.append(line)
+    assert block, f"docker-compose.yml has no service {name!r}"
+    return block
+
+
+def compose_value(block: list[str], key: str) -> str | None:
+    values = [line.split(":", 1)[1].strip() for line in block
+              if line.strip().startswith(f"{key}:")]
+    assert len(values) <= 1, f"{key} appears more than once in one service: {values}"
+    return values[0] if values else None
+
+
+def compose_environment(block: list[str]) -> dict[str, str]:
+    """The service's environment, with the ``<<: *database`` anchor expanded."""
+    environment: dict[str, str] = {}
+    lines = compose_lines()
+    anchor = lines.index("x-database: &database")
+    for line in lines[anchor + 1:]:
+        if not line.startswith("  "):
+            break
+        key, _, value = line.strip().partition(":")
+        environment[key] = value.strip()
+    start = block.index("    environment:")
+    for line in block[start + 1:]:
+        if not line.startswith("      "):
+            break
+        key, _, value = line.strip().partition(":")
+        if key != "<<":
+            environment[key] = value.strip().strip('"')
+    return environment
+
+
+def compose_command(name: str) -> list[str]:
+    """A service's ``command:``, written as a JSON flow list."""
+    command = compose_value(compose_service(name), "command")
+    assert command, f"service {name!r} has no command"
+    return json.loads(command)
+
+
+def compose_probe(name: str) -> list[str]:
+    """A service's healthcheck ``test:`` without its leading ``CMD``."""
+    test = compose_value(compose_service(name), "test")
+    assert test, f"service {name!r} has no healthcheck test"
+    probe = json.loads(test)
+    assert probe[0] == "CMD", f"{name}: healthcheck test must be exec form (CMD), got {probe[0]}"
+    return probe[1:]
