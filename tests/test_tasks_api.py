@@ -200,36 +200,38 @@ def test_plain_call_and_run_in_thread_never_touch_the_queue(define, run_method, 
 # -- transactional enqueue and wake-ups ---------------------------------------------------------
 
 
+@pytest.fixture
+def caller(database_url: str) -> Iterator[psycopg2.extensions.connection]:
+    """The application's own connection, in a transaction (psycopg2's default)."""
+    connection = psycopg2.connect(database_url)
+    yield connection
+    connection.close()
+
+
 def test_enqueue_in_the_callers_transaction_appears_and_notifies_at_commit(
-        define, run_method, database_url, conn, listener):
+        define, run_method, caller, conn, listener):
     run_method("TASK_PROCESSOR")
     handler = define()
-    caller = psycopg2.connect(database_url)
-    try:
-        task_id = handler.delay(args=("in transaction",), connection=caller)
-        assert count_tasks(conn, handler.identifier) == 0
-        listener.poll()
-        assert listener.notifies == []
 
-        caller.commit()
+    task_id = handler.delay(args=("in transaction",), connection=caller)
+    assert count_tasks(conn, handler.identifier) == 0
+    listener.poll()
+    assert listener.notifies == []
 
-        assert fetch_all(conn, "SELECT id FROM task_processor.tasks") == [(task_id,)]
-        notifications = wait_for_notifications(listener, 1)
-        assert [n.channel for n in notifications] == [queue.NOTIFY_CHANNEL]
-    finally:
-        caller.close()
+    caller.commit()
+
+    assert fetch_all(conn, "SELECT id FROM task_processor.tasks") == [(task_id,)]
+    notifications = wait_for_notifications(listener, 1)
+    assert [n.channel for n in notifications] == [queue.NOTIFY_CHANNEL]
 
 
 def test_rolled_back_enqueue_leaves_no_task_and_no_wake_up(
-        define, run_method, database_url, conn, listener):
+        define, run_method, caller, conn, listener):
     run_method("TASK_PROCESSOR")
     handler = define()
-    caller = psycopg2.connect(database_url)
-    try:
-        handler.delay(args=("rolled back",), connection=caller)
-        caller.rollback()
-    finally:
-        caller.close()
+
+    handler.delay(args=("rolled back",), connection=caller)
+    caller.rollback()
     assert count_tasks(conn, handler.identifier) == 0
 
     # A later committed task's notification arrives; a rolled-back one would have come first.
@@ -240,17 +242,14 @@ def test_rolled_back_enqueue_leaves_no_task_and_no_wake_up(
     assert fetch_all(conn, "SELECT args FROM task_processor.tasks") == [(["committed"],)]
 
 
-def test_enqueue_on_an_autocommit_connection_commits_at_once(define, run_method, database_url,
-                                                               conn):
+def test_enqueue_on_an_autocommit_connection_commits_at_once(define, run_method, caller, conn):
     run_method("TASK_PROCESSOR")
     handler = define(queue_size=5)
-    caller = psycopg2.connect(database_url)
     caller.autocommit = True
-    try:
-        handler.delay(connection=caller)
-        assert caller.autocommit is True
-    finally:
-        caller.close()
+
+    handler.delay(connection=caller)
+
+    assert caller.autocommit is True
     assert count_tasks(conn, handler.identifier) == 1
 
 
