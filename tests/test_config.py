@@ -181,3 +181,15 @@ def test_an_unreadable_env_flag_names_the_variable(monkeypatch):
     monkeypatch.setenv("ENABLE_SOMETHING", "sometimes")
     with pytest.raises(ConfigError, match="ENABLE_SOMETHING: expected true or false"):
         config.env_flag("ENABLE_SOMETHING")
+
+
+def test_the_configuration_document_names_every_option():
+    document = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    for option in OPTIONS.values():
+        assert f"`{option.flags[0]} " in document or f"`{option.flags[0]}`" in document, \
+            option.flags[0]
+        assert f"`{option.env}`" in document, option.env
+        if option.default is not None and not isinstance(option.default, bool):
+            row = next(line for line in document.splitlines()
+                       if line.startswith(f"| `{option.flags[0]}"))
+            assert f"| {option.default} |" in row or f"| `{option.default}` |" in row, row
