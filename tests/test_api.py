@@ -12,7 +12,8 @@ import pytest
 
 from api.app import Api, mount
 from api.settings import ApiSettings
-from test_api_support import BIN, api_server, environment, wait_until
+from harness import wait_for
+from test_api_support import BIN, api_server, environment
 
 UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:1/nowhere"
 
@@ -108,8 +109,8 @@ def test_database_down_is_500_on_health_and_503_on_monitoring():
 def test_connections_killed_by_the_server_are_replaced(database_url, conn):
     with api_server(database_url) as server:
         assert server.get("/health?format=json")[0] == 200
-        wait_until(lambda: fetch_api_backends(conn, database_url, terminate=True),
-                   what="the API's idle connection to be terminated")
+        wait_for(lambda: fetch_api_backends(conn, database_url, terminate=True),
+                   message="the API's idle connection to be terminated")
         status, _, body = server.get("/health?format=json")
         assert (status, body) == (200, {"database": "working"})
         assert server.get("/processor/monitoring")[0] == 200

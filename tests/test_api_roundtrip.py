@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 
 from conftest import fetch_all
-from test_api_support import api_server, running_processor, wait_until
+from harness import wait_for
+from processor_fixtures import start_processor, subreaper  # noqa: F401
+from test_api_support import PROCESSOR_ARGS, api_server
 
 ROUND_TRIP = {"ENABLE_TASK_PROCESSOR_HEALTH_CHECK": "True",
               "TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT": "1.5"}
@@ -17,14 +19,21 @@ def leftovers(conn) -> tuple[list, list]:
             fetch_all(conn, "SELECT id FROM task_processor.tasks WHERE state = 'waiting'"))
 
 
-def test_round_trip_works_with_a_running_processor(database_url, conn):
-    with running_processor(database_url), api_server(database_url, **ROUND_TRIP) as server:
+def start_live_processor(start) -> None:
+    """Start a processor with the ``start_processor`` fixture; return once its workers beat."""
+    start(*PROCESSOR_ARGS).wait_ready(2)
+
+
+def test_round_trip_works_with_a_running_processor(database_url, conn,
+                                                   start_processor):  # noqa: F811
+    start_live_processor(start_processor)
+    with api_server(database_url, **ROUND_TRIP) as server:
         status, _, body = server.get("/health?format=json")
         assert (status, body) == (200, {"database": "working", "task_processor": "working"})
         assert leftovers(conn) == ([], [])
-        runs = wait_until(lambda: fetch_all(
+        runs = wait_for(lambda: fetch_all(
             conn, "SELECT t.identifier, t.priority, r.result FROM task_processor.runs r"
-                  " JOIN task_processor.tasks t ON t.id = r.task_id"), what="the probe's run")
+                  " JOIN task_processor.tasks t ON t.id = r.task_id"), message="the probe's run")
     assert runs == [("health.round_trip_health_check", 0, "success")]  # HIGHEST priority
 
 
@@ -62,13 +71,15 @@ def test_concurrent_probes_share_one_task(database_url, conn):
     assert leftovers(conn) == ([], [])
 
 
-def test_a_late_processor_does_not_run_an_abandoned_probe(database_url, conn):
+def test_a_late_processor_does_not_run_an_abandoned_probe(database_url, conn,
+                                                          start_processor):  # noqa: F811
     with api_server(database_url, **ROUND_TRIP) as server:
         assert "did not run" in server.get("/health?format=json")[2]["task_processor"]
-    with running_processor(database_url), api_server(database_url, **ROUND_TRIP) as server:
+    start_live_processor(start_processor)
+    with api_server(database_url, **ROUND_TRIP) as server:
         assert server.get("/health?format=json")[2]["task_processor"] == "working"
-        runs = wait_until(lambda: fetch_all(conn, "SELECT task_id FROM task_processor.runs"),
-                          what="the second probe's run")
+        runs = wait_for(lambda: fetch_all(conn, "SELECT task_id FROM task_processor.runs"),
+                          message="the second probe's run")
     # Only the second probe's task ever ran: the first was deleted when its probe gave up.
     assert runs == [(2,)]
 

@@ -12,31 +12,17 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-import psycopg2
+from harness import query
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
 GRACE_MS = 2000
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1,
-               what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def environment(database_url: str, **extra: str) -> dict[str, str]:
@@ -70,48 +56,17 @@ def health_status(database_url: str, *arguments: str) -> int:
     return check_health(database_url, *arguments).returncode
 
 
-# -- run-task-processor ---------------------------------------------------------------------
+# -- run-task-processor (started with the ``start_processor`` fixture) ----------------------
 
-@contextmanager
-def running_processor(database_url: str, *extra: str, workers: int = 2,
-                      grace_ms: int = GRACE_MS) -> Iterator[subprocess.Popen]:
-    """A live ``run-task-processor`` whose heartbeat rows are written; killed afterwards."""
-    command = [sys.executable, str(BIN / "run-task-processor"), "--numthreads", str(workers),
-               "--sleepintervalms", "200", "--graceperiodms", str(grace_ms),
-               "--queuepopsize", "1", "--drain-timeout", "2", *extra]
-    process = subprocess.Popen(command, env=environment(database_url), start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: process.poll() is not None or len(worker_rows(database_url, process))
-                   == workers, what="the processor's workers to report")
-        assert process.poll() is None, f"run-task-processor exited with {process.returncode}"
-        yield process
-    finally:
-        stop_group(process)
+# Short periods, so that staleness shows within seconds.
+PROCESSOR_ARGS = ("--numthreads", "2", "--sleepintervalms", "200", "--graceperiodms",
+                  str(GRACE_MS), "--queuepopsize", "1", "--drain-timeout", "2")
 
 
-def _query(database_url: str, sql: str, params: tuple = ()) -> list[tuple]:
-    connection = psycopg2.connect(database_url)
-    try:
-        with connection, connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
-    finally:
-        connection.close()
-
-
-def processor_id(database_url: str, process: subprocess.Popen) -> str:
-    rows = _query(database_url, "SELECT id FROM task_processor.processors WHERE pid = %s "
-                                "ORDER BY started_at DESC LIMIT 1", (process.pid,))
+def processor_id(database_url: str, pid: int) -> str:
+    rows = query(database_url, "SELECT id FROM task_processor.processors WHERE pid = %s "
+                               "ORDER BY started_at DESC LIMIT 1", (pid,))
     return rows[0][0]
-
-
-def worker_rows(database_url: str, process: subprocess.Popen) -> list[tuple[int, int, int]]:
-    """(slot, pid, generation) of the processor's workers that have beaten."""
-    return _query(database_url, """
-        SELECT w.slot, w.pid, w.generation FROM task_processor.workers w
-        JOIN task_processor.processors p ON p.id = w.processor_id
-        WHERE p.pid = %s ORDER BY w.slot""", (process.pid,))
 
 
 # -- run-api ------------------------------------------------------------------------------------

@@ -6,13 +6,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
+from datetime import timezone
 
 import pytest
 
-from test_api_support import (GRACE_MS, check_health, health_status, processor_id,
-                              running_processor, wait_until, worker_rows)
+from harness import query, wait_for
+from processor_fixtures import start_processor, subreaper  # noqa: F401
+from test_api_support import (GRACE_MS, PROCESSOR_ARGS, check_health, environment,
+                              health_status, processor_id)
 
 HOST = socket.gethostname()
 
@@ -48,6 +53,12 @@ def add_healthy_processor(conn, processor: str = "p1", **options) -> None:
     add_processor(conn, processor, **options)
     for slot in range(options.get("workers", 2)):
         add_worker(conn, slot, processor)
+
+
+def started_at(database_url: str) -> str:
+    """The processor's start time as check-health prints it (UTC, milliseconds)."""
+    (moment,) = query(database_url, "SELECT started_at FROM task_processor.processors")[0]
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def verdict(database_url: str, *arguments: str) -> tuple[int, str]:
@@ -94,9 +105,8 @@ def test_a_busy_worker_is_healthy_until_its_deadline_plus_the_grace_period(datab
     add_worker(conn, 1, state="busy", beat_age=600, deadline_in=30, task_id=task_id)
     add_worker(conn, 2, state="busy", beat_age=600, deadline_in=-1, task_id=task_id)
     assert health_status(database_url) == 0  # a long task is not a missing heartbeat
-    with conn.cursor() as cursor:
-        cursor.execute("UPDATE task_processor.workers SET task_deadline = now() - interval '9 s' "
-                       "WHERE slot = 2")
+    query(database_url, "UPDATE task_processor.workers SET task_deadline = now() - interval '9 s'"
+                        " WHERE slot = 2")
     status, line = verdict(database_url)
     assert status == 1
     assert "worker 2 (pid 5002, generation 3) of processor p1: busy since" in line
@@ -110,12 +120,10 @@ def test_a_slot_that_never_reported_is_unhealthy_once_the_processor_is_past_star
     add_processor(conn, started_age=0.5)
     add_worker(conn, 0)
     assert health_status(database_url) == 0  # slot 1 may still be booting
-    with conn.cursor() as cursor:
-        cursor.execute("UPDATE task_processor.processors "
-                       "SET started_at = now() - interval '30 s'")
-    status, line = verdict(database_url)
-    assert status == 1
-    assert "worker 1 of processor p1 has not reported since the processor started" in line
+    query(database_url, "UPDATE task_processor.processors SET started_at = now() - interval '30 s'")
+    assert verdict(database_url) == (
+        1, "unhealthy: worker 1 of processor p1 has not reported since the processor started"
+           f" at {started_at(database_url)}, longer ago than the grace period of 2 s")
 
 
 def test_the_newest_processor_of_this_host_is_checked(database_url, conn):
@@ -134,9 +142,8 @@ def test_all_processors_must_be_healthy_with_all(database_url, conn):
     add_healthy_processor(conn, "b", started_age=30, host="another-host")
     status, line = verdict(database_url, "--all")
     assert status == 0 and "processor a" in line and "processor b" in line
-    with conn.cursor() as cursor:
-        cursor.execute("UPDATE task_processor.workers SET last_beat_at = now() - interval '1 min'"
-                       " WHERE processor_id = 'b' AND slot = 1")
+    query(database_url, "UPDATE task_processor.workers SET last_beat_at = now() - interval "
+                        "'1 min' WHERE processor_id = 'b' AND slot = 1")
     status, line = verdict(database_url, "--all")
     assert status == 1 and "worker 1 (pid 5001, generation 3) of processor b" in line
 
@@ -202,65 +209,78 @@ def test_help_explains_the_exit_status(database_url):
     assert "exit 0 (healthy) or 1 (unhealthy)" in " ".join(result.stdout.split())
 
 
-def test_the_reference_name_is_an_alias(database_url, conn):
+def test_the_reference_name_is_an_installed_alias(database_url, conn):
     add_healthy_processor(conn)
-    from common.health_cli import main
-    assert main(["--processor-id", "p1"]) == 0
+    alias = shutil.which("checktaskprocessorthreadhealth")
+    assert alias, "the console script checktaskprocessorthreadhealth is not installed"
+    result = subprocess.run([alias, "--processor-id", "p1"], env=environment(database_url),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("healthy: processor p1")
 
 
 # -- against live processors ------------------------------------------------------------------
 
-def test_a_live_processor_is_healthy(database_url):
-    with running_processor(database_url) as processor:
-        wait_until(lambda: health_status(database_url) == 0, what="check-health to exit 0")
-        status, line = verdict(database_url, "--processor-id", processor_id(database_url, processor))
-        assert status == 0 and "2 workers" in line
+def unhealthy_result(database_url: str):
+    """The check-health result once it exits 1, or None while it still exits 0."""
+    result = check_health(database_url)
+    return result if result.returncode == 1 else None
 
 
-def test_a_frozen_worker_is_replaced_and_health_returns_to_0(database_url):
-    with running_processor(database_url) as processor:
-        slot, pid, generation = worker_rows(database_url, processor)[0]
-        os.kill(pid, signal.SIGSTOP)
+def healthy(database_url: str) -> bool:
+    return health_status(database_url) == 0
+
+
+@pytest.fixture
+def live_processor(start_processor):  # noqa: F811 - the fixture imported above
+    processor = start_processor(*PROCESSOR_ARGS)
+    processor.wait_ready(2)
+    wait_for(lambda: healthy(processor.database_url), message="check-health to exit 0")
+    return processor
+
+
+def test_a_live_processor_is_healthy(database_url, live_processor):
+    status, line = verdict(database_url, "--processor-id",
+                           processor_id(database_url, live_processor.pid))
+    assert status == 0 and "2 workers" in line
+
+
+def test_a_frozen_worker_is_replaced_and_health_returns_to_0(database_url, live_processor):
+    pid = live_processor.workers()[0][0]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: live_processor.workers()[0][0] != pid,
+                 message="the frozen worker to be replaced in its slot")
+        wait_for(lambda: healthy(database_url), message="check-health 0 after the replacement")
+    finally:
         try:
-            wait_until(lambda: (slot, generation + 1) in
-                       [(s, g) for s, _, g in worker_rows(database_url, processor)],
-                       what="the frozen worker to be replaced")
-            wait_until(lambda: health_status(database_url) == 0,
-                       what="check-health to exit 0 after the replacement")
-        finally:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass  # killed by the supervisor, as it should be
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # killed by the supervisor, as it should be
 
 
-def test_a_frozen_supervisor_is_unhealthy_then_healthy_again_after_sigcont(database_url):
-    with running_processor(database_url) as processor:
-        wait_until(lambda: health_status(database_url) == 0, what="a healthy start")
-        os.kill(processor.pid, signal.SIGSTOP)
-        try:
-            result = wait_until(lambda: (lambda r: r if r.returncode == 1 else None)(
-                check_health(database_url)), what="check-health to notice the frozen supervisor")
-            assert "supervisor heartbeat" in result.stdout
-        finally:
-            os.kill(processor.pid, signal.SIGCONT)
-        wait_until(lambda: health_status(database_url) == 0, what="health after SIGCONT")
-
-
-def test_a_killed_supervisor_is_unhealthy(database_url):
-    with running_processor(database_url) as processor:
-        wait_until(lambda: health_status(database_url) == 0, what="a healthy start")
-        os.killpg(processor.pid, signal.SIGKILL)
-        processor.wait(timeout=10)
-        result = wait_until(lambda: (lambda r: r if r.returncode == 1 else None)(
-            check_health(database_url)), what="check-health to notice the dead supervisor")
+def test_a_frozen_supervisor_is_unhealthy_then_healthy_again_after_sigcont(
+        database_url, live_processor):
+    live_processor.signal(signal.SIGSTOP)
+    try:
+        result = wait_for(lambda: unhealthy_result(database_url),
+                          message="check-health to notice the frozen supervisor")
         assert "supervisor heartbeat" in result.stdout
+    finally:
+        live_processor.signal(signal.SIGCONT)
+    wait_for(lambda: healthy(database_url), message="check-health 0 after SIGCONT")
 
 
-def test_a_cleanly_stopped_processor_is_unhealthy(database_url):
-    with running_processor(database_url) as processor:
-        wait_until(lambda: health_status(database_url) == 0, what="a healthy start")
-        processor.send_signal(signal.SIGTERM)
-        assert processor.wait(timeout=20) == 0
-        status, line = verdict(database_url)
-        assert status == 1 and "stopped at" in line
+def test_a_killed_supervisor_is_unhealthy(database_url, live_processor):
+    live_processor.signal(signal.SIGKILL)
+    live_processor.wait(timeout=10)
+    result = wait_for(lambda: unhealthy_result(database_url),
+                      message="check-health to notice the dead supervisor")
+    assert "supervisor heartbeat" in result.stdout
+
+
+def test_a_cleanly_stopped_processor_is_unhealthy(database_url, live_processor):
+    live_processor.signal(signal.SIGTERM)
+    assert live_processor.wait(timeout=20) == 0
+    status, line = verdict(database_url)
+    assert status == 1 and "stopped at" in line
