@@ -19,10 +19,9 @@ from typing import Callable
 
 import setproctitle
 
-from common import db
 from common.slots import Beat, Slots, WorkerState
 from supervisor import queries
-from supervisor.database import SupervisorDatabase
+from supervisor.database import Duty, SupervisorDatabase
 from supervisor.systemd import Notifier
 from worker.process import Worker, WorkerSettings, worker_id
 
@@ -73,7 +72,7 @@ class Supervisor:
     num_workers: int
     drain_timeout: float
     reload_settings: Callable[[], tuple[WorkerSettings, int] | None]
-    on_start: Callable[[db.Connection], None] = lambda connection: None
+    duties: list[Duty] = field(default_factory=list)
     migrate: bool = True
     workers: dict[int, WorkerProcess] = field(default_factory=dict)
 
@@ -97,7 +96,7 @@ class Supervisor:
     def run(self) -> int:
         self._install_signal_handlers()
         self._title("starting")
-        if not self.database.start(self.num_workers, self._signal_pending, self.on_start,
+        if not self.database.start(self.num_workers, self._signal_pending, self.duties,
                                    self.migrate):
             return self.exit_code  # stopped by a signal while waiting for the database
         logger.info("processor %s starting %d workers", self.settings.processor_id,

@@ -15,8 +15,9 @@ import traceback
 from typing import Sequence
 
 from common import db, logs, sentry
-from common.builtin import BUILTIN_TASK_MODULES
+from common.builtin import BUILTIN_TASK_MODULES, retention
 from common.config import ConfigError, build_parser, exit_config_error, parse_args, split_modules
+from common.recurring import RecurringDuty
 from common.tasks import enter_processor_mode
 from supervisor.arbiter import Supervisor
 from worker.process import WorkerSettings
@@ -91,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning("no task modules given (--tasks or TASK_PROCESSOR_TASKS): this "
                        "processor runs only the built-in tasks")
     import_task_modules(options.tasks or [])
+    retention.configure(options.retention_days, options.dead_retention_days)
     sentry.init(options.sentry_dsn, "supervisor")
     enter_processor_mode()
 
@@ -110,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     supervisor = Supervisor(settings=settings, num_workers=options.numthreads,
                             drain_timeout=options.drain_timeout, reload_settings=reload,
-                            migrate=options.migrate)
+                            duties=[RecurringDuty(processor_id)], migrate=options.migrate)
     return supervisor.run()
 
 

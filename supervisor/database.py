@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import psutil
 import psycopg2
@@ -23,6 +23,14 @@ logger = logging.getLogger(__name__)
 STATEMENT_TIMEOUT_MS = 5000
 RECONNECT_CAP = 10.0
 REQUEUE_EVERY = 10.0  # seconds between looks for expired leases and dead local processors
+
+
+class Duty(Protocol):
+    """Periodic database work of the supervisor (the recurring-task scheduler)."""
+
+    def start(self, connection: db.Connection) -> None: ...
+    def next_due(self) -> float: ...
+    def run(self, connection: db.Connection) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,7 @@ class SupervisorDatabase:
         self.next_beat = 0.0
         self.next_requeue = 0.0
         self.last_renewal = time.monotonic()
-        self.duties: list = []
+        self.duties: list[Duty] = []
 
     @property
     def beat_interval(self) -> float:
@@ -58,7 +66,7 @@ class SupervisorDatabase:
     # -- start and stop -----------------------------------------------------------------------
 
     def start(self, num_workers: int, stop_requested: Callable[[float], bool],
-              on_start: Callable[[db.Connection], None], migrate: bool = True) -> bool:
+              duties: list[Duty], migrate: bool = True) -> bool:
         """Wait for the database (retrying with backoff), migrate, register this processor and
         requeue what dead processors on this host left. False if a signal said stop first."""
         delay = 0.5
@@ -77,7 +85,9 @@ class SupervisorDatabase:
                     "pid": self.pid, "num_workers": num_workers,
                     "grace_period_ms": int(self.settings.grace_period * 1000)})
                 self._requeue_dead_local_processors()
-                on_start(self.connection)
+                for duty in duties:
+                    duty.start(self.connection)
+                self.duties = duties
                 self.last_renewal = time.monotonic()
                 return True
             except (psycopg2.OperationalError, psycopg2.InterfaceError,

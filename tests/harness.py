@@ -130,5 +130,8 @@ class Processor:
         self.log.close()
 
 
-def task_states(url: str) -> dict[str, int]:
-    return dict(query(url, "SELECT state, count(*) FROM task_processor.tasks GROUP BY state"))
+def task_states(url: str, prefix: str = "processor_tasks.") -> dict[str, int]:
+    """Task counts per state, of the tasks whose identifier starts with ``prefix`` (the
+    built-in recurring tasks of the processor are left out)."""
+    return dict(query(url, "SELECT state, count(*) FROM task_processor.tasks "
+                           "WHERE starts_with(identifier, %s) GROUP BY state", (prefix,)))
