@@ -1,6 +1,7 @@
-"""Paths of the deployment files, and a reader for the parts of docker-compose.yml the tests
-use (no YAML parser is a dependency: the file keeps a simple, regular layout, and the readers
-fail loudly when it does not)."""
+"""Paths of the deployment files and readers for them: the Dockerfile's instructions, Docker's
+.dockerignore matching, and the parts of docker-compose.yml the tests use (no YAML parser is a
+dependency: the file keeps a simple, regular layout, and the readers fail loudly when it does
+not)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
 ENTRYPOINT_SCRIPT = ROOT / "deploy" / "docker-entrypoint.sh"
 IMAGE_SERVICES = ("migrate", "api", "processor")
 
@@ -77,3 +80,55 @@ def compose_probe(name: str) -> list[str]:
     probe = json.loads(test)
     assert probe[0] == "CMD", f"{name}: healthcheck test must be exec form (CMD), got {probe[0]}"
     return probe[1:]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending = f"{pending} {line}" if pending else line
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip()
+            continue
+        keyword, _, arguments = pending.partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends with a dangling line continuation"
+    return instructions
+
+
+def dockerignore_pattern(pattern: str) -> re.Pattern[str]:
+    """Docker's matching: ``*`` stays within one path segment, ``**`` spans any number."""
+    regex = ""
+    index = 0
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            regex, index = regex + "(?:.*/)?", index + 3
+        elif pattern.startswith("**", index):
+            regex, index = regex + ".*", index + 2
+        elif pattern[index] == "*":
+            regex, index = regex + "[^/]*", index + 1
+        elif pattern[index] == "?":
+            regex, index = regex + "[^/]", index + 1
+        else:
+            regex, index = regex + re.escape(pattern[index]), index + 1
+    return re.compile(regex)
+
+
+def sent_to_builder(path: str) -> bool:
+    """Whether .dockerignore lets ``path`` into the build context (the last match wins, and a
+    pattern that matches a parent directory matches everything below it)."""
+    rules = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+             if line.strip() and not line.strip().startswith("#")]
+    prefixes = ["/".join(path.split("/")[:n]) for n in range(1, path.count("/") + 2)]
+    included = True
+    for rule in rules:
+        negated = rule.startswith("!")
+        matcher = dockerignore_pattern(rule.lstrip("!"))
+        if any(matcher.fullmatch(prefix) for prefix in prefixes):
+            included = negated
+    return included

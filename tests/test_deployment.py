@@ -24,10 +24,9 @@ from api.settings import DEFAULT_ROUND_TRIP_TIMEOUT_SECONDS
 from common import config
 
 from deploy_files import (ENTRYPOINT_SCRIPT, IMAGE_SERVICES, ROOT, compose_command,
-                          compose_environment, compose_probe, compose_service, compose_value)
+                          compose_environment, compose_probe, compose_service, compose_value,
+                          dockerfile_instructions, sent_to_builder)
 
-DOCKERFILE = ROOT / "Dockerfile"
-DOCKERIGNORE = ROOT / ".dockerignore"
 UNIT = ROOT / "deploy" / "task-processor.service"
 ENV_EXAMPLE = ROOT / "deploy" / "task-processor.env.example"
 
@@ -49,25 +48,6 @@ def setup_cfg() -> configparser.ConfigParser:
 def console_scripts() -> set[str]:
     entries = setup_cfg()["options.entry_points"]["console_scripts"]
     return {line.split("=")[0].strip() for line in entries.strip().splitlines()}
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    pending = ""
-    for raw in DOCKERFILE.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        pending = f"{pending} {line}" if pending else line
-        if pending.endswith("\\"):
-            pending = pending[:-1].rstrip()
-            continue
-        keyword, _, arguments = pending.partition(" ")
-        instructions.append((keyword.upper(), arguments.strip()))
-        pending = ""
-    assert not pending, "the Dockerfile ends with a dangling line continuation"
-    return instructions
 
 
 def final_stage() -> list[tuple[str, str]]:
@@ -191,39 +171,6 @@ def test_the_build_copies_every_package_and_installs_it():
     assert one(final_stage(), "WORKDIR") == "/app"
     environment = " ".join(arguments for kw, arguments in final_stage() if kw == "ENV")
     assert "PYTHONPATH=/app" in environment, "user task code under /app must be importable"
-
-
-def dockerignore_pattern(pattern: str) -> re.Pattern[str]:
-    """Docker's matching: ``*`` stays within one path segment, ``**`` spans any number."""
-    regex = ""
-    index = 0
-    while index < len(pattern):
-        if pattern.startswith("**/", index):
-            regex, index = regex + "(?:.*/)?", index + 3
-        elif pattern.startswith("**", index):
-            regex, index = regex + ".*", index + 2
-        elif pattern[index] == "*":
-            regex, index = regex + "[^/]*", index + 1
-        elif pattern[index] == "?":
-            regex, index = regex + "[^/]", index + 1
-        else:
-            regex, index = regex + re.escape(pattern[index]), index + 1
-    return re.compile(regex)
-
-
-def sent_to_builder(path: str) -> bool:
-    """Whether .dockerignore lets ``path`` into the build context (the last match wins, and a
-    pattern that matches a parent directory matches everything below it)."""
-    rules = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
-             if line.strip() and not line.strip().startswith("#")]
-    prefixes = ["/".join(path.split("/")[:n]) for n in range(1, path.count("/") + 2)]
-    included = True
-    for rule in rules:
-        negated = rule.startswith("!")
-        matcher = dockerignore_pattern(rule.lstrip("!"))
-        if any(matcher.fullmatch(prefix) for prefix in prefixes):
-            included = negated
-    return included
 
 
 def test_dockerignore_sends_what_the_build_copies_and_nothing_else():
