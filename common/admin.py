@@ -16,10 +16,12 @@ import psycopg2
 
 from common import admin_sql, db, migrations, registry
 from common.builtin import BUILTIN_TASK_MODULES
-from common.config import OPTIONS, ConfigError, build_parser, exit_config_error, parse_args
+from common.config import (OPTIONS, ConfigError, bounded_int, build_parser, exit_config_error,
+                           parse_args)
 
 PROG = "task-processor"
 STATES = ("waiting", "running", "succeeded", "dead")
+TASK_ID = bounded_int(1, 2**63 - 1)  # a bigserial
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -104,8 +106,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"waiting now {due}, scheduled later {scheduled}, "
           f"oldest waiting for {_age(oldest_seconds)}")
     print(f"processors {len(processors)}")
-    for pid_row in processors:
-        processor_id, host, pid, workers, state, beat = pid_row
+    for processor_id, host, pid, workers, state, beat in processors:
         print(f"  {processor_id} on {host} pid {pid}: {workers} workers, {state}, "
               f"last beat {_age(float(beat))} ago")
     return 0
@@ -190,16 +191,6 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
 def build() -> argparse.ArgumentParser:
     """The parser: every option of common.config (one config file serves every command, so
     processor options are accepted here and ignored), then one subcommand."""
@@ -218,12 +209,13 @@ def build() -> argparse.ArgumentParser:
     listing = add("list", cmd_list, "the latest tasks, newest first")
     listing.add_argument("--state", choices=STATES, help="only tasks in this state")
     listing.add_argument("--identifier", help="only tasks of this task identifier")
-    listing.add_argument("--limit", type=_positive, default=50, help="at most N (default 50)")
+    listing.add_argument("--limit", type=bounded_int(1, 100_000), default=50,
+                         help="at most N (default 50)")
     show = add("show", cmd_show, "one task with its runs and errors")
-    show.add_argument("id", type=_positive, help="task id")
+    show.add_argument("id", type=TASK_ID, help="task id")
     requeue = add("requeue", cmd_requeue,
                   "dead tasks back to waiting, due now, with a fresh attempt budget")
-    requeue.add_argument("ids", type=_positive, nargs="*", metavar="ID", help="task ids")
+    requeue.add_argument("ids", type=TASK_ID, nargs="*", metavar="ID", help="task ids")
     requeue.add_argument("--dead", action="store_true", help="every dead task")
     requeue.add_argument("--identifier", help="with --dead: only tasks of this identifier")
     tasks = add("tasks", cmd_tasks, "the task identifiers that the given modules register")
