@@ -76,6 +76,7 @@ class Api:
         self.pool = ConnectionPool(settings.database_url)
         self.probe = RoundTripProbe(self.pool, settings.round_trip_timeout_seconds)
         self._schema_checked = False
+        self._routes = {"/health": self.health, "/processor/monitoring": self.monitoring}
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -94,8 +95,7 @@ class Api:
         path = environ.get("PATH_INFO", "") or "/"
         if path != "/":
             path = path.rstrip("/")
-        handlers = {"/health": self.health, "/processor/monitoring": self.monitoring}
-        handler = handlers.get(path)
+        handler = self._routes.get(path)
         if handler is None:
             raise HttpError(HTTPStatus.NOT_FOUND,
                             f"no such endpoint {path!r}; this API serves {', '.join(ROUTES)}")
