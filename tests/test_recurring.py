@@ -450,3 +450,20 @@ def test_an_older_processor_never_retires_what_a_newer_one_added(conn, connect, 
     old = RecurringDuty(old_processor)  # the old code, without the task, starts its duty
     old.start(connect())
     assert definition_row(conn, added) is not None
+
+
+@pytest.mark.parametrize("at, before, after", [
+    ("2024-01-01 09:00", "2024-01-01 10:00", "2024-01-01 10:00"),  # before the origin
+    ("2024-01-01 10:00", "2024-01-01 10:00", "2024-01-01 10:00"),  # the origin
+    ("2024-01-01 11:30", "2024-01-01 11:00", "2024-01-01 12:00"),  # between two points
+    ("2024-01-01 13:00", "2024-01-01 13:00", "2024-01-01 13:00"),  # on a point
+    ("2024-01-01 12:59:59.999999", "2024-01-01 12:00", "2024-01-01 13:00"),
+    ("2054-01-01 10:00:00.000001", "2054-01-01 10:00", "2054-01-01 11:00"),  # exact far out
+])
+def test_grid_points_around_a_time(conn, at, before, after):
+    assert fetch_all(conn, """
+        SELECT task_processor.recurring_slot_at_or_before(o, %(every)s, %(at)s) = %(before)s,
+               task_processor.recurring_slot_at_or_after(o, %(every)s, %(at)s) = %(after)s
+        FROM (SELECT timestamptz '2024-01-01 10:00 UTC' AS o) AS origin
+    """, {"every": HOUR_US, "at": at + "+00", "before": before + "+00",
+          "after": after + "+00"}) == [(True, True)]

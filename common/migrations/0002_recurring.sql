@@ -52,8 +52,11 @@ $$;
 CREATE FUNCTION task_processor.recurring_slot_at_or_after(
     origin timestamptz, run_every_us bigint, at timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT origin + interval '1 microsecond' * (run_every_us * greatest(0, ceil(
-        extract(epoch FROM at - origin) * 1000000 / run_every_us)))::float8
+    SELECT CASE WHEN at <= origin THEN origin
+                ELSE task_processor.recurring_slot_at_or_before(
+                         origin, run_every_us, at - interval '1 microsecond')
+                     + run_every_us * interval '1 microsecond'
+           END
 $$;
 
 -- What operators look at: each definition with its latest run, so a run that keeps failing is
