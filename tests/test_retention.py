@@ -12,6 +12,8 @@ import pytest
 from common import recurring
 from common.builtin import BUILTIN_TASK_MODULES, retention
 from conftest import fetch_all
+from harness import wait_for
+from processor_fixtures import start_processor, subreaper  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -139,3 +141,18 @@ def test_the_task_uses_the_configured_periods(conn):
     retention.clean_up_old_tasks()  # as a worker runs it: its own connection, DATABASE_URL
     assert remaining(conn, "tasks") == set(dead_two_days)
     assert set(two_days + dead_four_days).isdisjoint(remaining(conn, "tasks"))
+
+
+def test_a_processor_runs_the_clean_up_with_its_options(conn, start_processor):
+    old = add_tasks(conn, 3, "succeeded", 3)
+    old_dead = add_tasks(conn, 1, "dead", 3)
+    processor = start_processor("--numthreads", "1", "--retention-days", "2",
+                                "--dead-retention-days", "5", tasks=())
+    wait_for(lambda: fetch_all(conn, """
+        SELECT state FROM task_processor.tasks
+        WHERE recurring_identifier = 'retention.clean_up_old_tasks' AND state = 'succeeded'
+    """), timeout=30, message="the first clean-up run, at the first start")
+    left = remaining(conn, "tasks")
+    assert set(old).isdisjoint(left)
+    assert set(old_dead) <= left
+    assert "3 succeeded tasks, 0 dead tasks" in processor.log_text()
