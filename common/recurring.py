@@ -102,7 +102,7 @@ def register_recurring_task(run_every: timedelta,
     It is also an ordinary task handler (the identifier rules are the same, and it can be
     ``.delay()``-ed). ``priority`` and ``max_attempts`` default to those of any task.
     """
-    # Imported here: common.tasks re-exports this function, so it cannot be imported first.
+    # Imported here, not at the top: common.tasks imports this module to re-export this function.
     from common.tasks import register_task_handler
 
     run_every = _check_run_every(run_every)

@@ -113,9 +113,8 @@ def test_a_run_that_keeps_failing_is_visible_and_the_schedule_goes_on(database_u
     first = slots(database_url)[0]
     assert first[2] == "dead"
     assert first[3] == [["1", "failure"], ["2", "failure"], ["3", "failure"]]
-    ((state, error),) = query(database_url, """
-        SELECT t.state, t.last_error FROM task_processor.tasks AS t WHERE t.id = %s
-    """, (first[1],))
+    ((error,),) = query(database_url, "SELECT last_error FROM task_processor.tasks "
+                                      "WHERE id = %s", (first[1],))
     assert recurring_tasks.FAILURE_MESSAGE in error
     assert query(database_url, "SELECT count(*) FROM task_processor.recurring_tasks "
                                "WHERE identifier = %s", (IDENTIFIER,)) == [(1,)]
