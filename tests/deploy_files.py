@@ -5,6 +5,7 @@ not)."""
 
 from __future__ import annotations
 
+import configparser
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,19 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENTRYPOINT_SCRIPT = ROOT / "deploy" / "docker-entrypoint.sh"
 IMAGE_SERVICES = ("migrate", "api", "processor")
+
+
+def setup_cfg() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    return parser
+
+
+def console_scripts() -> dict[str, str]:
+    """setup.cfg's console scripts: name -> ``module:function``."""
+    entries = setup_cfg()["options.entry_points"]["console_scripts"].strip().splitlines()
+    return {name.strip(): target.strip()
+            for name, _, target in (entry.partition("=") for entry in entries)}
 
 
 def compose_lines() -> list[str]:

@@ -4,7 +4,6 @@ and migration of the checkout, and the built package's console scripts work on t
 
 from __future__ import annotations
 
-import configparser
 import os
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_files import ROOT, dockerfile_instructions, sent_to_builder
+from deploy_files import ROOT, console_scripts, dockerfile_instructions, sent_to_builder
 
 
 def build_stage_sources() -> list[str]:
@@ -35,14 +34,6 @@ def copy_as_docker_would(source: str, destination: Path) -> None:
             target = destination / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
-
-
-def console_scripts() -> dict[str, str]:
-    parser = configparser.ConfigParser()
-    parser.read(ROOT / "setup.cfg")
-    entries = parser["options.entry_points"]["console_scripts"].strip().splitlines()
-    return {name.strip(): target.strip()
-            for name, _, target in (entry.partition("=") for entry in entries)}
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ import pytest
 from conftest import fetch_all
 from deploy_files import (ENTRYPOINT_SCRIPT, ROOT, compose_command, compose_environment,
                           compose_probe, compose_service)
+from harness import wait_for
 
 TASK_MODULE = Path(__file__).resolve().parent / "deploy_tasks.py"
 # Console scripts are installed next to the interpreter, as in the image's virtualenv.
@@ -42,18 +43,6 @@ WAIT_SECONDS = 20
 needs_namespaces = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("nsenter") is None,
     reason="PID namespaces need root and util-linux unshare/nsenter")
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -161,7 +150,7 @@ def start_container(started, image_env: dict[str, str], app_dir: Path) -> tuple[
                 continue
         return None
 
-    return process, wait_for(pid_1, "the supervisor to be PID 1 in the namespace")
+    return process, wait_for(pid_1, message="the supervisor to be PID 1 in the namespace")
 
 
 def exec_in_container(host_pid: int, command: list[str], env: dict[str, str]) -> int:
@@ -175,15 +164,15 @@ def exec_in_container(host_pid: int, command: list[str], env: dict[str, str]) ->
 def test_image_runs_tasks_as_pid_1_reports_healthy_and_drains_on_sigterm(
         started, image_env, app_dir, conn, tasks):
     container, supervisor = start_container(started, image_env, app_dir)
-    wait_for(lambda: idle_workers(conn) == 2, "both workers to be idle")
+    wait_for(lambda: idle_workers(conn) == 2, message="both workers to be idle")
     assert fetch_all(conn, "SELECT pid, state FROM task_processor.processors") == [(1, "running")]
     wait_for(lambda: exec_in_container(supervisor, ["check-health"], image_env) == 0,
-             "the image's HEALTHCHECK command to pass")
+             message="the image's HEALTHCHECK command to pass")
 
     quick = tasks.nap.delay(args=(0,))
-    wait_for(lambda: task_state(conn, quick) == "succeeded", "a task to run")
+    wait_for(lambda: task_state(conn, quick) == "succeeded", message="a task to run")
     slow = tasks.nap.delay(args=(2,))
-    wait_for(lambda: task_state(conn, slow) == "running", "a long task to start")
+    wait_for(lambda: task_state(conn, slow) == "running", message="a long task to start")
     os.kill(supervisor, signal.SIGTERM)  # what `docker stop` sends to PID 1 (STOPSIGNAL)
 
     status, output = wait_exit(container)
@@ -200,12 +189,12 @@ def test_image_runs_tasks_as_pid_1_reports_healthy_and_drains_on_sigterm(
 def test_pid_1_supervisor_reaps_orphans_of_tasks(started, image_env, app_dir, conn, tasks,
                                                   tmp_path):
     container, supervisor = start_container(started, image_env, app_dir)
-    wait_for(lambda: idle_workers(conn) == 2, "both workers to be idle")
+    wait_for(lambda: idle_workers(conn) == 2, message="both workers to be idle")
     pid_file = tmp_path / "orphan.pid"
     task = tasks.leave_orphan.delay(args=(str(pid_file), 1.5))
 
     orphan_in_namespace = wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(),
-                                   "the task's grandchild to start")
+                                   message="the task's grandchild to start")
 
     def orphan() -> psutil.Process | None:
         for process in descendants(supervisor):
@@ -213,9 +202,11 @@ def test_pid_1_supervisor_reaps_orphans_of_tasks(started, image_env, app_dir, co
                 return process
         return None
 
-    grandchild = wait_for(orphan, "the grandchild among the supervisor's descendants")
-    wait_for(lambda: grandchild.ppid() == supervisor, "the orphan to be re-parented to PID 1")
-    wait_for(lambda: not grandchild.is_running(), "PID 1 to reap the orphan after it exits")
+    grandchild = wait_for(orphan, message="the grandchild among the supervisor's descendants")
+    wait_for(lambda: grandchild.ppid() == supervisor,
+             message="the orphan to be re-parented to PID 1")
+    wait_for(lambda: not grandchild.is_running(),
+             message="PID 1 to reap the orphan after it exits")
     assert task_state(conn, task) == "succeeded"
     zombies = [process.pid for process in descendants(supervisor)
                if process.status() == psutil.STATUS_ZOMBIE]
@@ -284,14 +275,14 @@ def test_compose_services_start_and_work_together(started, app_dir, empty_databa
     api = started([str(ENTRYPOINT_SCRIPT), *local(compose_command("api"))], cwd=app_dir,
                   env=service_env("api"))
     wait_for(lambda: passes(local(compose_probe("api")), service_env("api")),
-             "the api's healthcheck to pass")
+             message="the api's healthcheck to pass")
 
     processor_env = {**service_env("processor"), "TASK_PROCESSOR_NUM_THREADS": "2",
                      "EXAMPLE_GREETINGS_FILE": str(app_dir / "greetings.log")}
     processor = started([str(ENTRYPOINT_SCRIPT), *compose_command("processor")], cwd=app_dir,
                         env=processor_env)
     wait_for(lambda: passes(compose_probe("processor"), processor_env),
-             "the processor's healthcheck to pass")
+             message="the processor's healthcheck to pass")
 
     status, health = get_json(f"http://127.0.0.1:{port}/health?format=json")
     assert status == 200
@@ -353,7 +344,7 @@ def test_sd_notify_ready_watchdog_status_and_stopping(started, image_env, notify
         messages.append((time.monotonic(), *received))
         return received[1]
 
-    wait_for(lambda: "READY" in next_message(), "READY=1")
+    wait_for(lambda: "READY" in next_message(), message="READY=1")
     ready_at, _, ready = messages[-1]
     assert ready["READY"] == "1"
     assert len(psutil.Process(processor.pid).children()) == 2, "READY=1 before the workers"
@@ -362,13 +353,13 @@ def test_sd_notify_ready_watchdog_status_and_stopping(started, image_env, notify
         return [at for at, _, fields in messages if fields.get("WATCHDOG") == "1" and at > ready_at]
 
     wait_for(lambda: next_message() is not None and len(pings_after_ready()) >= 4,
-             "four WATCHDOG=1 pings")
+             message="four WATCHDOG=1 pings")
     pings = pings_after_ready()
     gaps = sorted(later - earlier for earlier, later in zip(pings, pings[1:]))
     assert gaps[len(gaps) // 2] < watchdog_usec / 1e6, f"pings too rare for the watchdog: {gaps}"
 
     processor.send_signal(signal.SIGTERM)
-    wait_for(lambda: "STOPPING" in next_message(), "STOPPING=1")
+    wait_for(lambda: "STOPPING" in next_message(), message="STOPPING=1")
     status, output = wait_exit(processor)
     assert status == 0, output
     assert any("STATUS" in fields for _, _, fields in messages)

@@ -8,7 +8,6 @@ for real in tests/test_deploy_runtime.py.
 
 from __future__ import annotations
 
-import configparser
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from common import config
 
 from deploy_files import (ENTRYPOINT_SCRIPT, IMAGE_SERVICES, ROOT, compose_command,
                           compose_environment, compose_probe, compose_service, compose_value,
-                          dockerfile_instructions, sent_to_builder)
+                          console_scripts, dockerfile_instructions, sent_to_builder, setup_cfg)
 
 UNIT = ROOT / "deploy" / "task-processor.service"
 ENV_EXAMPLE = ROOT / "deploy" / "task-processor.env.example"
@@ -38,17 +37,6 @@ NON_OPTION_VARIABLES = {
 
 
 # -- readers ---------------------------------------------------------------------------------
-
-def setup_cfg() -> configparser.ConfigParser:
-    parser = configparser.ConfigParser()
-    parser.read(ROOT / "setup.cfg")
-    return parser
-
-
-def console_scripts() -> set[str]:
-    entries = setup_cfg()["options.entry_points"]["console_scripts"]
-    return {line.split("=")[0].strip() for line in entries.strip().splitlines()}
-
 
 def final_stage() -> list[tuple[str, str]]:
     instructions = dockerfile_instructions()
@@ -180,7 +168,8 @@ def test_dockerignore_sends_what_the_build_copies_and_nothing_else():
                 assert sent_to_builder(source.rstrip("/")), f".dockerignore drops {source}"
     assert sent_to_builder("common/migrations/0001_initial.sql")
     for kept_out in (".git/config", "tests/conftest.py", "bench/x.py", ".env",
-                     "common/__pycache__/config.cpython-311.pyc", "task_processor.egg-info/PKG-INFO"):
+                     "common/__pycache__/config.cpython-311.pyc",
+                     "task_processor.egg-info/PKG-INFO"):
         assert not sent_to_builder(kept_out), f"{kept_out} would be sent to the builder"
 
 
@@ -202,7 +191,7 @@ def compose_commands() -> list[list[str]]:
 
 
 def test_every_command_the_deployment_files_run_is_an_installed_console_script():
-    scripts = console_scripts()
+    scripts = set(console_scripts())
     stage = final_stage()
     called = {exec_form(one(stage, "CMD"))[0],
               exec_form(one(stage, "HEALTHCHECK").partition("CMD ")[2])[0],
