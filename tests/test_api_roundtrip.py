@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 from conftest import fetch_all
@@ -9,6 +10,7 @@ from harness import wait_for
 from processor_fixtures import start_processor, subreaper  # noqa: F401
 from test_api_support import PROCESSOR_ARGS, api_server
 
+PROBE_TASK = "health.round_trip_health_check"
 ROUND_TRIP = {"ENABLE_TASK_PROCESSOR_HEALTH_CHECK": "True",
               "TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT": "1.5"}
 
@@ -16,12 +18,20 @@ ROUND_TRIP = {"ENABLE_TASK_PROCESSOR_HEALTH_CHECK": "True",
 def leftovers(conn) -> tuple[list, list]:
     """Probe rows, and probe tasks nobody ran, left after the API answered."""
     return (fetch_all(conn, "SELECT id FROM task_processor.health_checks"),
-            fetch_all(conn, "SELECT id FROM task_processor.tasks WHERE state = 'waiting'"))
+            fetch_all(conn, "SELECT id FROM task_processor.tasks WHERE state = 'waiting' "
+                            "AND identifier = %s", (PROBE_TASK,)))
 
 
 def start_live_processor(start) -> None:
     """Start a processor with the ``start_processor`` fixture; return once its workers beat."""
     start(*PROCESSOR_ARGS).wait_ready(2)
+
+
+def probe_runs(conn) -> list[tuple]:
+    """(task id, priority, result) of every attempt of a probe task."""
+    return fetch_all(conn, "SELECT t.id, t.priority, r.result FROM task_processor.runs r "
+                           "JOIN task_processor.tasks t ON t.id = r.task_id "
+                           "WHERE t.identifier = %s", (PROBE_TASK,))
 
 
 def test_round_trip_works_with_a_running_processor(database_url, conn,
@@ -31,10 +41,8 @@ def test_round_trip_works_with_a_running_processor(database_url, conn,
         status, _, body = server.get("/health?format=json")
         assert (status, body) == (200, {"database": "working", "task_processor": "working"})
         assert leftovers(conn) == ([], [])
-        runs = wait_for(lambda: fetch_all(
-            conn, "SELECT t.identifier, t.priority, r.result FROM task_processor.runs r"
-                  " JOIN task_processor.tasks t ON t.id = r.task_id"), message="the probe's run")
-    assert runs == [("health.round_trip_health_check", 0, "success")]  # HIGHEST priority
+        runs = wait_for(lambda: probe_runs(conn), message="the probe's run")
+    assert [(priority, result) for _, priority, result in runs] == [(0, "success")]  # HIGHEST
 
 
 def test_round_trip_failure_is_reported_with_200_and_leaves_nothing(database_url, conn):
@@ -74,14 +82,16 @@ def test_concurrent_probes_share_one_task(database_url, conn):
 def test_a_late_processor_does_not_run_an_abandoned_probe(database_url, conn,
                                                           start_processor):  # noqa: F811
     with api_server(database_url, **ROUND_TRIP) as server:
-        assert "did not run" in server.get("/health?format=json")[2]["task_processor"]
+        failure = server.get("/health?format=json")[2]["task_processor"]
+    first_task_id = int(re.search(r"health-check task \(id (\d+)\)", failure)[1])
     start_live_processor(start_processor)
     with api_server(database_url, **ROUND_TRIP) as server:
         assert server.get("/health?format=json")[2]["task_processor"] == "working"
-        runs = wait_for(lambda: fetch_all(conn, "SELECT task_id FROM task_processor.runs"),
-                          message="the second probe's run")
+        runs = wait_for(lambda: probe_runs(conn), message="the second probe's run")
     # Only the second probe's task ever ran: the first was deleted when its probe gave up.
-    assert runs == [(2,)]
+    assert len(runs) == 1 and runs[0][0] != first_task_id
+    assert fetch_all(conn, "SELECT id FROM task_processor.tasks WHERE id = %s",
+                     (first_task_id,)) == []
 
 
 def test_round_trip_is_not_run_when_the_database_is_down():
