@@ -134,6 +134,13 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def is_zombie(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def start_container(started, image_env: dict[str, str], app_dir: Path) -> tuple[Any, int]:
     """The image's entrypoint with its command line, as PID 1 of a new PID namespace, with the
     user's code directory as working directory. Returns unshare's Popen and the host pid of the
@@ -209,7 +216,7 @@ def test_pid_1_supervisor_reaps_orphans_of_tasks(started, image_env, app_dir, co
              message="PID 1 to reap the orphan after it exits")
     assert task_state(conn, task) == "succeeded"
     zombies = [process.pid for process in descendants(supervisor)
-               if process.status() == psutil.STATUS_ZOMBIE]
+               if is_zombie(process)]
     assert zombies == [], f"zombies left in the namespace: {zombies}"
 
     os.kill(supervisor, signal.SIGTERM)
@@ -352,8 +359,11 @@ def test_sd_notify_ready_watchdog_status_and_stopping(started, image_env, notify
     def pings_after_ready() -> list[float]:
         return [at for at, _, fields in messages if fields.get("WATCHDOG") == "1" and at > ready_at]
 
-    wait_for(lambda: next_message() is not None and len(pings_after_ready()) >= 4,
-             message="four WATCHDOG=1 pings")
+    def four_pings() -> bool:
+        next_message()
+        return len(pings_after_ready()) >= 4
+
+    wait_for(four_pings, message="four WATCHDOG=1 pings")
     pings = pings_after_ready()
     gaps = sorted(later - earlier for earlier, later in zip(pings, pings[1:]))
     assert gaps[len(gaps) // 2] < watchdog_usec / 1e6, f"pings too rare for the watchdog: {gaps}"
