@@ -32,7 +32,8 @@ class Report:
         """One line: the first problem (with a count of the others), or what is healthy."""
         if self.problems:
             more = len(self.problems) - 1
-            suffix = f" (and {more} more problem{'s' * (more > 1)}; --json shows all)" if more else ""
+            plural = "s" if more > 1 else ""
+            suffix = f" (and {more} more problem{plural}; --json shows all)" if more else ""
             return f"unhealthy: {self.problems[0]}{suffix}"
         described = ", ".join(
             f"processor {p.id} (pid {p.pid} on {p.host}, {p.num_workers} workers, "
@@ -75,9 +76,10 @@ def processor_problem(processor: ProcessorRow) -> str | None:
     if processor.state == "stopped":
         return f"{name} stopped at {_timestamp(processor.stopped_at)}"
     if not processor.beat_fresh:
-        return (f"{name}: supervisor heartbeat last written at {_timestamp(processor.last_beat_at)}, "
-                f"{processor.beat_age_seconds:.1f} s ago, longer than the grace period of "
-                f"{_seconds(processor.grace_period_ms)}: the supervisor is frozen or dead")
+        return (f"{name}: supervisor heartbeat last written at "
+                f"{_timestamp(processor.last_beat_at)}, {processor.beat_age_seconds:.1f} s ago, "
+                f"longer than the grace period of {_seconds(processor.grace_period_ms)}: "
+                f"the supervisor is frozen or dead")
     if processor.state == "draining":
         return f"{name} is draining: it finishes its running tasks and claims no new ones"
     return None
