@@ -13,7 +13,7 @@ import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import psycopg2
 import psycopg2.errors
@@ -22,6 +22,7 @@ from common import db
 from common.migrations import SchemaOutdated
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NOTIFY_CHANNEL = "task_processor"
 
@@ -99,9 +100,9 @@ def enqueue(kind: TaskKind, tasks: Sequence[NewTask],
     thread's own queue connection in a transaction of its own."""
     try:
         if connection is None:
-            return _own_connection().run(lambda cursor: insert(cursor, kind, tasks))
+            return _own_connection().run(lambda own: _insert_atomically(own, kind, tasks))
         if connection.autocommit:
-            return _in_one_transaction(connection, kind, tasks)
+            return _insert_atomically(connection, kind, tasks)
         with connection.cursor() as cursor:
             return insert(cursor, kind, tasks)
     except psycopg2.errors.UndefinedTable:
@@ -110,10 +111,14 @@ def enqueue(kind: TaskKind, tasks: Sequence[NewTask],
             "`task-processor migrate` against it") from None
 
 
-def _in_one_transaction(connection: db.Connection, kind: TaskKind,
-                        tasks: Sequence[NewTask]) -> list[int | None]:
-    """On an autocommit connection each statement would commit alone, releasing the
-    ``queue_size`` lock before the insert: run the whole enqueue as one transaction."""
+def _insert_atomically(connection: db.Connection, kind: TaskKind,
+                       tasks: Sequence[NewTask]) -> list[int | None]:
+    """Insert on an autocommit connection. Without ``queue_size`` the insert is a single
+    statement, its own transaction: one round trip. With it, each statement would commit
+    alone, releasing the ``queue_size`` lock before the insert: run them in one transaction."""
+    if kind.queue_size is None:
+        with connection.cursor() as cursor:
+            return insert(cursor, kind, tasks)
     connection.autocommit = False
     try:
         with connection:
@@ -136,16 +141,14 @@ class _OwnConnection:
 
     def _connect(self) -> db.Connection:
         if self.connection is None or self.connection.closed:
-            self.connection = db.connect(db.queue_database_url(), "enqueue", autocommit=False)
+            self.connection = db.connect(db.queue_database_url(), "enqueue")
         return self.connection
 
-    def run(self, work):
+    def run(self, work: Callable[[db.Connection], T]) -> T:
         for attempt in (1, 2):
             connection = self._connect()
             try:
-                with connection:  # commits on success, rolls back on error
-                    with connection.cursor() as cursor:
-                        return work(cursor)
+                return work(connection)
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 self.close()
                 if attempt == 2:

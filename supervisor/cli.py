@@ -5,7 +5,6 @@ task module that cannot be imported), 1 for a fatal error such as a worker crash
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import secrets
@@ -14,9 +13,10 @@ import sys
 import traceback
 from typing import Sequence
 
-from common import db, logs, sentry
+from common import db, logs, registry, sentry
 from common.builtin import BUILTIN_TASK_MODULES, retention
 from common.config import ConfigError, build_parser, exit_config_error, parse_args, split_modules
+from common.migrations import SchemaOutdated
 from common.recurring import RecurringDuty
 from common.tasks import enter_processor_mode
 from supervisor.arbiter import Supervisor
@@ -68,15 +68,11 @@ def worker_settings(options: argparse.Namespace, processor_id: str) -> WorkerSet
 def import_task_modules(modules: Sequence[str]) -> None:
     """Import every task module before the first fork, so that workers inherit them and a
     broken module stops the start (exit 78) instead of feeding a respawn loop."""
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # `--tasks app.tasks` works from the project root
-    for module in [*BUILTIN_TASK_MODULES, *modules]:
-        try:
-            importlib.import_module(module)
-        except Exception as error:  # noqa: BLE001 - any import error is a configuration error
-            traceback.print_exc(file=sys.stderr)
-            exit_config_error(PROG, f"cannot import task module {module!r}: "
-                                    f"{type(error).__name__}: {error}")
+    try:
+        registry.load_modules([*BUILTIN_TASK_MODULES, *modules])
+    except registry.TaskModuleError as error:
+        traceback.print_exception(error.__cause__, file=sys.stderr)
+        exit_config_error(PROG, str(error))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     supervisor = Supervisor(settings=settings, num_workers=options.numthreads,
                             drain_timeout=options.drain_timeout, reload_settings=reload,
                             duties=[RecurringDuty(processor_id)], migrate=options.migrate)
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    except SchemaOutdated as error:  # --migrate false on a database that needs migrating
+        exit_config_error(PROG, str(error))
 
 
 if __name__ == "__main__":
