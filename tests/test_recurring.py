@@ -27,6 +27,13 @@ from conftest import fetch_all
 HOUR_US = 3600 * 1_000_000
 
 
+@pytest.fixture(autouse=True)
+def no_other_definitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's processors know only what the test defines, not the recurring tasks that
+    other test modules imported into this process."""
+    monkeypatch.setattr(recurring, "_definitions", {})
+
+
 @pytest.fixture
 def define() -> Iterator[Callable[..., str]]:
     """Registers recurring tasks for one test (under fresh names) and forgets them after."""
@@ -291,7 +298,7 @@ def test_three_processors_enqueue_exactly_one_run_per_period(conn, connect, defi
     assert all((slot - origin) % timedelta(seconds=1) == timedelta(0) for slot in slots)
     # The row lock alone kept the processors apart: none of them hit the unique slot index.
     assert not [r for r in caplog.records if "already had a task" in r.getMessage()]
-    queued = [r for r in caplog.records if "queued task" in r.getMessage()]
+    queued = [r for r in caplog.records if f"{identifier}: queued task" in r.getMessage()]
     assert len(queued) == len(slots)
 
 
