@@ -95,3 +95,12 @@ def is_connection_error(error: BaseException) -> bool:
     """True for errors that mean the connection is gone (reconnect), not that a query is bad."""
     return isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError,
                               DatabaseUnavailable))
+
+
+def close_quietly(connection: Connection | None) -> None:
+    """Close a connection that may already be broken; a dead one has nothing to say."""
+    if connection is not None:
+        try:
+            connection.close()
+        except psycopg2.Error:
+            pass

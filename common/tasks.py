@@ -235,4 +235,6 @@ def register_task_handler(task_name: str | None = None,
         return handler
 
     return decorator
+
+
 from common.recurring import register_recurring_task  # noqa: E402,F401 - public API

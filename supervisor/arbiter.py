@@ -20,7 +20,6 @@ from typing import Callable
 import setproctitle
 
 from common.slots import Beat, Slots, WorkerState
-from supervisor import queries
 from supervisor.database import Duty, SupervisorDatabase
 from supervisor.systemd import Notifier
 from worker.process import Worker, WorkerSettings, worker_id

@@ -225,12 +225,8 @@ class SupervisorDatabase:
             return cursor.fetchall() if cursor.description else []
 
     def _drop(self) -> None:
-        if self.connection is not None:
-            try:
-                self.connection.close()
-            except psycopg2.Error:
-                pass
-            self.connection = None
+        db.close_quietly(self.connection)
+        self.connection = None
 
 
 def _process_alive(pid: int, started_at: float) -> bool:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from typing import Iterator
+from typing import Callable, Iterator
 
 import psycopg2
 import pytest
 
 from common import migrations, queue
+from harness import Processor, become_subreaper, query
+from processor_tasks import RESULTS_TABLE
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -60,25 +62,24 @@ def template_database() -> str:
     return name
 
 
-def create_database(template: str) -> str:
-    """A new database cloned from ``template``; returns its name."""
-    name = f"tp_test_{uuid.uuid4().hex[:12]}"
+def _admin_command(sql: str) -> None:
     admin = _admin()
     try:
         with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            cursor.execute(sql)
     finally:
         admin.close()
+
+
+def create_database(template: str | None = None) -> str:
+    """A new database, cloned from ``template`` when given; returns its name."""
+    name = f"tp_test_{uuid.uuid4().hex[:12]}"
+    _admin_command(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     return name
 
 
 def drop_database(name: str) -> None:
-    admin = _admin()
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
+    _admin_command(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -98,13 +99,7 @@ def database_url(template_database: str, monkeypatch: pytest.MonkeyPatch) -> Ite
 @pytest.fixture
 def empty_database_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh database with no schema at all, for migration tests."""
-    name = f"tp_test_{uuid.uuid4().hex[:12]}"
-    admin = _admin()
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        admin.close()
+    name = create_database()
     url = url_for(name)
     monkeypatch.setenv("DATABASE_URL", url)
     try:
@@ -129,3 +124,37 @@ def fetch_all(connection, sql: str, params=()) -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
+
+
+# -- real processors ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def subreaper() -> None:
+    become_subreaper()
+
+
+@pytest.fixture
+def results(database_url: str) -> Callable[[str], list[tuple]]:
+    """Creates the results table; returns a function giving the rows recorded for a key."""
+    query(database_url, RESULTS_TABLE)
+    return lambda key: query(database_url,
+                             "SELECT key, pid FROM test_results WHERE key = %s", (key,))
+
+
+@pytest.fixture
+def start_processor(database_url: str, tmp_path, monkeypatch) -> Iterator[Callable[..., Processor]]:
+    """Starts processors on the test database (TASK_RUN_METHOD=TASK_PROCESSOR is set for
+    the test's own .delay() calls); kills all of them afterwards."""
+    monkeypatch.setenv("TASK_RUN_METHOD", "TASK_PROCESSOR")
+    started: list[Processor] = []
+
+    def start(*args: str, **kwargs) -> Processor:
+        processor = Processor(database_url, tmp_path / f"processor-{len(started)}.log", *args,
+                              **kwargs)
+        started.append(processor)
+        return processor
+
+    yield start
+    for processor in started:
+        processor.stop()

@@ -7,7 +7,6 @@ import threading
 
 from conftest import fetch_all
 from harness import wait_for
-from processor_fixtures import start_processor, subreaper  # noqa: F401
 from test_api_support import PROCESSOR_ARGS, api_server
 
 PROBE_TASK = "health.round_trip_health_check"

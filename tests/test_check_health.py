@@ -15,7 +15,6 @@ from datetime import timezone
 import pytest
 
 from harness import query, wait_for
-from processor_fixtures import start_processor, subreaper  # noqa: F401
 from test_api_support import (GRACE_MS, PROCESSOR_ARGS, check_health, environment,
                               health_status, processor_id)
 

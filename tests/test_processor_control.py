@@ -11,7 +11,6 @@ import time
 
 import processor_tasks
 from harness import REPO, TESTS, query, task_states, wait_for
-from processor_fixtures import results, start_processor, subreaper  # noqa: F401
 
 
 def test_sigterm_lets_running_tasks_finish_and_exits_0(database_url, start_processor,

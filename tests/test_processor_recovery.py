@@ -10,7 +10,6 @@ import psutil
 
 import processor_tasks
 from harness import query, reap_orphans, task_states, wait_for
-from processor_fixtures import results, start_processor, subreaper  # noqa: F401
 
 
 def _task(url: str, task_id: int) -> tuple:

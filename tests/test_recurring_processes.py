@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 
 import recurring_tasks
 from harness import query, reap_orphans, wait_for
-from processor_fixtures import start_processor, subreaper  # noqa: F401
 
 IDENTIFIER = "recurring_tasks.tick"
 TASKS = ("recurring_tasks",)

@@ -13,7 +13,6 @@ from common import recurring
 from common.builtin import BUILTIN_TASK_MODULES, retention
 from conftest import fetch_all
 from harness import wait_for
-from processor_fixtures import start_processor, subreaper  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -221,12 +221,8 @@ class Worker:
             cursor.execute(queries.LISTEN)
 
     def _drop_connection(self) -> None:
-        if self.connection is not None:
-            try:
-                self.connection.close()
-            except psycopg2.Error:
-                pass
-            self.connection = None
+        db.close_quietly(self.connection)
+        self.connection = None
 
     def _claim(self) -> list[ClaimedTask]:
         with self.connection.cursor() as cursor:
