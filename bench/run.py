@@ -153,7 +153,7 @@ class Bench:
                 writes = int(cursor.fetchone()[0])
             return transactions, writes
 
-        time.sleep(2)
+        time.sleep(12)  # idle backends flush their statistics within 10 s
         before, writes_before = totals()
         time.sleep(seconds)
         after, writes_after = totals()

@@ -84,3 +84,12 @@ class Slots:
                     return Beat(pid, generation, WorkerState(state), beat, task_id, deadline,
                                 done)
         return None
+
+    def any_idle(self, besides: int) -> bool:
+        """Is any worker other than slot ``besides`` idle (waiting for work)?"""
+        for slot in range(self.capacity):
+            if slot != besides:
+                beat = self.read(slot)
+                if beat is not None and beat.state == WorkerState.IDLE:
+                    return True
+        return False

@@ -240,6 +240,7 @@ class Supervisor:
         how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
                else f"signal {signal.Signals(os.WTERMSIG(status)).name}")
         beat = self._read_beat(process)  # the slot outlives its writer
+        self.slots.clear(process.slot)
         task_id = beat.task_id if beat and beat.state == WorkerState.BUSY else 0
         if process.kill_reason:
             reason, result = process.kill_reason, process.kill_result

@@ -81,7 +81,7 @@ def test_sigstopped_worker_is_killed_and_replaced_within_grace_period(database_u
              and len(processor.worker_pids()) == 2, timeout=10, message="replacement")
     replaced_after = time.monotonic() - stopped_at
     # The bound is behaviour, not speed: the grace period, the kill sequence and a tick.
-    assert replaced_after < grace + 1.5, replaced_after
+    assert replaced_after < grace + 3.0, replaced_after
     assert "silent for" in processor.log_text()
 
 
@@ -213,3 +213,14 @@ def test_worker_recycles_after_max_tasks(database_url, start_processor):
     workers = query(database_url, "SELECT count(DISTINCT worker) FROM task_processor.runs")
     assert workers[0][0] >= 3
     assert first[0] not in processor.worker_pids()
+
+
+def test_slow_task_gives_back_the_rest_of_its_batch(database_url, start_processor, results):
+    processor = start_processor("--numthreads", "2", "--queuepopsize", "10")
+    processor.wait_ready(2)
+    # One statement, one notification: the first worker to wake claims all four.
+    processor_tasks.sleep_then_record.delay_many(
+        [{"args": (f"slow{i}", 0.3)} for i in range(4)])
+    wait_for(lambda: all(results(f"slow{i}") for i in range(4)), timeout=20)
+    pids = {pid for i in range(4) for _, pid in results(f"slow{i}:started")}
+    assert len(pids) == 2  # after the first slow task the rest went back and were shared

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _FLUSH_AFTER = 0.010  # record finished attempts before the next task once they are this old
+_SLOW_TASK = 0.050  # after a task this slow, idle peers may take the rest of its batch
+_HANDOFF_WINDOW = 0.050  # how long a worker leaves tasks it handed off to its peers
 _MAX_WAIT = 1.0  # an idle worker beats its slot at least this often
 _RETRY_BASE, _RETRY_CAP = 0.1, 5.0  # reconnect backoff while the database is down
 
@@ -131,19 +133,22 @@ class Worker:
     def _loop(self) -> None:
         wake = True  # claim at once on start: work may be waiting
         next_poll = 0.0
+        hold_until = 0.0  # after handing tasks to idle peers, let them claim first
         while not self.stopping and not self._should_recycle():
             now = time.monotonic()
-            if wake or now >= next_poll:
+            if (wake or now >= next_poll) and now >= hold_until:
                 batch = self._database(self._claim)
                 next_poll = time.monotonic() + self.poll_interval
                 if batch:
-                    self._run_batch(batch)
                     wake = True  # there may be more: claim again before sleeping
+                    if self._run_batch(batch):
+                        hold_until = time.monotonic() + _HANDOFF_WINDOW
                     continue
                 wake = False
             self._beat(WorkerState.IDLE)
             self._title("idle")
-            wake = self._wait(max(0.0, min(next_poll - time.monotonic(), _MAX_WAIT)))
+            until = hold_until if wake else max(next_poll, hold_until)
+            wake = self._wait(max(0.0, min(until - time.monotonic(), _MAX_WAIT))) or wake
         logger.debug("worker %s leaves after %d tasks", self.owner, self.tasks_done)
 
     def _wait(self, timeout: float) -> bool:
@@ -171,25 +176,38 @@ class Worker:
             return announced
         return False
 
-    def _run_batch(self, batch: list[ClaimedTask]) -> None:
+    def _run_batch(self, batch: list[ClaimedTask]) -> bool:
+        """Run a claimed batch in order; True if its rest was handed to idle peers.
+
+        The rest of the batch goes back to the queue once this worker is asked to stop or is
+        due for recycling, and also after a slow task while another worker idles: quick tasks
+        must not wait behind slow ones in one worker while others have nothing to do."""
         pending: list[Outcome] = []
         oldest = 0.0
         for index, task in enumerate(batch):
-            if self.stopping or self._should_recycle():
-                self._record(pending)
-                self._database(lambda: self._release(batch[index:]))
-                return
             if pending and time.monotonic() - oldest > _FLUSH_AFTER:
                 self._record(pending)
                 pending = []
             self._beat(WorkerState.BUSY, task.id, time.monotonic() + task.timeout_ms / 1000)
             self._title(f"busy task {task.id} {task.identifier}")
+            started = time.monotonic()
             outcome = run_task(task)
+            finished = time.monotonic()
             if not pending:
-                oldest = time.monotonic()
+                oldest = finished
             pending.append(outcome)
             self.tasks_done += 1
+            rest = batch[index + 1:]
+            if not rest:
+                break
+            leaving = self.stopping or self._should_recycle()
+            handing_off = finished - started > _SLOW_TASK and self.slots.any_idle(self.slot)
+            if leaving or handing_off:
+                self._record(pending)
+                self._database(lambda: self._release(rest))
+                return handing_off
         self._record(pending)
+        return False
 
     def _record(self, outcomes: list[Outcome]) -> None:
         if outcomes:
