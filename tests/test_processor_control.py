@@ -142,3 +142,26 @@ def test_crash_looping_task_module_stops_the_processor(database_url):
     completed = _run_cli("--tasks", "crashing_tasks", "--numthreads", "1", timeout=60)
     assert completed.returncode == 1
     assert "crash loop" in completed.stderr
+
+
+def test_sigquit_stops_at_once_and_requeues(database_url, start_processor, results):
+    processor = start_processor("--numthreads", "1", "--drain-timeout", "60")
+    processor.wait_ready(1)
+    processor_tasks.sleep_then_record.delay(args=("quit", 20))
+    wait_for(lambda: results("quit:started"))
+    processor.signal(signal.SIGQUIT)
+    assert processor.wait(5) == 0
+    assert task_states(database_url) == {"waiting": 1}
+
+
+def test_process_titles_name_role_and_slot_first(database_url, start_processor):
+    processor = start_processor("--numthreads", "2")
+    workers = processor.wait_ready(2)
+
+    def title(pid: int) -> str:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().replace(b"\0", b" ").decode().strip()
+
+    assert wait_for(lambda: title(processor.pid).startswith("tp-supervisor"))
+    assert sorted(title(pid)[:11] for pid in workers) == ["tp-worker 0", "tp-worker 1"]
+    assert "idle" in title(workers[0])

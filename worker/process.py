@@ -76,6 +76,7 @@ class Worker:
         self.tasks_done = 0
         self.poll_interval = min(settings.sleep_interval, settings.grace_period / 3)
         self._wakeup_read = -1
+        self._process = psutil.Process()
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -296,11 +297,13 @@ class Worker:
         setproctitle.setproctitle(f"tp-worker {self.slot} {text}"[:200])
 
     def _should_recycle(self) -> bool:
-        """Replace this process between tasks after enough tasks or too much memory."""
+        """Replace this process between tasks after enough tasks or too much memory. Memory
+        counts only once a task has run: a worker that starts above the limit would otherwise
+        be replaced forever without doing any work."""
         if self.settings.max_tasks and self.tasks_done >= self.settings.max_tasks:
             return True
-        if self.settings.max_memory_mb:
-            rss_mb = psutil.Process().memory_info().rss / (1024 * 1024)
+        if self.settings.max_memory_mb and self.tasks_done:
+            rss_mb = self._process.memory_info().rss / (1024 * 1024)
             if rss_mb > self.settings.max_memory_mb:
                 logger.info("worker %s uses %.0f MiB (limit %d); recycling", self.owner,
                             rss_mb, self.settings.max_memory_mb)
