@@ -24,7 +24,6 @@ from common.config import ConfigError, build_parser, exit_config_error, parse_ar
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BIND = "127.0.0.1:8000"
 
 
 class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
@@ -42,16 +41,6 @@ class LoggingRequestHandler(WSGIRequestHandler):
         logging.getLogger("api.access").info("%s %s", self.address_string(), format % args)
 
 
-def parse_bind(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPv6]:PORT``; port 0 picks a free port."""
-    host, separator, port_text = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not separator or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise argparse.ArgumentTypeError(
-            f"expected HOST:PORT such as {DEFAULT_BIND} or [::1]:8000, got {text!r}")
-    return host, int(port_text)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = build_parser(
         "run-api",
@@ -60,11 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         "ENABLE_TASK_PROCESSOR_HEALTH_CHECK, TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT, "
         "TASK_PROCESSOR_MONITORING_TOKEN.",
         ["database_url", "task_processor_database_url", "log_level", "log_format",
-         "sentry_dsn"])
-    parser.add_argument("--bind", env_var="TASK_PROCESSOR_API_BIND", default=DEFAULT_BIND,
-                        type=parse_bind, metavar="HOST:PORT",
-                        help=f"address to listen on; port 0 picks a free one "
-                             f"(default {DEFAULT_BIND})")
+         "sentry_dsn", "bind"])
     return parser
 
 

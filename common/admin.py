@@ -16,7 +16,7 @@ import psycopg2
 
 from common import admin_sql, db, migrations, registry
 from common.builtin import BUILTIN_TASK_MODULES
-from common.config import (OPTIONS, ConfigError, bounded_int, build_parser, exit_config_error,
+from common.config import (ConfigError, bounded_int, build_parser, exit_config_error,
                            parse_args)
 
 PROG = "task-processor"
@@ -192,9 +192,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def build() -> argparse.ArgumentParser:
-    """The parser: every option of common.config (one config file serves every command, so
-    processor options are accepted here and ignored), then one subcommand."""
-    parser = build_parser(PROG, __doc__, list(OPTIONS))
+    """The parser: the database options of common.config and ``--tasks`` (for ``tasks``),
+    then one subcommand."""
+    parser = build_parser(PROG, __doc__, ["database_url", "task_processor_database_url",
+                                          "tasks"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, run: Command, help_: str, aliases: Sequence[str] = ()):

@@ -13,6 +13,7 @@ import argparse
 import os
 import re
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn, Sequence
 from urllib.parse import urlsplit
@@ -54,6 +55,16 @@ def parse_bool(text: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def host_and_port(text: str) -> tuple[str, int]:
+    """An argparse type: ``HOST:PORT`` or ``[IPv6]:PORT``; port 0 picks a free port."""
+    host, separator, port_text = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not separator or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT such as 127.0.0.1:8000 or [::1]:8000, got {text!r}")
+    return host, int(port_text)
 
 
 def database_url(text: str) -> str:
@@ -143,6 +154,13 @@ OPTIONS: dict[str, Option] = {
             ("--sentry-dsn",), "sentry_dsn", env="SENTRY_DSN", metavar="DSN",
             help="report errors to this Sentry DSN (off when unset)",
         ),
+        # -- run-api ----------------------------------------------------------------------------
+        Option(
+            ("--bind",), "bind", env="TASK_PROCESSOR_API_BIND", default="127.0.0.1:8000",
+            type=host_and_port, metavar="HOST:PORT",
+            help="address the HTTP API listens on; port 0 picks a free one "
+                 "(default 127.0.0.1:8000)",
+        ),
         # -- run-task-processor ---------------------------------------------------------------
         Option(
             ("--tasks",), "tasks", env="TASK_PROCESSOR_TASKS", action="append", metavar="MODULE",
@@ -218,10 +236,26 @@ class _Parser(configargparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def _config_file_parser(options: Sequence[str]) -> type:
+    """One config file serves every command: a key that names another command's option is
+    passed over, while a key that no command knows stays an error (a typo must not be
+    silently ignored)."""
+    own = {flag.lstrip("-") for name in options for flag in OPTIONS[name].flags}
+    others = {flag.lstrip("-") for option in OPTIONS.values() for flag in option.flags} - own
+
+    class SharedConfigFileParser(configargparse.DefaultConfigFileParser):
+        def parse(self, stream):
+            return OrderedDict((key, value) for key, value in super().parse(stream).items()
+                               if key.lstrip("-") not in others)
+
+    return SharedConfigFileParser
+
+
 def build_parser(prog: str, description: str, options: Sequence[str],
                  config_file: bool = True) -> configargparse.ArgumentParser:
     """A parser for ``prog`` with the named options of :data:`OPTIONS`, plus ``--config``."""
     parser = _Parser(
+        config_file_parser_class=_config_file_parser(options),
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,

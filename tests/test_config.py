@@ -193,3 +193,19 @@ def test_the_configuration_document_names_every_option():
             row = next(line for line in document.splitlines()
                        if line.startswith(f"| `{option.flags[0]}"))
             assert f"| {option.default} |" in row or f"| `{option.default}` |" in row, row
+
+
+def test_one_config_file_serves_every_command(capsys, tmp_path: Path):
+    shared = tmp_path / "task-processor.conf"
+    shared.write_text("database-url = postgresql://app@db/app\nnumthreads = 3\n"
+                      "bind = 0.0.0.0:9000\ntasks = [a.tasks]\n")
+    api = parse_args(build_parser("run-api", "test", ["database_url", "bind"]),
+                     ["--config", str(shared)])
+    assert api.bind == ("0.0.0.0", 9000) and not hasattr(api, "numthreads")
+    processor = parse("--config", str(shared))
+    assert processor.numthreads == 3 and processor.tasks == ["a.tasks"]
+    shared.write_text("database-url = postgresql://app@db/app\nbnid = 0.0.0.0:9000\n")
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(build_parser("run-api", "test", ["database_url", "bind"]),
+                   ["--config", str(shared)])
+    assert exit_.value.code == EX_CONFIG and "--bnid" in capsys.readouterr().err
