@@ -79,6 +79,7 @@ def connect(url: str, role: str, *, autocommit: bool = True,
             keepalives_idle=10,
             keepalives_interval=5,
             keepalives_count=3,
+            tcp_user_timeout=10_000,  # unacknowledged data: give up after 10 s, not 15 min
             **({"options": options} if options else {}),
         )
     except psycopg2.OperationalError as error:

@@ -34,6 +34,8 @@ CRASH_LOOP_LIMIT = 5  # that many quick deaths in a row in one slot stop the pro
 RESPAWN_DELAY_CAP = 30.0
 
 EXIT_OK, EXIT_FATAL = 0, 1
+HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
+                   signal.SIGTTOU, signal.SIGCHLD}
 
 
 @dataclass
@@ -48,6 +50,8 @@ class WorkerProcess:
     last_beat: Beat | None = None
     kill_reason: str | None = None
     kill_result: str = "worker_lost"
+    kill_beat: Beat | None = None  # what the worker was doing when the kill was decided
+    kill_cancellable: bool = False
     dump_sent_at: float | None = None
     stop_requested: bool = False
 
@@ -100,28 +104,34 @@ class Supervisor:
             return self.exit_code  # stopped by a signal while waiting for the database
         logger.info("processor %s starting %d workers", self.settings.processor_id,
                     self.num_workers)
+        try:
+            self._loop()
+        except Exception:  # noqa: BLE001 - a bug must still stop the workers and free leases
+            logger.critical("unexpected error in the supervisor's loop; stopping", exc_info=True)
+            self.exit_code = EXIT_FATAL
+        self._shutdown()
+        return self.exit_code
+
+    def _loop(self) -> None:
         while True:
             self._handle_signals()
             if self.stopping_now:
-                break
+                return
             self._reap()
             self._watch_workers()
             if self.draining_until is not None:
                 if not self.workers:
-                    break
+                    return
             else:
                 self._replace_outdated()
                 self._spawn_missing()
             self._tend_database()
             self._talk_to_systemd()
-        self._shutdown()
-        return self.exit_code
 
     # -- signals ------------------------------------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-                       signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+        for signum in HANDLED_SIGNALS:
             signal.signal(signum, self._queue_signal)
 
     def _queue_signal(self, signum: int, frame: object) -> None:
@@ -134,7 +144,7 @@ class Supervisor:
         except queue.Empty:
             return False
         if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            logger.info("stopping before start: got %s", signal.Signals(signum).name)
+            logger.info("stopping before start: got %s", signal_name(signum))
             return True
         return False
 
@@ -153,7 +163,7 @@ class Supervisor:
     def _handle_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
             return  # the loop reaps next
-        name = signal.Signals(signum).name
+        name = signal_name(signum)
         if signum == signal.SIGQUIT or (signum in (signal.SIGTERM, signal.SIGINT)
                                         and self.draining_until is not None):
             logger.info("got %s: stopping at once", name)
@@ -202,6 +212,8 @@ class Supervisor:
     # -- children -----------------------------------------------------------------------------
 
     def _spawn_missing(self) -> None:
+        if self.database.lease_at_risk():
+            return
         now = time.monotonic()
         for slot in range(self.num_workers):
             if slot not in self.workers and now >= self.history[slot].respawn_at:
@@ -212,9 +224,22 @@ class Supervisor:
         history.generation += 1
         self.slots.clear(slot)
         settings = self.settings
-        pid = os.fork()
-        if pid == 0:  # the child never returns from here
-            Worker(settings, self.slots, slot, history.generation, self.pid).run()
+        # Signals are blocked across fork: one sent to the new worker before it installs its
+        # own handlers waits for them instead of reaching copies of the supervisor's.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as error:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            history.respawn_at = time.monotonic() + 1.0
+            logger.error("could not start worker %d: %s; retrying in 1 s", slot, error)
+            return
+        if pid == 0:
+            try:
+                Worker(settings, self.slots, slot, history.generation, self.pid, mask).run()
+            finally:
+                os._exit(1)  # never back into the supervisor's loop
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.workers[slot] = WorkerProcess(slot, history.generation, pid, time.monotonic(),
                                            settings)
         logger.debug("worker %d started: pid %d, generation %d", slot, pid, history.generation)
@@ -238,12 +263,15 @@ class Supervisor:
         history = self.history[process.slot]
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
-               else f"signal {signal.Signals(os.WTERMSIG(status)).name}")
+               else signal_name(os.WTERMSIG(status)))
         beat = self._read_beat(process)  # the slot outlives its writer
         self.slots.clear(process.slot)
         task_id = beat.task_id if beat and beat.state == WorkerState.BUSY else 0
         if process.kill_reason:
             reason, result = process.kill_reason, process.kill_result
+            killed_for = process.kill_beat.task_id if process.kill_beat else 0
+            if result == "timeout" and task_id != killed_for:  # it moved on as it was killed
+                result = "worker_lost"
         elif clean:
             reason, result = "worker stopped", "worker_lost"
         else:
@@ -285,14 +313,14 @@ class Supervisor:
                 if now > beat.deadline:
                     timeout = beat.deadline - beat.beat
                     self._kill(process, f"task {beat.task_id} exceeded its timeout of "
-                                        f"{timeout:.1f} s", "timeout")
+                                        f"{timeout:.1f} s", "timeout", cancellable=True)
             else:
                 last = beat.beat if beat is not None else process.started
                 if now - last > grace:
                     state = beat.state.name.lower() if beat else "booting"
                     self._kill(process, f"worker {process.slot} was {state} and silent for "
                                         f"{now - last:.1f} s (grace period {grace:.1f} s)",
-                               "worker_lost")
+                               "worker_lost", cancellable=True)
 
     def _read_beat(self, process: WorkerProcess) -> Beat | None:
         """The slot's latest consistent beat if it is this process's, else the last one."""
@@ -301,19 +329,28 @@ class Supervisor:
             process.last_beat = beat
         return process.last_beat
 
-    def _kill(self, process: WorkerProcess, reason: str, result: str) -> None:
+    def _kill(self, process: WorkerProcess, reason: str, result: str,
+              cancellable: bool = False) -> None:
         """Dump the worker's stack (SIGUSR1), then SIGKILL it a moment later: only SIGKILL
-        stops a worker stuck in C code."""
+        stops a worker stuck in C code. A kill for being stuck is called off if the worker
+        beats again meanwhile (its task ended just in time): the next task must not pay."""
         logger.error("killing worker %d (pid %d, task %s): %s", process.slot, process.pid,
                      process.last_beat.task_id if process.last_beat else "-", reason)
         process.kill_reason, process.kill_result = reason, result
+        process.kill_beat, process.kill_cancellable = process.last_beat, cancellable
         process.dump_sent_at = time.monotonic()
         _send(process.pid, signal.SIGUSR1)
 
     def _finish_kill(self, process: WorkerProcess, now: float) -> None:
-        if process.dump_sent_at is not None and now - process.dump_sent_at >= KILL_AFTER_DUMP:
-            _send(process.pid, signal.SIGKILL)
-            process.dump_sent_at = None
+        if process.dump_sent_at is None or now - process.dump_sent_at < KILL_AFTER_DUMP:
+            return
+        if process.kill_cancellable and process.last_beat != process.kill_beat:
+            logger.warning("worker %d beat again before it was killed; it lives on",
+                           process.slot)
+            process.kill_reason, process.kill_beat, process.dump_sent_at = None, None, None
+            return
+        _send(process.pid, signal.SIGKILL)
+        process.dump_sent_at = None
 
     def _ask_to_stop(self, process: WorkerProcess) -> None:
         """SIGTERM: the worker finishes its task, gives back the rest of its batch, exits 0."""
@@ -336,15 +373,17 @@ class Supervisor:
     # -- database, systemd, shutdown ------------------------------------------------------------
 
     def _tend_database(self) -> None:
+        """Beat and renew leases. A processor that could not renew its leases for most of
+        their term stops every worker (one holding a batch may be idle between two tasks) and
+        starts none until it can renew again: another processor may soon take those tasks,
+        and an attempt must never run while its retry does."""
         owners = [p.owner for p in self.workers.values()]
         self.database.tend(self.num_workers, owners)
-        if self.database.lease_at_risk() and self.draining_until is None:
+        if self.database.lease_at_risk():
             for process in self.workers.values():
-                beat = process.last_beat
-                if beat is not None and beat.state == WorkerState.BUSY and \
-                        not process.kill_reason:
+                if not process.kill_reason:
                     self._kill(process, "its lease could not be renewed (database unreachable);"
-                                        " stopped so that no other processor runs the task "
+                                        " stopped so that no other processor runs its tasks "
                                         "twice", "worker_lost")
 
     def _talk_to_systemd(self) -> None:
@@ -399,6 +438,14 @@ class Supervisor:
 def _same_identity(new: WorkerSettings, old: WorkerSettings) -> WorkerSettings:
     """A reload keeps the processor id: it is the same processor."""
     return replace(new, processor_id=old.processor_id)
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15; real-time signals have no name of their own."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _send(pid: int, signum: int) -> None:

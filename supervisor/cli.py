@@ -87,9 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not options.tasks:
         logger.warning("no task modules given (--tasks or TASK_PROCESSOR_TASKS): this "
                        "processor runs only the built-in tasks")
-    # Tasks that enqueue (and the built-in ones) find the queue even when its URL was given
-    # only as a flag or in a config file.
-    os.environ["TASK_PROCESSOR_DATABASE_URL"] = settings.database_url
     import_task_modules(options.tasks or [])
     retention.configure(options.retention_days, options.dead_retention_days)
     sentry.init(options.sentry_dsn, "supervisor")

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 STATEMENT_TIMEOUT_MS = 5000
 RECONNECT_CAP = 10.0
-REQUEUE_EVERY = 10.0  # seconds between looks for expired leases and dead local processors
+REQUEUE_EVERY = 10.0
+DUTY_PAUSE = 30.0  # seconds between looks for expired leases and dead local processors
 
 
 class Duty(Protocol):
@@ -49,6 +50,8 @@ class SupervisorDatabase:
         self.settings = settings
         self.host = host
         self.pid = pid
+        self.identity = {"host": host, "pid": pid, "host_key": host_key(),
+                         "process_started": psutil.Process(pid).create_time()}
         self.state = "running"
         self.connection: db.Connection | None = None
         self.pending: list[Release] = []
@@ -58,6 +61,7 @@ class SupervisorDatabase:
         self.next_requeue = 0.0
         self.last_renewal = time.monotonic()
         self.duties: list[Duty] = []
+        self.duties_paused_until = 0.0
 
     @property
     def beat_interval(self) -> float:
@@ -81,8 +85,8 @@ class SupervisorDatabase:
                 else:
                     migrations.check_current(self.connection)
                 self._execute(queries.REGISTER, {
-                    "processor_id": self.settings.processor_id, "host": self.host,
-                    "pid": self.pid, "num_workers": num_workers,
+                    "processor_id": self.settings.processor_id, **self.identity,
+                    "num_workers": num_workers,
                     "grace_period_ms": int(self.settings.grace_period * 1000)})
                 self._requeue_dead_local_processors()
                 for duty in duties:
@@ -135,9 +139,7 @@ class SupervisorDatabase:
                     "own_owners": own_owners, "reason": "its lease expired"})
                 self._requeue_dead_local_processors()
                 self.next_requeue = now + REQUEUE_EVERY
-            for duty in self.duties:
-                if now >= duty.next_due():
-                    duty.run(self.connection)
+            self._run_duties(now)
             self.reconnect_delay = 0.5
         except (psycopg2.Error, db.DatabaseUnavailable) as error:
             self._drop()
@@ -145,6 +147,22 @@ class SupervisorDatabase:
             logger.warning("database: %s; retrying in %.1f s", _one_line(error),
                            self.reconnect_delay)
             self.reconnect_delay = min(self.reconnect_delay * 2, RECONNECT_CAP)
+
+    def _run_duties(self, now: float) -> None:
+        """Database errors propagate (reconnect and retry); any other error of a duty is a
+        bug, logged, and the duties wait a while instead of failing on every turn."""
+        if now < self.duties_paused_until:
+            return
+        for duty in self.duties:
+            if now >= duty.next_due():
+                try:
+                    duty.run(self.connection)
+                except psycopg2.Error:
+                    raise
+                except Exception:  # noqa: BLE001
+                    logger.exception("periodic duty %s failed; retrying in %.0f s",
+                                     type(duty).__name__, DUTY_PAUSE)
+                    self.duties_paused_until = now + DUTY_PAUSE
 
     def lease_at_risk(self) -> bool:
         """True once renewals have failed for most of a lease: other processors may soon
@@ -181,7 +199,7 @@ class SupervisorDatabase:
 
     def _beat(self, num_workers: int, own_owners: list[str]) -> None:
         self._execute(queries.BEAT, {
-            "processor_id": self.settings.processor_id, "host": self.host, "pid": self.pid,
+            "processor_id": self.settings.processor_id, **self.identity,
             "num_workers": num_workers,
             "grace_period_ms": int(self.settings.grace_period * 1000),
             "state": self.state, "lease_seconds": self.settings.lease_seconds,
@@ -203,9 +221,9 @@ class SupervisorDatabase:
         """Processors on this host whose process is gone: requeue their leases now instead of
         waiting for them to expire, and mark them stopped."""
         rows = self._execute(queries.PROCESSORS_ON_HOST, {
-            "host": self.host, "processor_id": self.settings.processor_id})
-        for processor_id, pid, started_at in rows:
-            if _process_alive(pid, float(started_at)):
+            "host_key": self.identity["host_key"], "processor_id": self.settings.processor_id})
+        for processor_id, pid, process_started in rows:
+            if _process_alive(pid, process_started):
                 continue
             requeued = self._execute(queries.REQUEUE_PROCESSOR, {
                 "owner_prefix": processor_id + "/",
@@ -229,13 +247,20 @@ class SupervisorDatabase:
         self.connection = None
 
 
-def _process_alive(pid: int, started_at: float) -> bool:
-    """Is ``pid`` the process that registered at ``started_at`` (not a later one that reuses
-    the number, as PID 1 does in every container)?"""
-    if pid == os.getpid():
-        return False
+def host_key() -> str:
+    """What processes that can see each other's pids share: the kernel's boot and the PID
+    namespace."""
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot_id:
+        boot = boot_id.read().strip()
+    return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+
+
+def _process_alive(pid: int, process_started: float) -> bool:
+    """Is ``pid`` still the process that registered (not a later one that reuses the number,
+    as PID 1 does in every container)? Start times come from the same kernel, so they match
+    exactly."""
     try:
-        return psutil.Process(pid).create_time() <= started_at + 1.0
+        return abs(psutil.Process(pid).create_time() - process_started) < 0.01
     except psutil.Error:
         return False
 

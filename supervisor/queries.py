@@ -6,8 +6,11 @@ from __future__ import annotations
 from psycopg2 import sql
 
 REGISTER = """
-INSERT INTO task_processor.processors (id, host, pid, num_workers, grace_period_ms)
-VALUES (%(processor_id)s, %(host)s, %(pid)s, %(num_workers)s, %(grace_period_ms)s)
+INSERT INTO task_processor.processors
+    (id, host, pid, num_workers, grace_period_ms, host_key, process_started)
+VALUES (%(processor_id)s, %(host)s, %(pid)s, %(num_workers)s, %(grace_period_ms)s,
+        %(host_key)s, %(process_started)s)
+ON CONFLICT (id) DO NOTHING
 """
 
 # Requeues the tasks selected by the CTE ``lost`` (columns id, lease_owner): each lost
@@ -50,9 +53,9 @@ REQUEUE_PROCESSOR = sql.SQL(_REQUEUE_LOST).format(select=sql.SQL("""
 BEAT = """
 WITH processor AS (
     INSERT INTO task_processor.processors AS p
-        (id, host, pid, num_workers, grace_period_ms, state)
+        (id, host, pid, num_workers, grace_period_ms, state, host_key, process_started)
     VALUES (%(processor_id)s, %(host)s, %(pid)s, %(num_workers)s, %(grace_period_ms)s,
-            %(state)s)
+            %(state)s, %(host_key)s, %(process_started)s)
     ON CONFLICT (id) DO UPDATE
     SET last_beat_at = now(), num_workers = excluded.num_workers, state = excluded.state
     RETURNING id
@@ -95,8 +98,8 @@ SELECT count(*) FROM released, LATERAL (SELECT pg_notify('task_processor', '')) 
 """
 
 PROCESSORS_ON_HOST = """
-SELECT id, pid, extract(epoch FROM started_at) FROM task_processor.processors
-WHERE host = %(host)s AND state <> 'stopped' AND id <> %(processor_id)s
+SELECT id, pid, process_started FROM task_processor.processors
+WHERE host_key = %(host_key)s AND state <> 'stopped' AND id <> %(processor_id)s
 """
 
 MARK_STOPPED = """

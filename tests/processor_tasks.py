@@ -83,3 +83,26 @@ def backs_off_once(key: str) -> None:
 @register_task_handler(timeout=timedelta(seconds=30))
 def segfault() -> None:
     ctypes.string_at(0)
+
+
+@register_task_handler(max_attempts=1)
+def record_once(key: str) -> None:
+    """A task with a single attempt: any attempt charged to it wrongly makes it dead."""
+    _record(key)
+
+
+@register_task_handler(timeout=timedelta(seconds=1), max_attempts=1)
+def overrun_slightly(key: str) -> None:
+    """Ends just after its deadline: before the supervisor's kill lands."""
+    time.sleep(1.15)
+    _record(key)
+
+
+@register_task_handler(max_attempts=2)
+def unstorable_failure() -> None:
+    raise ValueError("a message with a NUL \x00 in it")
+
+
+@register_task_handler(max_attempts=1)
+def backs_off_wrongly() -> None:
+    raise TaskBackoffError(delay_until=timedelta(minutes=5))  # not a datetime

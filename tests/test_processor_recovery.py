@@ -7,6 +7,7 @@ import signal
 import time
 
 import psutil
+import psycopg2
 
 import processor_tasks
 from harness import query, reap_orphans, task_states, wait_for
@@ -224,3 +225,45 @@ def test_slow_task_gives_back_the_rest_of_its_batch(database_url, start_processo
     wait_for(lambda: all(results(f"slow{i}") for i in range(4)), timeout=20)
     pids = {pid for i in range(4) for _, pid in results(f"slow{i}:started")}
     assert len(pids) == 2  # after the first slow task the rest went back and were shared
+
+
+def test_a_kill_for_a_timeout_never_lands_on_the_next_task(database_url, start_processor,
+                                                           results, conn):
+    processor = start_processor("--numthreads", "1")
+    (worker,) = processor.wait_ready(1)
+    connection = psycopg2.connect(database_url)  # one commit: both in one claimed batch
+    with connection:
+        overrun = processor_tasks.overrun_slightly.delay(args=("overrun",),
+                                                         connection=connection)
+        victim = processor_tasks.record_once.delay(args=("victim",), connection=connection)
+    connection.close()
+    wait_for(lambda: _task(database_url, victim)[0] in ("succeeded", "dead"), timeout=20)
+    assert _task(database_url, victim)[0] == "succeeded"
+    assert [result for _, result, _ in _runs(database_url, victim)] == ["success"]
+    assert len(results("victim")) == 1
+    wait_for(lambda: "beat again before it was killed" in processor.log_text())
+    assert _task(database_url, overrun)[0] == "succeeded"
+    assert processor.worker_pids() == [worker]
+
+
+def test_an_outcome_the_database_cannot_store_fails_that_task_alone(database_url,
+                                                                    start_processor):
+    processor = start_processor("--numthreads", "1")
+    processor.wait_ready(1)
+    nul = processor_tasks.unstorable_failure.delay()
+    backoff = processor_tasks.backs_off_wrongly.delay()
+    wait_for(lambda: _task(database_url, nul)[0] == "dead"
+             and _task(database_url, backoff)[0] == "dead", timeout=30)
+    assert "a message with a NUL \\x00 in it" in _task(database_url, nul)[2]
+    assert "delay_until must be a timezone-aware datetime" in _task(database_url, backoff)[2]
+    assert [result for _, result, _ in _runs(database_url, nul)] == ["failure", "failure"]
+    assert processor.process.poll() is None
+
+
+def test_a_worker_killed_by_an_unnamed_signal_is_replaced(database_url, start_processor):
+    processor = start_processor("--numthreads", "1")
+    (worker,) = processor.wait_ready(1)
+    os.kill(worker, signal.SIGRTMIN + 6)
+    wait_for(lambda: processor.worker_pids() and worker not in processor.worker_pids())
+    assert processor.process.poll() is None
+    assert "died: signal" in processor.log_text()

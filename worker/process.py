@@ -63,12 +63,13 @@ def worker_id(processor_id: str, slot: int, generation: int) -> str:
 
 class Worker:
     def __init__(self, settings: WorkerSettings, slots: Slots, slot: int, generation: int,
-                 parent_pid: int) -> None:
+                 parent_pid: int, signal_mask: set[int] | None = None) -> None:
         self.settings = settings
         self.slots = slots
         self.slot = slot
         self.generation = generation
         self.parent_pid = parent_pid
+        self.signal_mask = signal_mask if signal_mask is not None else set()
         self.owner = worker_id(settings.processor_id, slot, generation)
         self.pid = os.getpid()
         self.connection: db.Connection | None = None
@@ -77,6 +78,8 @@ class Worker:
         self.poll_interval = min(settings.sleep_interval, settings.grace_period / 3)
         self._wakeup_read = -1
         self._process = psutil.Process()
+        self.connections_opened = 0
+        self.orphans_possible = False
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -102,6 +105,9 @@ class Worker:
                        role=f"worker {self.slot}")
         sentry.init(self.settings.sentry_dsn, f"worker {self.slot}")
         enter_processor_mode()
+        # Tasks that enqueue (and the built-in ones) find the queue even when its URL was
+        # given to the processor only as a flag or in a config file.
+        os.environ["TASK_PROCESSOR_DATABASE_URL"] = self.settings.database_url
         self._title("booting")
 
     def _die_with_parent(self) -> None:
@@ -125,6 +131,9 @@ class Worker:
         read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wakeup_read = read
         signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        # The supervisor blocked signals around fork so that none sent in between reached its
+        # handlers in this process; with ours in place, they are delivered now.
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.signal_mask)
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -155,6 +164,9 @@ class Worker:
     def _wait(self, timeout: float) -> bool:
         """Sleep until a notification, a signal or ``timeout``; True if work was announced."""
         connection = self.connection
+        if connection is not None and connection.notifies:  # arrived with a query's answer
+            connection.notifies.clear()
+            return True
         watched = [self._wakeup_read] + ([connection] if connection is not None else [])
         try:
             readable, _, _ = select.select(watched, [], [], timeout)
@@ -180,40 +192,59 @@ class Worker:
     def _run_batch(self, batch: list[ClaimedTask]) -> bool:
         """Run a claimed batch in order; True if its rest was handed to idle peers.
 
-        The rest of the batch goes back to the queue once this worker is asked to stop or is
-        due for recycling, and also after a slow task while another worker idles: quick tasks
-        must not wait behind slow ones in one worker while others have nothing to do."""
+        The rest of the batch goes back to the queue when this worker is asked to stop or is
+        due for recycling; when a lease turned out to be lost (the rest may be another
+        worker's by now); and after a slow task while another worker idles, so that quick tasks
+        do not wait behind slow ones in one worker while others have nothing to do."""
         pending: list[Outcome] = []
         oldest = 0.0
+        slow = False
         for index, task in enumerate(batch):
-            if pending and time.monotonic() - oldest > _FLUSH_AFTER:
-                self._record(pending)
+            leaving = self.stopping or self._should_recycle()
+            handing_off = slow and self.slots.any_idle(self.slot)
+            if pending and (leaving or handing_off or time.monotonic() - oldest > _FLUSH_AFTER):
+                kept = self._record(pending)
                 pending = []
+                if not kept:
+                    self._give_back(batch[index:])
+                    return False
+            if leaving or handing_off:
+                self._give_back(batch[index:])
+                return handing_off
             self._beat(WorkerState.BUSY, task.id, time.monotonic() + task.timeout_ms / 1000)
             self._title(f"busy task {task.id} {task.identifier}")
             started = time.monotonic()
             outcome = run_task(task)
             finished = time.monotonic()
+            slow = finished - started > _SLOW_TASK
             if not pending:
                 oldest = finished
             pending.append(outcome)
             self.tasks_done += 1
-            rest = batch[index + 1:]
-            if not rest:
-                break
-            leaving = self.stopping or self._should_recycle()
-            handing_off = finished - started > _SLOW_TASK and self.slots.any_idle(self.slot)
-            if leaving or handing_off:
-                self._record(pending)
-                self._database(lambda: self._release(rest))
-                return handing_off
         self._record(pending)
         return False
 
-    def _record(self, outcomes: list[Outcome]) -> None:
-        if outcomes:
-            self._beat(WorkerState.IDLE)
-            self._database(lambda: self._finish(outcomes))
+    def _record(self, outcomes: list[Outcome]) -> bool:
+        """Record ``outcomes``; False if a lease was lost on the way. An outcome that the
+        database refuses (an unstorable value) is recorded as a failure that says why, so one
+        bad outcome never takes the worker down with its whole batch."""
+        self._beat(WorkerState.IDLE)
+        try:
+            return self._database(lambda: self._finish(outcomes))
+        except (psycopg2.Error, ValueError) as error:
+            logger.error("worker %s could not record %d outcomes together (%s); recording them "
+                         "one by one", self.owner, len(outcomes), " ".join(str(error).split()))
+        kept = True
+        for outcome in outcomes:
+            try:
+                kept &= self._database(lambda: self._finish([outcome]))
+            except (psycopg2.Error, ValueError) as error:
+                replacement = outcome.unrecordable(error)
+                kept &= self._database(lambda: self._finish([replacement]))
+        return kept
+
+    def _give_back(self, tasks: list[ClaimedTask]) -> None:
+        self._database(lambda: self._release([task.id for task in tasks]))
 
     # -- the database -------------------------------------------------------------------------
 
@@ -238,12 +269,19 @@ class Worker:
         self.connection = db.connect(self.settings.database_url, f"worker {self.slot}")
         with self.connection.cursor() as cursor:
             cursor.execute(queries.LISTEN)
+        # A claim whose answer was lost with the old connection left tasks leased to this
+        # worker that it never received: the next claim gives them back first.
+        self.orphans_possible = self.connections_opened > 0
+        self.connections_opened += 1
 
     def _drop_connection(self) -> None:
         db.close_quietly(self.connection)
         self.connection = None
 
     def _claim(self) -> list[ClaimedTask]:
+        if self.orphans_possible:
+            self._release(None)
+            self.orphans_possible = False
         with self.connection.cursor() as cursor:
             cursor.execute(queries.CLAIM, {
                 "limit": self.settings.queue_pop_size,
@@ -257,7 +295,7 @@ class Worker:
             rows = cursor.fetchall()
         return [ClaimedTask(*row) for row in rows]
 
-    def _finish(self, outcomes: list[Outcome]) -> None:
+    def _finish(self, outcomes: list[Outcome]) -> bool:
         with self.connection.cursor() as cursor:
             cursor.execute(queries.FINISH, {
                 "ids": [o.task_id for o in outcomes],
@@ -275,11 +313,12 @@ class Worker:
         if lost:
             logger.warning("worker %s lost the lease of tasks %s before recording them; their "
                            "results were not written", self.owner, lost)
+        return not lost
 
-    def _release(self, tasks: list[ClaimedTask]) -> None:
+    def _release(self, task_ids: list[int] | None) -> None:
+        """Give back claimed tasks this worker did not start (None: all it holds)."""
         with self.connection.cursor() as cursor:
-            cursor.execute(queries.RELEASE_UNSTARTED,
-                           {"ids": [task.id for task in tasks], "owner": self.owner})
+            cursor.execute(queries.RELEASE_UNSTARTED, {"ids": task_ids, "owner": self.owner})
 
     # -- heartbeats and housekeeping ----------------------------------------------------------
 
@@ -289,7 +328,7 @@ class Worker:
 
     def _sleep_beating(self, seconds: float) -> None:
         end = time.monotonic() + seconds
-        while not self.stopping and (left := end - time.monotonic()) > 0:
+        while (left := end - time.monotonic()) > 0:
             self._beat(WorkerState.IDLE)
             time.sleep(min(left, _MAX_WAIT))
 

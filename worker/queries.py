@@ -72,13 +72,15 @@ FROM result AS r JOIN finished AS f ON f.id = r.task_id
 RETURNING task_id
 """
 
-# Gives back claimed tasks that this worker did not start (it is draining or recycling): the
-# claim's attempt is undone and idle workers are woken.
+# Gives back claimed tasks that this worker did not start (it is draining, recycling or
+# handing them to idle peers; with ids NULL: every task leased to it, after a claim whose answer
+# was lost): the claim's attempt is undone and idle workers are woken.
 RELEASE_UNSTARTED = """
 WITH released AS (
     UPDATE task_processor.tasks
     SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL
-    WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
+    WHERE lease_owner = %(owner)s AND state = 'running'
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
     RETURNING id
 )
 SELECT count(*) FROM released, LATERAL (SELECT pg_notify('task_processor', '')) AS wake
