@@ -45,13 +45,16 @@ ORDER BY id
 # Dead tasks back to waiting, due now, with a fresh attempt budget; by id, or all of them
 # (of one identifier). The last error stays for reference; the runs keep the history.
 REQUEUE_DEAD = """
-UPDATE task_processor.tasks
-SET state = 'waiting', attempts = 0, scheduled_for = now(), finished_at = NULL,
-    lease_owner = NULL, lease_expires_at = NULL
-WHERE state = 'dead'
-  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
-  AND (%(identifier)s::text IS NULL OR identifier = %(identifier)s)
-RETURNING id
+WITH requeued AS (
+    UPDATE task_processor.tasks
+    SET state = 'waiting', attempts = 0, scheduled_for = now(), finished_at = NULL,
+        lease_owner = NULL, lease_expires_at = NULL
+    WHERE state = 'dead'
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND (%(identifier)s::text IS NULL OR identifier = %(identifier)s)
+    RETURNING id
+)
+SELECT requeued.id FROM requeued, LATERAL (SELECT pg_notify('task_processor', '')) AS wake
 """
 
 STATES_OF = """

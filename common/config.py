@@ -263,6 +263,7 @@ def build_parser(prog: str, description: str, options: Sequence[str],
         config_arg_help_message="config file (key = value lines, keys as the long flags)",
         auto_env_var_prefix=None,
         add_env_var_help=True,
+        allow_abbrev=False,  # a misspelt key must not quietly mean another option
     )
     for name in options:
         OPTIONS[name].add_to(parser)

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 MAX_WORKERS = 256
 TICK = 0.1  # the longest the loop sleeps when nothing happens
 KILL_AFTER_DUMP = 0.3  # between the SIGUSR1 stack dump and the SIGKILL
-MIN_UPTIME = 5.0  # a worker that dies sooner, unasked, counts towards a crash loop
+MIN_UPTIME = 5.0  # a worker that dies sooner, unasked and not in a task, counts to a crash loop
 CRASH_LOOP_LIMIT = 5  # that many quick deaths in a row in one slot stop the processor
 RESPAWN_DELAY_CAP = 30.0
 
@@ -285,6 +285,8 @@ class Supervisor:
         if clean or process.kill_reason or process.stop_requested:
             history.quick_deaths = 0
             history.respawn_at = 0.0
+            return
+        if task_id:  # the task's doing: its attempt counts, and it goes dead in the end
             return
         lived = time.monotonic() - process.started
         history.quick_deaths = history.quick_deaths + 1 if lived < MIN_UPTIME else 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 import psutil
@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 STATEMENT_TIMEOUT_MS = 5000
 RECONNECT_CAP = 10.0
 REQUEUE_EVERY = 10.0
-DUTY_PAUSE = 30.0  # seconds between looks for expired leases and dead local processors
+DUTY_PAUSE = 30.0
+LATE_CLAIM_SECONDS = 2.0  # seconds between looks for expired leases and dead local processors
 
 
 class Duty(Protocol):
@@ -36,13 +37,14 @@ class Duty(Protocol):
 
 @dataclass(frozen=True)
 class Release:
-    """The leases of one worker that exited, to give back."""
+    """The leases of one worker that exited, to give back (not before ``not_before``)."""
 
     owner: str
     task_id: int
     reason: str
     result: str
     running_seconds: float
+    not_before: float = 0.0
 
 
 class SupervisorDatabase:
@@ -113,7 +115,7 @@ class SupervisorDatabase:
                 logger.error("could not record the stop: %s", error)
                 return
         try:
-            self._flush_releases()
+            self._flush_releases(everything=True)
             self._execute(queries.MARK_STOPPED, {"processor_id": self.settings.processor_id})
         except psycopg2.Error as error:
             logger.error("could not record the stop: %s", _one_line(error))
@@ -171,8 +173,12 @@ class SupervisorDatabase:
 
     def release_worker(self, owner: str, task_id: int, reason: str, result: str,
                        running_seconds: float) -> None:
-        """Give back a dead worker's tasks now, or as soon as the database answers."""
-        self.pending.append(Release(owner, task_id, reason, result, running_seconds))
+        """Give back a dead worker's tasks now, or as soon as the database answers; and once
+        more a little later, for a claim the worker sent as it died, which the server may
+        commit after the first release."""
+        release = Release(owner, task_id, reason, result, running_seconds)
+        self.pending += [release, replace(release, task_id=0,
+                                          not_before=time.monotonic() + LATE_CLAIM_SECONDS)]
         self.next_attempt = 0.0
         self.tend_releases()
 
@@ -206,16 +212,16 @@ class SupervisorDatabase:
             "own_owners": own_owners})
         self.last_renewal = time.monotonic()
 
-    def _flush_releases(self) -> None:
-        while self.pending:
-            release = self.pending[0]
+    def _flush_releases(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        for release in [r for r in self.pending if everything or r.not_before <= now]:
             self._execute(queries.RELEASE_WORKER, {
                 "owner": release.owner, "task_id": release.task_id, "reason": release.reason,
                 "result": release.result, "backoff": release.result == "timeout",
                 "running_seconds": release.running_seconds,
                 "backoff_seconds": self.settings.backoff_seconds,
                 "max_backoff_seconds": self.settings.max_backoff_seconds})
-            self.pending.pop(0)
+            self.pending.remove(release)
 
     def _requeue_dead_local_processors(self) -> None:
         """Processors on this host whose process is gone: requeue their leases now instead of
