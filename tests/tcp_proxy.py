@@ -1,6 +1,7 @@
 """A TCP forwarder between the processor and PostgreSQL, to take the database away and give
 it back: ``cut()`` closes every connection and refuses new ones, ``restore()`` listens again
-on the same port. Real sockets throughout."""
+on the same port, and ``drop_replies()`` loses whatever the server sends from then on, as a
+network that fails at the wrong moment does. Real sockets throughout."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        self._dropping = threading.Event()
         self.restore()
+
+    def drop_replies(self) -> None:
+        self._dropping.set()
 
     def url(self, database_url: str) -> str:
         """``database_url`` with its host and port replaced by this proxy's."""
@@ -25,6 +30,7 @@ class TcpProxy:
         return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.port}"))
 
     def restore(self) -> None:
+        self._dropping.clear()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -62,14 +68,15 @@ class TcpProxy:
                     server.close()
                     return
                 self._sockets += [client, server]
-            for source, target in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+            for source, target, replies in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pump, args=(source, target, replies),
+                                 daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, target: socket.socket) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
         try:
             while data := source.recv(65536):
-                target.sendall(data)
+                if not (replies and self._dropping.is_set()):
+                    target.sendall(data)
         except OSError:
             pass
         finally:

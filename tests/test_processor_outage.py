@@ -82,3 +82,22 @@ def test_memory_limit_recycles_workers_between_tasks(database_url, start_process
                                   "WHERE t.identifier = 'processor_tasks.noop'")
     assert workers == [(4,)]  # every worker went after its first task
     assert "recycling" in processor.log_text()
+
+
+def test_a_claim_whose_answer_was_lost_is_given_back(database_url, start_processor, proxy,
+                                                     results):
+    processor = start_processor("--numthreads", "1", "--sleepintervalms", "200",
+                                env={"DATABASE_URL": proxy.url(database_url)})
+    processor.wait_ready(1)
+    proxy.drop_replies()  # the next claim commits on the server, but its answer never arrives
+    task_id = query(database_url, "INSERT INTO task_processor.tasks (identifier, args) "
+                                  "VALUES ('processor_tasks.record', '[\"orphan\"]') "
+                                  "RETURNING id")[0][0]
+    wait_for(lambda: query(database_url, "SELECT state FROM task_processor.tasks WHERE id = %s",
+                           (task_id,)) == [("running",)], message="the claim to commit")
+    proxy.cut()
+    proxy.restore()
+    wait_for(lambda: results("orphan"), timeout=20, message="the orphaned task to run")
+    runs = query(database_url, "SELECT attempt, result FROM task_processor.runs "
+                               "WHERE task_id = %s", (task_id,))
+    assert runs == [(1, "success")]  # the lost claim did not cost an attempt
