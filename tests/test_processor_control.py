@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import processor_tasks
 from harness import REPO, TESTS, query, task_states, wait_for
 
@@ -40,14 +42,17 @@ def test_drain_deadline_kills_and_requeues(database_url, start_processor, result
     assert state == "waiting" and "drain deadline" in error
 
 
-def test_second_sigterm_stops_at_once(database_url, start_processor, results):
+@pytest.mark.parametrize("signals", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGQUIT,)],
+                         ids=["second SIGTERM", "SIGQUIT"])
+def test_stopping_at_once_requeues_running_tasks(database_url, start_processor, results,
+                                                signals):
     processor = start_processor("--numthreads", "1", "--drain-timeout", "60")
     processor.wait_ready(1)
     processor_tasks.sleep_then_record.delay(args=("long", 20))
     wait_for(lambda: results("long:started"))
-    processor.signal(signal.SIGTERM)
-    time.sleep(0.3)
-    processor.signal(signal.SIGTERM)
+    for signum in signals:
+        processor.signal(signum)
+        time.sleep(0.3)
     assert processor.wait(5) == 0
     assert task_states(database_url) == {"waiting": 1}
 
@@ -142,16 +147,6 @@ def test_crash_looping_task_module_stops_the_processor(database_url):
     completed = _run_cli("--tasks", "crashing_tasks", "--numthreads", "1", timeout=60)
     assert completed.returncode == 1
     assert "crash loop" in completed.stderr
-
-
-def test_sigquit_stops_at_once_and_requeues(database_url, start_processor, results):
-    processor = start_processor("--numthreads", "1", "--drain-timeout", "60")
-    processor.wait_ready(1)
-    processor_tasks.sleep_then_record.delay(args=("quit", 20))
-    wait_for(lambda: results("quit:started"))
-    processor.signal(signal.SIGQUIT)
-    assert processor.wait(5) == 0
-    assert task_states(database_url) == {"waiting": 1}
 
 
 def test_process_titles_name_role_and_slot_first(database_url, start_processor):
