@@ -38,12 +38,18 @@ ORDER BY a.position
 RETURNING id
 """
 
-_LOCK_IDENTIFIER = "SELECT pg_advisory_xact_lock(hashtext('task_processor.queue_size'), " \
-                   "hashtext(%s))"
+_LOCK_IDENTIFIER = """
+SELECT current_setting('transaction_isolation'),
+       pg_advisory_xact_lock(hashtext('task_processor.queue_size'), hashtext(%s))
+"""
 
 _COUNT_WAITING = """
 SELECT count(*) FROM task_processor.tasks WHERE identifier = %s AND state = 'waiting'
 """
+
+
+class QueueSizeError(RuntimeError):
+    """``queue_size`` cannot be enforced exactly in the caller's transaction."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,13 @@ def insert(cursor, kind: TaskKind, tasks: Sequence[NewTask]) -> list[int | None]
     capacity = len(tasks)
     if kind.queue_size is not None:
         cursor.execute(_LOCK_IDENTIFIER, (kind.identifier,))
+        isolation = cursor.fetchone()[0]
+        if isolation != "read committed":
+            # The count would use the transaction's snapshot, older than the lock: not exact.
+            raise QueueSizeError(
+                f"{kind.identifier}: queue_size needs a READ COMMITTED transaction to count "
+                f"exactly, but this one is {isolation.upper()}; enqueue it on a READ COMMITTED "
+                f"connection (PostgreSQL's default) or without connection=")
         cursor.execute(_COUNT_WAITING, (kind.identifier,))
         capacity = max(0, min(capacity, kind.queue_size - cursor.fetchone()[0]))
     ids: list[int | None] = [None] * len(tasks)

@@ -70,7 +70,8 @@ def _check_run_every(run_every: Any) -> timedelta:
 
 def grid_origin(first_run_time: datetime | time_of_day | None) -> datetime | None:
     """``first_run_time`` as an aware datetime: a datetime must be timezone-aware; a time of
-    day (the reference's form, UTC unless it carries a zone) anchors the grid on 1970-01-01."""
+    day (the reference's form, UTC unless it carries a fixed offset) anchors the grid on
+    1970-01-01."""
     if first_run_time is None:
         return None
     if isinstance(first_run_time, datetime):
@@ -79,6 +80,12 @@ def grid_origin(first_run_time: datetime | time_of_day | None) -> datetime | Non
                              f"datetime(2024, 1, 1, 3, 0, tzinfo=timezone.utc)")
         return first_run_time
     if isinstance(first_run_time, time_of_day):
+        zone = first_run_time.tzinfo
+        if zone is not None and not isinstance(zone, timezone):
+            raise ValueError(
+                f"first_run_time {first_run_time} carries the zone {zone}, whose offset changes "
+                f"over the year: the grid is fixed and cannot follow it. Give a time in UTC or "
+                f"with a fixed offset (datetime.timezone), or an aware datetime")
         anchored = datetime.combine(TIME_OF_DAY_EPOCH, first_run_time)
         if anchored.tzinfo is None:
             return anchored.replace(tzinfo=timezone.utc)
@@ -155,14 +162,18 @@ class RecurringDuty:
     def start(self, connection) -> None:
         """Record what this processor knows, write its definitions, retire removed ones."""
         self._known = {definition.identifier: definition for definition in definitions()}
-        identifiers = list(self._known)
-        with connection.cursor() as cursor:
-            cursor.execute(recurring_sql.RECORD_KNOWN,
-                           {"processor_id": self.processor_id, "identifiers": identifiers})
-            cursor.execute(recurring_sql.UPSERT_DEFINITIONS, self._definition_rows())
-        logger.info("recurring tasks of this processor: %s", ", ".join(identifiers) or "none")
+        self._write_definitions(connection, list(self._known.values()))
+        logger.info("recurring tasks of this processor: %s",
+                    ", ".join(self._known) or "none")
         self._retire_removed(connection)
         self._next_due = time.monotonic()
+
+    def _write_definitions(self, connection, known: list[RecurringDefinition]) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(recurring_sql.RECORD_KNOWN, {
+                "processor_id": self.processor_id,
+                "identifiers": [definition.identifier for definition in known]})
+            cursor.execute(recurring_sql.UPSERT_DEFINITIONS, self._definition_rows(known))
 
     def next_due(self) -> float:
         """The ``time.monotonic()`` value at which :meth:`run` should next be called."""
@@ -176,16 +187,23 @@ class RecurringDuty:
             self._next_due = time.monotonic() + RECHECK_SECONDS
             return
         upcoming = self._due_soon(connection)
-        due = [identifier for identifier, seconds in upcoming if seconds <= 0]
+        missing = [identifier for identifier, seconds in upcoming if seconds is None]
+        if missing:
+            logger.warning("recurring tasks %s had no definition row (retired while this "
+                           "processor could not reach the database, or deleted): writing them "
+                           "again", ", ".join(missing))
+            self._write_definitions(connection, [self._known[i] for i in missing])
+            upcoming = self._due_soon(connection)
+        due = [identifier for identifier, seconds in upcoming if seconds is not None
+               and seconds <= 0]
         for identifier in due:
             self._enqueue(connection, self._known[identifier])
         if due:  # learn the new times, whoever advanced them
             upcoming = self._due_soon(connection)
-        waits = [max(0.0, seconds) for _, seconds in upcoming]
+        waits = [max(0.0, seconds) for _, seconds in upcoming if seconds is not None]
         self._next_due = time.monotonic() + min([RECHECK_SECONDS, *waits])
 
-    def _definition_rows(self) -> dict[str, Any]:
-        known = list(self._known.values())
+    def _definition_rows(self, known: list[RecurringDefinition]) -> dict[str, Any]:
         return {
             "processor_id": self.processor_id,
             "identifiers": [d.identifier for d in known],

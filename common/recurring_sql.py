@@ -47,15 +47,18 @@ SET run_every_us = excluded.run_every_us,
     defined_by = excluded.defined_by
 """
 
-# The due check: one range scan of recurring_tasks_next_run_idx, no lock, no write. Returns the
-# known definitions due within the horizon, with the seconds until each is due (<= 0: due now).
-# Identifiers this processor does not know are skipped (another release runs them).
+# The due check: one read by primary key of this processor's definitions, no lock, no write.
+# Returns those due within the horizon, with the seconds until each is due (<= 0: due now), and
+# those whose row is missing (NULL: retired while this processor could not reach the database,
+# or deleted by hand), which the processor writes again. Identifiers this processor does not
+# know are never read (another release runs them).
 DUE_SOON = """
-SELECT identifier, extract(epoch FROM next_run_at - now())::float8
-FROM task_processor.recurring_tasks
-WHERE next_run_at <= now() + %(horizon_seconds)s * interval '1 second'
-  AND identifier = ANY(%(identifiers)s::text[])
-ORDER BY next_run_at
+SELECT known.identifier, extract(epoch FROM r.next_run_at - now())::float8
+FROM unnest(%(identifiers)s::text[]) AS known(identifier)
+LEFT JOIN task_processor.recurring_tasks AS r ON r.identifier = known.identifier
+WHERE r.identifier IS NULL
+   OR r.next_run_at <= now() + %(horizon_seconds)s * interval '1 second'
+ORDER BY r.next_run_at NULLS FIRST
 """
 
 # Enqueues the latest passed slot of one definition, if it is still due, and moves next_run_at

@@ -37,6 +37,12 @@ def max_argument_bytes() -> int:
 
 def _check(value: Any, path: str) -> None:
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ArgumentError(f"{path} contains a lone surrogate ({_preview(value)}), which "
+                                f"is not valid text; decode the bytes it came from with "
+                                f"errors='replace'") from None
         if "\x00" in value:
             raise ArgumentError(f"{path} contains a NUL character, which PostgreSQL's jsonb "
                                 f"cannot store; remove it or encode the text (e.g. base64)")

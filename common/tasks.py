@@ -178,7 +178,7 @@ class TaskHandler:
             raise TypeError(f"{self.identifier}: unknown keys in a call: {sorted(unknown)}; "
                             f"use args, kwargs and delay_until")
         args_json, kwargs_json = serialize_arguments(
-            self.identifier, call.get("args") or (), call.get("kwargs"))
+            self.identifier, _none_as(call.get("args"), ()), call.get("kwargs"))
         delay_until = call.get("delay_until")
         if delay_until is not None:
             if not isinstance(delay_until, datetime):
@@ -212,6 +212,11 @@ class TaskHandler:
             name=f"task {self.identifier}", daemon=True)
         thread.start()
         return thread
+
+
+def _none_as(value: Any, default: Any) -> Any:
+    """``value``, or ``default`` for None: other falsy values (0, "") are refused later."""
+    return default if value is None else value
 
 
 def _default_identifier(function: Callable[..., Any], task_name: str | None) -> str:

@@ -101,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if sorted(new.tasks or []) != sorted(options.tasks or []):
                 logger.warning("SIGHUP cannot change --tasks: restart the processor to load "
                                "other task modules")
-            return worker_settings(new, processor_id), new.numthreads
+            settings = worker_settings(new, processor_id)
+            retention.configure(new.retention_days, new.dead_retention_days)
+            return settings, new.numthreads
         except (ConfigError, SystemExit) as error:
             logger.error("SIGHUP: %s", error)
             return None

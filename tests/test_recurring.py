@@ -18,6 +18,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 import pytest
+from zoneinfo import ZoneInfo
 
 from common import recurring, registry
 from common.recurring import RecurringDuty, register_recurring_task
@@ -149,6 +150,8 @@ def test_public_import_path():
     ({"run_every": timedelta(milliseconds=500)}, ValueError, "at least 0:00:01"),
     ({"first_run_time": datetime(2024, 1, 1, 3)}, ValueError, "timezone-aware"),
     ({"first_run_time": "03:00"}, TypeError, "first_run_time must be"),
+    ({"first_run_time": time_of_day(3, tzinfo=ZoneInfo("Europe/London"))}, ValueError,
+     "offset changes over the year"),
     ({"args": (object(),)}, ArgumentError, "JSON cannot carry"),
 ])
 def test_bad_definitions_are_refused_with_a_clear_error(define, options, error, message):
@@ -474,3 +477,14 @@ def test_grid_points_around_a_time(conn, at, before, after):
         FROM (SELECT timestamptz '2024-01-01 10:00 UTC' AS o) AS origin
     """, {"every": HOUR_US, "at": at + "+00", "before": before + "+00",
           "after": after + "+00"}) == [(True, True)]
+
+
+def test_a_definition_deleted_under_a_live_processor_is_written_again(conn, connect, define):
+    identifier = define()
+    connection = connect()
+    duty = started_duty(conn, connection)
+    duty.run(connection)
+    fetch_all(conn, "DELETE FROM task_processor.recurring_tasks WHERE identifier = %s RETURNING 1",
+              (identifier,))
+    duty.run(connection)
+    assert definition_row(conn, identifier) is not None

@@ -21,6 +21,7 @@ import pytest
 from common import queue, registry, tasks
 from common.config import ConfigError
 from common.migrations import SchemaOutdated
+from common.queue import QueueSizeError
 from common.serialization import ArgumentError
 from common.tasks import TaskHandler, TaskPriority, register_task_handler
 from conftest import fetch_all
@@ -386,6 +387,9 @@ REFUSED_ARGUMENTS = [
     pytest.param({"kwargs": {"k\x00": 1}}, r"kwargs key 'k\\x00' contains a NUL", id="NUL key"),
     pytest.param({"args": "abc"}, r"args must be a tuple or list, got str", id="args str"),
     pytest.param({"args": 5}, r"args must be a tuple or list, got int", id="args int"),
+    pytest.param({"args": 0}, r"args must be a tuple or list, got int", id="args zero"),
+    pytest.param({"args": ""}, r"args must be a tuple or list, got str", id="args empty str"),
+    pytest.param({"args": ("\ud800",)}, r"args\[0\] contains a lone surrogate", id="surrogate"),
     pytest.param({"kwargs": [("k", 1)]}, r"kwargs must be a dict, got list", id="kwargs list"),
 ]
 
@@ -526,3 +530,22 @@ def test_the_examples_are_queued_for_the_processor(conn, tmp_path):
                                   "GROUP BY identifier"))
     assert counts == {"tasks.greet": 8, "tasks.count_slowly": 1, "tasks.flaky": 1}
     assert not greetings.exists()
+
+
+def test_queue_size_refuses_a_transaction_that_cannot_count_exactly(define, run_method, caller,
+                                                                     conn):
+    run_method("TASK_PROCESSOR")
+    handler = define(queue_size=1)
+    caller.set_session(isolation_level="REPEATABLE READ")
+    with pytest.raises(QueueSizeError, match="READ COMMITTED"):
+        handler.delay(connection=caller)
+    caller.rollback()
+    assert count_tasks(conn, handler.identifier) == 0
+
+
+def test_args_none_means_no_arguments(define, run_method, conn):
+    run_method("TASK_PROCESSOR")
+    handler = define()
+    task_id = handler.delay(args=None)
+    assert fetch_all(conn, "SELECT args FROM task_processor.tasks WHERE id = %s",
+                     (task_id,)) == [([],)]

@@ -15,6 +15,7 @@ from importlib import resources
 from common.db import Connection
 
 SCHEMA = "task_processor"
+LOCK_TIMEOUT_MS = 3000
 _LOCK_KEY = 0x7461736B  # "task": the advisory lock id that serialises migrations
 _FILE_PATTERN = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
@@ -55,6 +56,11 @@ def migrate(connection: Connection) -> list[Migration]:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            # A migration that waits for a table lock queues every claim and enqueue behind it:
+            # give up after a few seconds (the caller retries) instead of stalling the queue;
+            # once it holds its locks, the migration itself may take as long as it needs.
+            cursor.execute("SET LOCAL lock_timeout = %s", (f"{LOCK_TIMEOUT_MS}ms",))
+            cursor.execute("SET LOCAL statement_timeout = 0")
             cursor.execute("CREATE SCHEMA IF NOT EXISTS task_processor")
             cursor.execute(
                 "CREATE TABLE IF NOT EXISTS task_processor.schema_migrations ("
