@@ -134,7 +134,8 @@ class Api:
         given = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode("utf-8", "replace"), expected.encode("utf-8")):
+                # WSGI hands header values over as latin-1 text: back to the bytes sent.
+                token.strip().encode("latin-1", "replace"), expected.encode("utf-8")):
             raise HttpError(HTTPStatus.UNAUTHORIZED,
                             "this endpoint requires the header Authorization: Bearer <token> "
                             "with the value of TASK_PROCESSOR_MONITORING_TOKEN",

@@ -44,7 +44,9 @@ class RoundTripProbe:
                 flight = self._in_flight = _Flight()
         if not leading:
             # The leader answers within its timeout plus its database calls (each bounded).
-            flight.done.wait(self.timeout_seconds + 4 * self.pool.connect_timeout)
+            waited = self.timeout_seconds + 4 * self.pool.connect_timeout
+            if not flight.done.wait(waited):
+                return f"the health probe is still running after {waited:g} s"
             return flight.result
         try:
             flight.result = self._probe()

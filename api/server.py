@@ -35,7 +35,11 @@ class ThreadingWSGIServer6(ThreadingWSGIServer):
 
 
 class LoggingRequestHandler(WSGIRequestHandler):
-    """Access lines go to the log, not raw to stderr."""
+    """Access lines go to the log, not raw to stderr; requests the server refuses before the
+    application sees them (a malformed request line, huge headers) are answered in JSON too."""
+
+    error_content_type = "application/json"
+    error_message_format = '{"error": "%(code)d %(message)s"}\n'
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         logging.getLogger("api.access").info("%s %s", self.address_string(), format % args)

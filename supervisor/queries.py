@@ -57,7 +57,8 @@ WITH processor AS (
     VALUES (%(processor_id)s, %(host)s, %(pid)s, %(num_workers)s, %(grace_period_ms)s,
             %(state)s, %(host_key)s, %(process_started)s)
     ON CONFLICT (id) DO UPDATE
-    SET last_beat_at = now(), num_workers = excluded.num_workers, state = excluded.state
+    SET last_beat_at = now(), num_workers = excluded.num_workers, state = excluded.state,
+        grace_period_ms = excluded.grace_period_ms
     RETURNING id
 ), renewed AS (
     UPDATE task_processor.tasks

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -184,3 +186,38 @@ class QuietHandler(WSGIRequestHandler):
         pass
 
 
+
+
+def test_a_database_that_stops_answering_never_hangs_a_request(database_url):
+    from api import queries
+    from api.pool import ConnectionPool
+    from common.db import DatabaseUnavailable
+    from tcp_proxy import TcpProxy
+
+    proxy = TcpProxy()
+    pool = ConnectionPool(proxy.url(database_url), statement_timeout_ms=500)
+    try:
+        pool.run(queries.ping)  # a pooled connection, idle and healthy
+        proxy.drop_replies()  # the server still takes requests, but no answer comes back
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match="did not answer within 2 s"):
+            pool.run(queries.ping)
+        assert time.monotonic() - started < 10  # bounded by the pool, not by TCP's 15 minutes
+    finally:
+        pool.close()
+        proxy.cut()
+
+
+def test_malformed_requests_get_json_errors_too(database_url):
+    import socket
+    from urllib.parse import urlsplit
+
+    with api_server(database_url) as server:
+        address = urlsplit(server.base)
+        with socket.create_connection((address.hostname, address.port), timeout=10) as raw:
+            # A request line too long for the server: refused before the application runs.
+            raw.sendall(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n")
+            answer = raw.makefile("rb").read().decode()
+    head, _, body = answer.partition("\r\n\r\n")
+    assert " 414 " in head.splitlines()[0] and "Content-Type: application/json" in head
+    assert json.loads(body)["error"].startswith("414")

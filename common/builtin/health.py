@@ -16,8 +16,9 @@ from common.tasks import TaskPriority, register_task_handler
 
 logger = logging.getLogger(__name__)
 
-# Probe rows older than this belong to an API process that died mid-probe: anyone may delete them.
-ABANDONED_AFTER_SECONDS = 3600
+# Probe rows older than this belong to an API process that stopped mid-probe (a probe waits a
+# minute at most): anyone may delete them, with their task if no worker took it.
+ABANDONED_AFTER_SECONDS = 300
 
 _INSERT_PROBE = "INSERT INTO task_processor.health_checks DEFAULT VALUES RETURNING id"
 _LINK_TASK = "UPDATE task_processor.health_checks SET task_id = %s WHERE id = %s"
@@ -39,8 +40,13 @@ WHERE identifier = %s AND state IN ('succeeded', 'dead')
   AND finished_at < now() - interval '1 minute'
 """
 _DELETE_ABANDONED_PROBES = """
-DELETE FROM task_processor.health_checks
-WHERE created_at < now() - make_interval(secs => %s)
+WITH abandoned AS (
+    DELETE FROM task_processor.health_checks
+    WHERE created_at < now() - make_interval(secs => %s)
+    RETURNING task_id
+)
+DELETE FROM task_processor.tasks
+WHERE id IN (SELECT task_id FROM abandoned) AND identifier = %s AND state = 'waiting'
 """
 
 
@@ -65,7 +71,8 @@ def start_probe(cursor) -> tuple[int, int]:
     whatever ``TASK_RUN_METHOD`` the API runs with.
     """
     cursor.execute(_DELETE_FINISHED_TASKS, (round_trip_health_check.identifier,))
-    cursor.execute(_DELETE_ABANDONED_PROBES, (ABANDONED_AFTER_SECONDS,))
+    cursor.execute(_DELETE_ABANDONED_PROBES,
+                   (ABANDONED_AFTER_SECONDS, round_trip_health_check.identifier))
     cursor.execute(_INSERT_PROBE)
     probe_id = cursor.fetchone()[0]
     args_json, kwargs_json = serialize_arguments(
