@@ -54,6 +54,7 @@ class WorkerProcess:
     kill_cancellable: bool = False
     dump_sent_at: float | None = None
     stop_requested: bool = False
+    stopped_since: float | None = None  # when the kernel first showed it stopped
 
     @property
     def owner(self) -> str:
@@ -311,6 +312,9 @@ class Supervisor:
                 self._finish_kill(process, now)
             elif self.draining_until is not None and now >= self.draining_until:
                 self._kill(process, "killed at the drain deadline", "worker_lost")
+            elif self._stopped_too_long(process, now):
+                self._kill(process, f"worker {process.slot} was stopped (SIGSTOP) for more than "
+                                    f"the grace period of {grace:.1f} s", "worker_lost")
             elif beat is not None and beat.state == WorkerState.BUSY:
                 if now > beat.deadline:
                     timeout = beat.deadline - beat.beat
@@ -323,6 +327,16 @@ class Supervisor:
                     self._kill(process, f"worker {process.slot} was {state} and silent for "
                                         f"{now - last:.1f} s (grace period {grace:.1f} s)",
                                "worker_lost", cancellable=True)
+
+    def _stopped_too_long(self, process: WorkerProcess, now: float) -> bool:
+        """A busy worker does not beat until its task ends, so a stopped one (SIGSTOP, a
+        debugger) would look busy until its task's deadline: ask the kernel instead."""
+        if not _is_stopped(process.pid):
+            process.stopped_since = None
+            return False
+        if process.stopped_since is None:
+            process.stopped_since = now
+        return now - process.stopped_since > self.settings.grace_period
 
     def _read_beat(self, process: WorkerProcess) -> Beat | None:
         """The slot's latest consistent beat if it is this process's, else the last one."""
@@ -440,6 +454,16 @@ class Supervisor:
 def _same_identity(new: WorkerSettings, old: WorkerSettings) -> WorkerSettings:
     """A reload keeps the processor id: it is the same processor."""
     return replace(new, processor_id=old.processor_id)
+
+
+def _is_stopped(pid: int) -> bool:
+    """Is ``pid`` stopped by a signal or traced (state T or t in /proc/<pid>/stat)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[-1].split()
+    except OSError:
+        return False
+    return bool(fields) and fields[0] in (b"T", b"t")
 
 
 def signal_name(signum: int) -> str:

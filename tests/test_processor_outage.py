@@ -89,15 +89,33 @@ def test_a_claim_whose_answer_was_lost_is_given_back(database_url, start_process
     processor = start_processor("--numthreads", "1", "--sleepintervalms", "200",
                                 env={"DATABASE_URL": proxy.url(database_url)})
     processor.wait_ready(1)
-    proxy.drop_replies()  # the next claim commits on the server, but its answer never arrives
-    task_id = query(database_url, "INSERT INTO task_processor.tasks (identifier, args) "
-                                  "VALUES ('processor_tasks.record', '[\"orphan\"]') "
-                                  "RETURNING id")[0][0]
-    wait_for(lambda: query(database_url, "SELECT state FROM task_processor.tasks WHERE id = %s",
-                           (task_id,)) == [("running",)], message="the claim to commit")
-    proxy.cut()
-    proxy.restore()
-    wait_for(lambda: results("orphan"), timeout=20, message="the orphaned task to run")
+    wait_for(lambda: not query(database_url, "SELECT 1 FROM task_processor.tasks "
+                                             "WHERE state = 'running'"),
+             message="the built-in start-up tasks to finish")
+
+    def state(task_id: int) -> str:
+        return query(database_url, "SELECT state FROM task_processor.tasks WHERE id = %s",
+                     (task_id,))[0][0]
+
+    for attempt in range(5):  # the worker may poll between the two steps: then once more
+        proxy.drop_replies()  # the next claim commits on the server; its answer never arrives
+        key = f"orphan{attempt}"
+        task_id = query(database_url, "INSERT INTO task_processor.tasks (identifier, args) "
+                                      "VALUES ('processor_tasks.record', %s) RETURNING id",
+                        (f'["{key}"]',))[0][0]
+        deadline = time.monotonic() + 3
+        while state(task_id) != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        claimed_in_the_dark = state(task_id) == "running"
+        proxy.cut()
+        proxy.restore()
+        if claimed_in_the_dark:
+            break
+        # Not this time: the worker reconnects and runs it; then try again.
+        wait_for(lambda: state(task_id) == "succeeded", timeout=20)
+    else:
+        raise AssertionError("no claim committed while its answer was being dropped")
+    wait_for(lambda: results(key), timeout=20, message="the orphaned task to run")
     runs = query(database_url, "SELECT attempt, result FROM task_processor.runs "
                                "WHERE task_id = %s", (task_id,))
     assert runs == [(1, "success")]  # the lost claim did not cost an attempt

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import datetime, timedelta, timezone
 
 import psutil
 import psycopg2
@@ -83,7 +84,8 @@ def test_sigstopped_worker_is_killed_and_replaced_within_grace_period(database_u
     replaced_after = time.monotonic() - stopped_at
     # The bound is behaviour, not speed: the grace period, the kill sequence and a tick.
     assert replaced_after < grace + 3.0, replaced_after
-    assert "silent for" in processor.log_text()
+    log = processor.log_text()
+    assert "stopped (SIGSTOP)" in log or "silent for" in log
 
 
 def _check_hang(database_url, start_processor, handler):
@@ -267,3 +269,29 @@ def test_a_worker_killed_by_an_unnamed_signal_is_replaced(database_url, start_pr
     wait_for(lambda: processor.worker_pids() and worker not in processor.worker_pids())
     assert processor.process.poll() is None
     assert "died: signal" in processor.log_text()
+
+
+def test_a_delayed_task_starts_when_due_not_at_the_next_poll(database_url, start_processor,
+                                                             results):
+    processor = start_processor("--numthreads", "1", "--sleepintervalms", "30000",
+                                "--graceperiodms", "90000")
+    processor.wait_ready(1)
+    due = datetime.now(timezone.utc) + timedelta(seconds=1.5)
+    task_id = processor_tasks.record.delay(args=("on time",), delay_until=due)
+    wait_for(lambda: results("on time"), timeout=20, message="the delayed task to run")
+    (started_at,) = query(database_url, "SELECT started_at FROM task_processor.runs "
+                                        "WHERE task_id = %s", (task_id,))[0]
+    assert due <= started_at < due + timedelta(seconds=5)  # the fallback poll is 30 s away
+
+
+def test_a_busy_worker_stopped_with_sigstop_is_replaced_within_the_grace_period(
+        database_url, start_processor, results):
+    processor = start_processor("--numthreads", "1", "--graceperiodms", "1500")
+    (worker,) = processor.wait_ready(1)
+    task_id = processor_tasks.sleep_then_record.delay(args=("paused", 10))  # timeout 30 s
+    wait_for(lambda: results("paused:started"))
+    os.kill(worker, signal.SIGSTOP)
+    wait_for(lambda: processor.worker_pids() and worker not in processor.worker_pids(),
+             timeout=10, message="the stopped busy worker to be replaced")
+    wait_for(lambda: _runs(database_url, task_id), message="the lost attempt to be recorded")
+    assert "stopped (SIGSTOP)" in _runs(database_url, task_id)[0][2]

@@ -254,22 +254,22 @@ def test_enqueue_on_an_autocommit_connection_commits_at_once(define, run_method,
     assert count_tasks(conn, handler.identifier) == 1
 
 
-def test_delay_until_is_stored_as_scheduled_for_and_wakes_nobody(define, run_method, conn,
-                                                                   listener):
+def test_delay_until_is_stored_as_scheduled_for_and_announced_as_scheduled(
+        define, run_method, conn, listener):
     run_method("TASK_PROCESSOR")
     handler = define()
     paris_summer = timezone(timedelta(hours=2))
     due = datetime(2100, 6, 1, 12, 30, tzinfo=paris_summer)
 
     later_id = handler.delay(delay_until=due)
-    now_id = handler.delay()
-
     scheduled = dict(fetch_all(conn, "SELECT id, scheduled_for FROM task_processor.tasks"))
     assert scheduled[later_id] == due
-    wait_for_notifications(listener, 1)
-    listener.poll()
-    assert len(listener.notifies) == 1  # only the task due now woke the workers
-    assert now_id is not None
+    # Idle workers learn of it (to wake when it is due), told that nothing is due yet.
+    assert [n.payload for n in wait_for_notifications(listener, 1)] == ["scheduled"]
+    listener.notifies.clear()
+
+    assert handler.delay() is not None
+    assert [n.payload for n in wait_for_notifications(listener, 1)] == [""]
 
 
 # -- queue_size ------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ _PR_SET_PDEATHSIG = 1
 _FLUSH_AFTER = 0.010  # record finished attempts before the next task once they are this old
 _SLOW_TASK = 0.050  # after a task this slow, idle peers may take the rest of its batch
 _HANDOFF_WINDOW = 0.050  # how long a worker leaves tasks it handed off to its peers
+_DUE_MARGIN = 0.002  # wake this long after a delayed task falls due, not before
 _MAX_WAIT = 1.0  # an idle worker beats its slot at least this often
 _RETRY_BASE, _RETRY_CAP = 0.1, 5.0  # reconnect backoff while the database is down
 
@@ -78,8 +79,6 @@ class Worker:
         self.poll_interval = min(settings.sleep_interval, settings.grace_period / 3)
         self._wakeup_read = -1
         self._process = psutil.Process()
-        self.connections_opened = 0
-        self.orphans_possible = False
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -124,7 +123,9 @@ class Worker:
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
                        signal.SIGQUIT):
-            signal.signal(signum, signal.SIG_IGN)
+            # Caught and dropped rather than SIG_IGN: an ignored signal would stay ignored in
+            # every program a task starts, while a handler resets to the default on exec.
+            signal.signal(signum, _drop_signal)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self._on_term)
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
@@ -147,8 +148,10 @@ class Worker:
         while not self.stopping and not self._should_recycle():
             now = time.monotonic()
             if (wake or now >= next_poll) and now >= hold_until:
-                batch = self._database(self._claim)
-                next_poll = time.monotonic() + self.poll_interval
+                batch, due_in = self._database(self._claim)
+                wait = self.poll_interval if due_in is None else \
+                    min(self.poll_interval, due_in + _DUE_MARGIN)
+                next_poll = time.monotonic() + wait
                 if batch:
                     wake = True  # there may be more: claim again before sleeping
                     if self._run_batch(batch):
@@ -269,19 +272,13 @@ class Worker:
         self.connection = db.connect(self.settings.database_url, f"worker {self.slot}")
         with self.connection.cursor() as cursor:
             cursor.execute(queries.LISTEN)
-        # A claim whose answer was lost with the old connection left tasks leased to this
-        # worker that it never received: the next claim gives them back first.
-        self.orphans_possible = self.connections_opened > 0
-        self.connections_opened += 1
 
     def _drop_connection(self) -> None:
         db.close_quietly(self.connection)
         self.connection = None
 
-    def _claim(self) -> list[ClaimedTask]:
-        if self.orphans_possible:
-            self._release(None)
-            self.orphans_possible = False
+    def _claim(self) -> tuple[list[ClaimedTask], float | None]:
+        """Claim a batch; also say in how many seconds the next delayed task falls due."""
         with self.connection.cursor() as cursor:
             cursor.execute(queries.CLAIM, {
                 "limit": self.settings.queue_pop_size,
@@ -293,7 +290,8 @@ class Worker:
                 "generation": self.generation,
             })
             rows = cursor.fetchall()
-        return [ClaimedTask(*row) for row in rows]
+        due_in = rows[0][-1] if rows else None
+        return [ClaimedTask(*row[:-1]) for row in rows if row[0] is not None], due_in
 
     def _finish(self, outcomes: list[Outcome]) -> bool:
         with self.connection.cursor() as cursor:
@@ -315,8 +313,8 @@ class Worker:
                            "results were not written", self.owner, lost)
         return not lost
 
-    def _release(self, task_ids: list[int] | None) -> None:
-        """Give back claimed tasks this worker did not start (None: all it holds)."""
+    def _release(self, task_ids: list[int]) -> None:
+        """Give back claimed tasks this worker did not start."""
         with self.connection.cursor() as cursor:
             cursor.execute(queries.RELEASE_UNSTARTED, {"ids": task_ids, "owner": self.owner})
 
@@ -349,3 +347,6 @@ class Worker:
                 return True
         return False
 
+
+def _drop_signal(signum: int, frame: object) -> None:
+    """The supervisor's signals (Ctrl-C in a terminal reaches every process): not ours."""

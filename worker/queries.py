@@ -5,9 +5,18 @@ from __future__ import annotations
 
 # Claims up to %(limit)s due tasks (the partial index tasks_claim_idx serves the inner
 # SELECT), counts the attempt, sets the lease, and upserts the worker's heartbeat row in the
-# same statement: busy until the latest time the batch may end, or idle.
+# same statement: busy until the latest time the batch may end, or idle. Every row also says in
+# how many seconds the next delayed task falls due (one probe of tasks_scheduled_idx); with
+# nothing claimed, a single row carries only that.
 CLAIM = """
-WITH next AS (
+WITH orphans AS (
+    -- A worker claims only when it holds nothing: anything still leased to it comes from a
+    -- claim whose answer was lost with a broken connection (and may have committed late).
+    UPDATE task_processor.tasks
+    SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL
+    WHERE lease_owner = %(owner)s AND state = 'running'
+    RETURNING id
+), next AS (
     SELECT id FROM task_processor.tasks
     WHERE state = 'waiting' AND scheduled_for <= now()
     ORDER BY priority, scheduled_for, id
@@ -31,9 +40,19 @@ WITH next AS (
     SET pid = excluded.pid, generation = excluded.generation, state = excluded.state,
         task_id = excluded.task_id, task_deadline = excluded.task_deadline,
         last_beat_at = excluded.last_beat_at
+), upcoming AS (
+    SELECT extract(epoch FROM min(scheduled_for) - now())::float8 AS due_in
+    FROM task_processor.tasks
+    WHERE state = 'waiting' AND scheduled_for > now()
 )
-SELECT id, identifier, args, kwargs, attempts, max_attempts, timeout_ms
-FROM claimed ORDER BY priority, scheduled_for, id
+SELECT c.id, c.identifier, c.args, c.kwargs, c.attempts, c.max_attempts, c.timeout_ms,
+       upcoming.due_in
+FROM upcoming
+LEFT JOIN claimed AS c ON true
+LEFT JOIN LATERAL (  -- wake other workers for the orphans given back
+    SELECT pg_notify('task_processor', '') WHERE EXISTS (SELECT 1 FROM orphans)
+) AS wake ON true
+ORDER BY c.priority, c.scheduled_for, c.id
 """
 
 # Records a batch of attempts and finishes their tasks. Fenced by the lease owner: a worker
@@ -73,14 +92,12 @@ RETURNING task_id
 """
 
 # Gives back claimed tasks that this worker did not start (it is draining, recycling or
-# handing them to idle peers; with ids NULL: every task leased to it, after a claim whose answer
-# was lost): the claim's attempt is undone and idle workers are woken.
+# handing them to idle peers): the claim's attempt is undone and idle workers are woken.
 RELEASE_UNSTARTED = """
 WITH released AS (
     UPDATE task_processor.tasks
     SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL
-    WHERE lease_owner = %(owner)s AND state = 'running'
-      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+    WHERE lease_owner = %(owner)s AND state = 'running' AND id = ANY(%(ids)s::bigint[])
     RETURNING id
 )
 SELECT count(*) FROM released, LATERAL (SELECT pg_notify('task_processor', '')) AS wake
