@@ -9,11 +9,9 @@ one, so a database restart costs no failed request. The number of open connectio
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from typing import Callable, TypeVar
 
-import psycopg2
 import psycopg2.extensions
 
 from common import db
@@ -51,22 +49,20 @@ class ConnectionPool:
     def _run_with_retry(self, work: Callable[[Cursor], T]) -> T:
         while True:
             connection, reused = self._take()
-            watchdog = _Watchdog(connection, self.work_deadline)
             try:
-                # commit on success, roll back on an exception
-                with connection, connection.cursor() as cursor:
-                    result = work(cursor)
+                with db.Deadline(connection, self.work_deadline) as deadline:
+                    # commit on success, roll back on an exception
+                    with connection, connection.cursor() as cursor:
+                        result = work(cursor)
             except Exception as error:
                 broken = connection.closed != 0  # a timed-out statement leaves it open
                 connection.close()
-                if watchdog.fired:
+                if deadline.fired:
                     raise db.DatabaseUnavailable(
                         f"the database did not answer within {self.work_deadline:g} s") from None
                 if reused and broken and db.is_connection_error(error):
                     continue  # a stale idle connection: retry on a fresh one
                 raise
-            finally:
-                watchdog.cancel()
             self._give_back(connection)
             return result
 
@@ -107,31 +103,3 @@ class ConnectionPool:
         for connection in idle:
             connection.close()
 
-
-class _Watchdog:
-    """Cuts a connection whose unit of work outlives its deadline. The server enforces
-    statement timeouts only while it runs; a frozen server (or a proxy that stopped
-    forwarding) would leave the request thread waiting in recv() for good."""
-
-    def __init__(self, connection: db.Connection, deadline: float) -> None:
-        self.fired = False
-        self._connection = connection
-        self._timer = threading.Timer(deadline, self._cut)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _cut(self) -> None:
-        self.fired = True
-        try:
-            cut = socket.socket(fileno=os.dup(self._connection.fileno()))
-        except (OSError, psycopg2.Error):
-            return  # already closed
-        try:
-            cut.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        finally:
-            cut.close()
-
-    def cancel(self) -> None:
-        self._timer.cancel()

@@ -8,6 +8,8 @@ tell the processes apart in ``pg_stat_activity``.
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg2
@@ -105,3 +107,47 @@ def close_quietly(connection: Connection | None) -> None:
             connection.close()
         except psycopg2.Error:
             pass
+
+
+class Deadline:
+    """Cuts ``connection`` if the work inside ``with Deadline(...)`` outlives ``seconds``.
+
+    The server enforces statement timeouts only while it runs: a frozen server, or a proxy that
+    stopped forwarding, leaves the client waiting in recv() for good while TCP stays up. Cutting
+    the socket makes that wait fail at once with a connection error. ``fired`` says whether it
+    did. The lock keeps a cut from reaching a file descriptor that was closed and reused.
+    """
+
+    def __init__(self, connection: Connection, seconds: float) -> None:
+        self.connection = connection
+        self.seconds = seconds
+        self.fired = False
+        self._lock = threading.Lock()
+        self._done = False
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+
+    def _cut(self) -> None:
+        with self._lock:
+            if self._done or self.connection.closed:
+                return
+            try:
+                cut = socket.socket(fileno=os.dup(self.connection.fileno()))
+            except (OSError, psycopg2.Error):
+                return
+            try:
+                cut.shutdown(socket.SHUT_RDWR)
+                self.fired = True
+            except OSError:
+                pass
+            finally:
+                cut.close()

@@ -395,12 +395,13 @@ class Supervisor:
         and an attempt must never run while its retry does."""
         owners = [p.owner for p in self.workers.values()]
         self.database.tend(self.num_workers, owners)
-        if self.database.lease_at_risk():
+        lapsed = self.database.take_lapse()
+        if lapsed or self.database.lease_at_risk():
+            why = "renewed too late" if lapsed else "could not be renewed (database unreachable)"
             for process in self.workers.values():
                 if not process.kill_reason:
-                    self._kill(process, "its lease could not be renewed (database unreachable);"
-                                        " stopped so that no other processor runs its tasks "
-                                        "twice", "worker_lost")
+                    self._kill(process, f"its lease {why}; stopped so that no other processor "
+                                        f"runs its tasks twice", "worker_lost")
 
     def _talk_to_systemd(self) -> None:
         now = time.monotonic()

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
-import psutil
 import psycopg2
 
 from common import db, migrations
@@ -53,7 +52,7 @@ class SupervisorDatabase:
         self.host = host
         self.pid = pid
         self.identity = {"host": host, "pid": pid, "host_key": host_key(),
-                         "process_started": psutil.Process(pid).create_time()}
+                         "process_started": start_ticks(pid)}
         self.state = "running"
         self.connection: db.Connection | None = None
         self.pending: list[Release] = []
@@ -62,6 +61,7 @@ class SupervisorDatabase:
         self.next_beat = 0.0
         self.next_requeue = 0.0
         self.last_renewal = time.monotonic()
+        self.lapsed = False
         self.duties: list[Duty] = []
         self.duties_paused_until = 0.0
 
@@ -148,7 +148,8 @@ class SupervisorDatabase:
             self.next_attempt = now + self.reconnect_delay
             logger.warning("database: %s; retrying in %.1f s", _one_line(error),
                            self.reconnect_delay)
-            self.reconnect_delay = min(self.reconnect_delay * 2, RECONNECT_CAP)
+            # Never wait longer than a beat: the leases must be renewed in time.
+            self.reconnect_delay = min(self.reconnect_delay * 2, self.beat_interval)
 
     def _run_duties(self, now: float) -> None:
         """Database errors propagate (reconnect and retry); any other error of a duty is a
@@ -158,13 +159,20 @@ class SupervisorDatabase:
         for duty in self.duties:
             if now >= duty.next_due():
                 try:
-                    duty.run(self.connection)
+                    with db.Deadline(self.connection, self.statement_deadline):
+                        duty.run(self.connection)
                 except psycopg2.Error:
                     raise
                 except Exception:  # noqa: BLE001
                     logger.exception("periodic duty %s failed; retrying in %.0f s",
                                      type(duty).__name__, DUTY_PAUSE)
                     self.duties_paused_until = now + DUTY_PAUSE
+
+    def take_lapse(self) -> bool:
+        """True once after a renewal came too late: another processor may have taken tasks
+        that this processor's workers still run."""
+        lapsed, self.lapsed = self.lapsed, False
+        return lapsed
 
     def lease_at_risk(self) -> bool:
         """True once renewals have failed for most of a lease: other processors may soon
@@ -179,8 +187,8 @@ class SupervisorDatabase:
         release = Release(owner, task_id, reason, result, running_seconds)
         self.pending += [release, replace(release, task_id=0,
                                           not_before=time.monotonic() + LATE_CLAIM_SECONDS)]
-        self.next_attempt = 0.0
-        self.tend_releases()
+        if time.monotonic() >= self.next_attempt:  # else the database is known to be away
+            self.tend_releases()
 
     def tend_releases(self) -> None:
         try:
@@ -189,6 +197,7 @@ class SupervisorDatabase:
             self._flush_releases()
         except (psycopg2.Error, db.DatabaseUnavailable) as error:
             self._drop()
+            self.next_attempt = time.monotonic() + self.reconnect_delay
             logger.warning("could not release leases yet (%s); will retry", _one_line(error))
 
     def forget_slot(self, slot: int) -> None:
@@ -204,13 +213,18 @@ class SupervisorDatabase:
     # -- internals ----------------------------------------------------------------------------
 
     def _beat(self, num_workers: int, own_owners: list[str]) -> None:
+        """Renew the leases. The database dates them from the statement's start, and so does
+        this: a renewal that comes after most of a lease went by (the supervisor was paused or
+        blocked) may be too late, and says so through :meth:`take_lapse`."""
+        started = time.monotonic()
+        self.lapsed |= started - self.last_renewal > self.settings.lease_seconds * 0.75
         self._execute(queries.BEAT, {
             "processor_id": self.settings.processor_id, **self.identity,
             "num_workers": num_workers,
             "grace_period_ms": int(self.settings.grace_period * 1000),
             "state": self.state, "lease_seconds": self.settings.lease_seconds,
             "own_owners": own_owners})
-        self.last_renewal = time.monotonic()
+        self.last_renewal = started
 
     def _flush_releases(self, everything: bool = False) -> None:
         now = time.monotonic()
@@ -241,12 +255,21 @@ class SupervisorDatabase:
     def _connect(self) -> None:
         if self.connection is None:
             self.connection = db.connect(self.settings.database_url, "supervisor",
-                                         statement_timeout_ms=STATEMENT_TIMEOUT_MS)
+                                         statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+                                         connect_timeout=max(2, int(self.statement_deadline)))
 
     def _execute(self, statement, params: dict) -> list[tuple]:
-        with self.connection.cursor() as cursor:
-            cursor.execute(statement, params)
-            return cursor.fetchall() if cursor.description else []
+        with db.Deadline(self.connection, self.statement_deadline):
+            with self.connection.cursor() as cursor:
+                cursor.execute(statement, params)
+                return cursor.fetchall() if cursor.description else []
+
+    @property
+    def statement_deadline(self) -> float:
+        """How long the supervisor waits for one answer: a little past the server's statement
+        timeout, and short against the lease, so that a database that stops answering never
+        blocks the loop that watches the workers."""
+        return min(STATEMENT_TIMEOUT_MS / 1000 + 1, max(1.0, self.settings.lease_seconds / 4))
 
     def _drop(self) -> None:
         db.close_quietly(self.connection)
@@ -261,14 +284,25 @@ def host_key() -> str:
     return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
 
 
-def _process_alive(pid: int, process_started: float) -> bool:
-    """Is ``pid`` still the process that registered (not a later one that reuses the number,
-    as PID 1 does in every container)? Start times come from the same kernel, so they match
-    exactly."""
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (field 22 of /proc/<pid>/stat): exact,
+    and unmoved by changes of the wall clock. None if there is no such process; PermissionError
+    if it cannot be read."""
     try:
-        return abs(psutil.Process(pid).create_time() - process_started) < 0.01
-    except psutil.Error:
-        return False
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[-1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(fields[19])
+
+
+def _process_alive(pid: int, process_started: float | None) -> bool:
+    """Is ``pid`` still the process that registered (not a later one that reuses the number,
+    as PID 1 does in every container)? A process we may not look at counts as alive."""
+    try:
+        return start_ticks(pid) == process_started
+    except PermissionError:
+        return True
 
 
 def _one_line(error: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -119,3 +120,32 @@ def test_a_claim_whose_answer_was_lost_is_given_back(database_url, start_process
     runs = query(database_url, "SELECT attempt, result FROM task_processor.runs "
                                "WHERE task_id = %s", (task_id,))
     assert runs == [(1, "success")]  # the lost claim did not cost an attempt
+
+
+def test_a_supervisor_paused_past_its_lease_stops_its_workers(database_url, start_processor,
+                                                             results):
+    processor = start_processor("--numthreads", "1", "--lease-seconds", "4")
+    (worker,) = processor.wait_ready(1)
+    task_id = processor_tasks.sleep_then_record.delay(args=("paused supervisor", 8))
+    wait_for(lambda: results("paused supervisor:started"))
+    processor.signal(signal.SIGSTOP)  # no renewal for longer than 3/4 of the lease
+    time.sleep(3.5)
+    processor.signal(signal.SIGCONT)
+    wait_for(lambda: worker not in processor.worker_pids(), timeout=10,
+             message="the worker whose lease lapsed to be stopped")
+    runs = wait_for(lambda: query(database_url, "SELECT result, error FROM task_processor.runs "
+                                                "WHERE task_id = %s", (task_id,)))
+    assert runs[0][0] == "worker_lost" and "renewed too late" in runs[0][1]
+
+
+def test_a_database_that_stops_answering_never_blocks_the_supervisor(database_url,
+                                                                     start_processor, proxy):
+    processor = start_processor("--numthreads", "1", "--lease-seconds", "8",
+                                "--drain-timeout", "2",
+                                env={"DATABASE_URL": proxy.url(database_url)})
+    processor.wait_ready(1)
+    proxy.drop_replies()  # the server takes every request and never answers
+    time.sleep(3)  # the supervisor has beaten into the void by now
+    processor.signal(signal.SIGTERM)
+    assert processor.wait(20) == 0  # its loop still ran: it drained and stopped
+    assert "did not answer" in processor.log_text() or "database:" in processor.log_text()
