@@ -13,6 +13,7 @@ import uuid
 from typing import Callable, Iterator
 
 import psycopg2
+import psycopg2.errors
 import pytest
 
 from common import migrations, queue
@@ -41,6 +42,16 @@ def _template_name() -> str:
     return f"tp_template_{digest.hexdigest()[:12]}"
 
 
+def _drop_old_templates(cursor) -> None:
+    """Templates of earlier migrations are of no more use: drop those no test is cloning."""
+    cursor.execute("SELECT datname FROM pg_database WHERE datname LIKE 'tp\\_template\\_%'")
+    for (old,) in cursor.fetchall():
+        try:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{old}"')
+        except psycopg2.errors.ObjectInUse:
+            pass
+
+
 @pytest.fixture(scope="session")
 def template_database() -> str:
     name = _template_name()
@@ -50,6 +61,7 @@ def template_database() -> str:
             cursor.execute("SELECT pg_advisory_lock(hashtext('task_processor.test_template'))")
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if cursor.fetchone() is None:
+                _drop_old_templates(cursor)
                 cursor.execute(f'CREATE DATABASE "{name}"')
                 connection = psycopg2.connect(url_for(name))
                 try:

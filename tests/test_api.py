@@ -15,7 +15,7 @@ import pytest
 from api.app import Api, mount
 from api.settings import ApiSettings
 from harness import wait_for
-from test_api_support import BIN, api_server, environment
+from api_support import BIN, api_server, environment
 
 UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:1/nowhere"
 

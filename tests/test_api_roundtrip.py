@@ -7,7 +7,7 @@ import threading
 
 from conftest import fetch_all
 from harness import wait_for
-from test_api_support import PROCESSOR_ARGS, api_server
+from api_support import PROCESSOR_ARGS, api_server
 
 PROBE_TASK = "health.round_trip_health_check"
 ROUND_TRIP = {"ENABLE_TASK_PROCESSOR_HEALTH_CHECK": "True",

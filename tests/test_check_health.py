@@ -15,7 +15,7 @@ from datetime import timezone
 import pytest
 
 from harness import query, wait_for
-from test_api_support import (GRACE_MS, PROCESSOR_ARGS, check_health, environment,
+from api_support import (GRACE_MS, PROCESSOR_ARGS, check_health, environment,
                               health_status, processor_id)
 
 HOST = socket.gethostname()
