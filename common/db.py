@@ -135,6 +135,7 @@ class Deadline:
         with self._lock:
             self._done = True
         self._timer.cancel()
+        self._timer.join()  # no thread left behind: the supervisor forks right after
 
     def _cut(self) -> None:
         with self._lock:

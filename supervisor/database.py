@@ -23,7 +23,11 @@ STATEMENT_TIMEOUT_MS = 5000
 RECONNECT_CAP = 10.0
 REQUEUE_EVERY = 10.0
 DUTY_PAUSE = 30.0
-LATE_CLAIM_SECONDS = 2.0  # seconds between looks for expired leases and dead local processors
+DUTY_STATEMENTS = 4  # a duty's run is a few statements: its deadline covers them all
+LATE_CLAIM_SECONDS = 2.0
+# A renewal later than this part of a lease may come after the lease expired, by the database's
+# clock, and after another processor took the tasks.
+LAPSE_FRACTION = 0.9  # seconds between looks for expired leases and dead local processors
 
 
 class Duty(Protocol):
@@ -52,7 +56,7 @@ class SupervisorDatabase:
         self.host = host
         self.pid = pid
         self.identity = {"host": host, "pid": pid, "host_key": host_key(),
-                         "process_started": start_ticks(pid)}
+                         "process_start_ticks": start_ticks(pid)}
         self.state = "running"
         self.connection: db.Connection | None = None
         self.pending: list[Release] = []
@@ -159,7 +163,7 @@ class SupervisorDatabase:
         for duty in self.duties:
             if now >= duty.next_due():
                 try:
-                    with db.Deadline(self.connection, self.statement_deadline):
+                    with db.Deadline(self.connection, DUTY_STATEMENTS * self.statement_deadline):
                         duty.run(self.connection)
                 except psycopg2.Error:
                     raise
@@ -217,7 +221,7 @@ class SupervisorDatabase:
         this: a renewal that comes after most of a lease went by (the supervisor was paused or
         blocked) may be too late, and says so through :meth:`take_lapse`."""
         started = time.monotonic()
-        self.lapsed |= started - self.last_renewal > self.settings.lease_seconds * 0.75
+        late = started - self.last_renewal > self.settings.lease_seconds * LAPSE_FRACTION
         self._execute(queries.BEAT, {
             "processor_id": self.settings.processor_id, **self.identity,
             "num_workers": num_workers,
@@ -225,6 +229,7 @@ class SupervisorDatabase:
             "state": self.state, "lease_seconds": self.settings.lease_seconds,
             "own_owners": own_owners})
         self.last_renewal = started
+        self.lapsed |= late
 
     def _flush_releases(self, everything: bool = False) -> None:
         now = time.monotonic()
@@ -242,8 +247,8 @@ class SupervisorDatabase:
         waiting for them to expire, and mark them stopped."""
         rows = self._execute(queries.PROCESSORS_ON_HOST, {
             "host_key": self.identity["host_key"], "processor_id": self.settings.processor_id})
-        for processor_id, pid, process_started in rows:
-            if _process_alive(pid, process_started):
+        for processor_id, pid, process_start_ticks in rows:
+            if _process_alive(pid, process_start_ticks):
                 continue
             requeued = self._execute(queries.REQUEUE_PROCESSOR, {
                 "owner_prefix": processor_id + "/",
@@ -292,15 +297,19 @@ def start_ticks(pid: int) -> int | None:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[-1].split()
     except (FileNotFoundError, ProcessLookupError):
-        return None
+        try:
+            os.kill(pid, 0)  # with /proc mounted hidepid, another user's process is hidden
+        except ProcessLookupError:
+            return None
+        raise PermissionError(f"/proc/{pid} is hidden from this user") from None
     return int(fields[19])
 
 
-def _process_alive(pid: int, process_started: float | None) -> bool:
+def _process_alive(pid: int, process_start_ticks: float | None) -> bool:
     """Is ``pid`` still the process that registered (not a later one that reuses the number,
     as PID 1 does in every container)? A process we may not look at counts as alive."""
     try:
-        return start_ticks(pid) == process_started
+        return start_ticks(pid) == process_start_ticks
     except PermissionError:
         return True
 

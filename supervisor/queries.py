@@ -7,9 +7,9 @@ from psycopg2 import sql
 
 REGISTER = """
 INSERT INTO task_processor.processors
-    (id, host, pid, num_workers, grace_period_ms, host_key, process_started)
+    (id, host, pid, num_workers, grace_period_ms, host_key, process_start_ticks)
 VALUES (%(processor_id)s, %(host)s, %(pid)s, %(num_workers)s, %(grace_period_ms)s,
-        %(host_key)s, %(process_started)s)
+        %(host_key)s, %(process_start_ticks)s)
 ON CONFLICT (id) DO NOTHING
 """
 
@@ -53,9 +53,9 @@ REQUEUE_PROCESSOR = sql.SQL(_REQUEUE_LOST).format(select=sql.SQL("""
 BEAT = """
 WITH processor AS (
     INSERT INTO task_processor.processors AS p
-        (id, host, pid, num_workers, grace_period_ms, state, host_key, process_started)
+        (id, host, pid, num_workers, grace_period_ms, state, host_key, process_start_ticks)
     VALUES (%(processor_id)s, %(host)s, %(pid)s, %(num_workers)s, %(grace_period_ms)s,
-            %(state)s, %(host_key)s, %(process_started)s)
+            %(state)s, %(host_key)s, %(process_start_ticks)s)
     ON CONFLICT (id) DO UPDATE
     SET last_beat_at = now(), num_workers = excluded.num_workers, state = excluded.state,
         grace_period_ms = excluded.grace_period_ms
@@ -99,7 +99,7 @@ SELECT count(*) FROM released, LATERAL (SELECT pg_notify('task_processor', '')) 
 """
 
 PROCESSORS_ON_HOST = """
-SELECT id, pid, process_started FROM task_processor.processors
+SELECT id, pid, process_start_ticks FROM task_processor.processors
 WHERE host_key = %(host_key)s AND state <> 'stopped' AND id <> %(processor_id)s
 """
 

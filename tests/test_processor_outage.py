@@ -128,14 +128,15 @@ def test_a_supervisor_paused_past_its_lease_stops_its_workers(database_url, star
     (worker,) = processor.wait_ready(1)
     task_id = processor_tasks.sleep_then_record.delay(args=("paused supervisor", 8))
     wait_for(lambda: results("paused supervisor:started"))
-    processor.signal(signal.SIGSTOP)  # no renewal for longer than 3/4 of the lease
-    time.sleep(3.5)
+    processor.signal(signal.SIGSTOP)  # no renewal for longer than the lease
+    time.sleep(4.5)
     processor.signal(signal.SIGCONT)
     wait_for(lambda: worker not in processor.worker_pids(), timeout=10,
              message="the worker whose lease lapsed to be stopped")
     runs = wait_for(lambda: query(database_url, "SELECT result, error FROM task_processor.runs "
                                                 "WHERE task_id = %s", (task_id,)))
-    assert runs[0][0] == "worker_lost" and "renewed too late" in runs[0][1]
+    # "renewed too late"; or, if the pause fell in a statement, "could not be renewed"
+    assert runs[0][0] == "worker_lost" and "renewed" in runs[0][1]
 
 
 def test_a_database_that_stops_answering_never_blocks_the_supervisor(database_url,

@@ -126,6 +126,7 @@ class Worker:
             # Caught and dropped rather than SIG_IGN: an ignored signal would stay ignored in
             # every program a task starts, while a handler resets to the default on exec.
             signal.signal(signum, _drop_signal)
+            signal.siginterrupt(signum, False)  # task code's system calls are not interrupted
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self._on_term)
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)

@@ -19,6 +19,9 @@ WITH orphans AS (
 ), next AS (
     SELECT id FROM task_processor.tasks
     WHERE state = 'waiting' AND scheduled_for <= now()
+      -- nothing due: one probe of tasks_scheduled_idx instead of walking the delayed tasks
+      AND EXISTS (SELECT 1 FROM task_processor.tasks
+                  WHERE state = 'waiting' AND scheduled_for <= now())
     ORDER BY priority, scheduled_for, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -83,11 +86,14 @@ WITH result AS (
         lease_owner = NULL, lease_expires_at = NULL
     FROM result AS r
     WHERE t.id = r.task_id AND t.lease_owner = %(owner)s AND t.state = 'running'
-    RETURNING t.id, t.attempts
+    RETURNING t.id, t.attempts, t.state
+), wake AS (  -- a retry was scheduled: idle workers learn its due time
+    SELECT pg_notify('task_processor', 'scheduled') FROM finished
+    WHERE state = 'waiting' LIMIT 1
 )
 INSERT INTO task_processor.runs (task_id, attempt, worker, started_at, finished_at, result, error)
 SELECT r.task_id, f.attempts, %(owner)s, r.started_at, r.finished_at, r.outcome, r.error
-FROM result AS r JOIN finished AS f ON f.id = r.task_id
+FROM result AS r JOIN finished AS f ON f.id = r.task_id LEFT JOIN wake ON true
 RETURNING task_id
 """
 

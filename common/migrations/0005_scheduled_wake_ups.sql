@@ -8,6 +8,9 @@ CREATE INDEX tasks_scheduled_idx ON task_processor.tasks (scheduled_for)
 CREATE OR REPLACE FUNCTION task_processor.notify_new_tasks() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM new_tasks) THEN
+        RETURN NULL;  -- an insert that added nothing (refused by queue_size, a lost race)
+    END IF;
     IF EXISTS (SELECT 1 FROM new_tasks WHERE scheduled_for <= now()) THEN
         PERFORM pg_notify('task_processor', '');
     ELSE
