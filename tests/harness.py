@@ -63,6 +63,16 @@ def query(url: str, sql: str, params: Sequence = ()) -> list[tuple]:
         connection.close()
 
 
+# The first start's clean-up, due or still queued or running.
+_START_UP_WORK = """
+SELECT 1 FROM task_processor.recurring_tasks
+WHERE identifier = 'retention.clean_up_old_tasks' AND next_run_at <= now()
+UNION ALL
+SELECT 1 FROM task_processor.tasks
+WHERE recurring_identifier = 'retention.clean_up_old_tasks' AND state IN ('waiting', 'running')
+"""
+
+
 class Processor:
     """A ``run-task-processor`` subprocess in a session of its own."""
 
@@ -98,12 +108,14 @@ class Processor:
         return {slot: (pid, state, task_id) for slot, pid, state, task_id in rows}
 
     def wait_ready(self, count: int, timeout: float = 20.0) -> list[int]:
-        """Wait until ``count`` workers have claimed at least once (their row is written)."""
+        """Wait until ``count`` workers have claimed at least once (their row is written) and
+        the built-in clean-up that a processor runs at its first start is over, so that a test
+        finds its workers idle."""
         def ready():
             rows = self.workers()
             live = set(self.worker_pids())
             return len(rows) >= count and {pid for pid, _, _ in rows.values()} <= live \
-                and sorted(live)
+                and not query(self.database_url, _START_UP_WORK) and sorted(live)
         return wait_for(ready, timeout, message=f"{count} workers ready")
 
     def signal(self, signum: int) -> None:

@@ -159,4 +159,4 @@ def test_process_titles_name_role_and_slot_first(database_url, start_processor):
 
     assert wait_for(lambda: title(processor.pid).startswith("tp-supervisor"))
     assert sorted(title(pid)[:11] for pid in workers) == ["tp-worker 0", "tp-worker 1"]
-    assert "idle" in title(workers[0])
+    wait_for(lambda: "idle" in title(workers[0]), message="an idle worker's title")
