@@ -266,9 +266,10 @@ def test_a_worker_killed_by_an_unnamed_signal_is_replaced(database_url, start_pr
     processor = start_processor("--numthreads", "1")
     (worker,) = processor.wait_ready(1)
     os.kill(worker, signal.SIGRTMIN + 6)
-    wait_for(lambda: processor.worker_pids() and worker not in processor.worker_pids())
+    wait_for(lambda: "died: signal" in processor.log_text(), message="the death logged")
+    wait_for(lambda: processor.worker_pids() and worker not in processor.worker_pids(),
+             message="a replacement worker")
     assert processor.process.poll() is None
-    assert "died: signal" in processor.log_text()
 
 
 def test_a_delayed_task_starts_when_due_not_at_the_next_poll(database_url, start_processor,
