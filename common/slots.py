@@ -27,7 +27,6 @@ class WorkerState(enum.IntEnum):
     BOOTING = 1
     IDLE = 2
     BUSY = 3
-    EXITING = 4
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Callable
 
 import setproctitle
 
+from common import db
 from common.slots import Beat, Slots, WorkerState
 from supervisor.database import Duty, SupervisorDatabase
 from supervisor.systemd import Notifier
@@ -103,8 +104,8 @@ class Supervisor:
         if not self.database.start(self.num_workers, self._signal_pending, self.duties,
                                    self.migrate):
             return self.exit_code  # stopped by a signal while waiting for the database
-        logger.info("processor %s starting %d workers", self.settings.processor_id,
-                    self.num_workers)
+        logger.info("processor %s starting %d workers on %s", self.settings.processor_id,
+                    self.num_workers, db.redact(self.settings.database_url))
         try:
             self._loop()
         except Exception:  # noqa: BLE001 - a bug must still stop the workers and free leases

@@ -38,10 +38,6 @@ class Notifier:
             logger.warning("ignoring WATCHDOG_USEC=%r: not a number", usec)
             return None
 
-    @property
-    def enabled(self) -> bool:
-        return self._address is not None
-
     def notify(self, *lines: str) -> None:
         """Send ``lines`` as one message; failures are logged, never raised."""
         if self._address is None:

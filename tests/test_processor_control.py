@@ -160,3 +160,11 @@ def test_process_titles_name_role_and_slot_first(database_url, start_processor):
     assert wait_for(lambda: title(processor.pid).startswith("tp-supervisor"))
     assert sorted(title(pid)[:11] for pid in workers) == ["tp-worker 0", "tp-worker 1"]
     wait_for(lambda: "idle" in title(workers[0]), message="an idle worker's title")
+
+
+def test_the_database_password_never_reaches_the_log(database_url, start_processor):
+    with_password = database_url.replace("postgres@", "postgres:s3cret-pw@")
+    processor = start_processor("--numthreads", "1", env={"DATABASE_URL": with_password})
+    processor.wait_ready(1)
+    log = processor.log_text()
+    assert "postgres:***@127.0.0.1" in log and "s3cret-pw" not in log

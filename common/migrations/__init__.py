@@ -14,7 +14,6 @@ from importlib import resources
 
 from common.db import Connection
 
-SCHEMA = "task_processor"
 LOCK_TIMEOUT_MS = 3000
 _LOCK_KEY = 0x7461736B  # "task": the advisory lock id that serialises migrations
 _FILE_PATTERN = re.compile(r"^(\d{4})_(\w+)\.sql$")
