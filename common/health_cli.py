@@ -96,7 +96,9 @@ def run(arguments: argparse.Namespace) -> Report:
     except db.DatabaseUnavailable as error:
         return nothing_to_check("database", str(error))
     try:
-        with connection.cursor() as cursor:
+        # A server that stops answering after the connection is made would outwait the
+        # statement timeout it enforces itself: the deadline cuts the connection instead.
+        with db.Deadline(connection, arguments.timeout + 1), connection.cursor() as cursor:
             return _check(cursor, arguments)
     except Exception as error:  # any database error means "cannot tell": unhealthy
         reason = " ".join(str(error).split()) or type(error).__name__

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import time
 import subprocess
 from datetime import timezone
 
@@ -182,7 +183,7 @@ def test_json_prints_the_full_state(database_url, conn):
     assert processor["workers"][1]["pid"] == 5001
 
 
-def test_a_database_that_does_not_answer_is_unhealthy_with_the_reason():
+def test_a_database_that_refuses_connections_is_unhealthy_with_the_reason():
     result = check_health("postgresql://postgres@127.0.0.1:1/nowhere", "--timeout", "2",
                           timeout=20)
     assert result.returncode == 1
@@ -283,3 +284,18 @@ def test_a_cleanly_stopped_processor_is_unhealthy(database_url, live_processor):
     assert live_processor.wait(timeout=20) == 0
     status, line = verdict(database_url)
     assert status == 1 and "stopped at" in line
+
+
+def test_a_database_that_takes_requests_and_never_answers_is_unhealthy_in_time(database_url):
+    from tcp_proxy import TcpProxy
+
+    proxy = TcpProxy()
+    proxy.drop_replies()  # connections open, requests reach the server, no answer comes back
+    try:
+        started = time.monotonic()
+        result = check_health(proxy.url(database_url), "--timeout", "2")
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.cut()
+    assert result.returncode == 1 and "unhealthy" in result.stdout
+    assert elapsed < 15, elapsed  # bounded by --timeout, not by TCP's retransmissions
