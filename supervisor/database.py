@@ -21,13 +21,13 @@ logger = logging.getLogger(__name__)
 
 STATEMENT_TIMEOUT_MS = 5000
 RECONNECT_CAP = 10.0
-REQUEUE_EVERY = 10.0
+REQUEUE_EVERY = 10.0  # seconds between looks for expired leases and dead local processors
 DUTY_PAUSE = 30.0
 DUTY_STATEMENTS = 4  # a duty's run is a few statements: its deadline covers them all
 LATE_CLAIM_SECONDS = 2.0
 # A renewal later than this part of a lease may come after the lease expired, by the database's
 # clock, and after another processor took the tasks.
-LAPSE_FRACTION = 0.9  # seconds between looks for expired leases and dead local processors
+LAPSE_FRACTION = 0.9
 
 
 class Duty(Protocol):
@@ -53,8 +53,6 @@ class Release:
 class SupervisorDatabase:
     def __init__(self, settings: WorkerSettings, host: str, pid: int) -> None:
         self.settings = settings
-        self.host = host
-        self.pid = pid
         self.identity = {"host": host, "pid": pid, "host_key": host_key(),
                          "process_start_ticks": start_ticks(pid)}
         self.state = "running"
