@@ -94,7 +94,8 @@ class SupervisorDatabase:
                     "grace_period_ms": int(self.settings.grace_period * 1000)})
                 self._requeue_dead_local_processors()
                 for duty in duties:
-                    duty.start(self.connection)
+                    with db.Deadline(self.connection, DUTY_STATEMENTS * self.statement_deadline):
+                        duty.start(self.connection)
                 self.duties = duties
                 self.last_renewal = time.monotonic()
                 return True
