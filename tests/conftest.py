@@ -2,7 +2,8 @@
 
 The template's name carries a hash of the migrations, so a changed migration makes a new
 template; it is built once under an advisory lock, so parallel test runs (pytest-xdist, or
-several checkouts) never race. Each test's database is dropped afterwards.
+several checkouts) never race. Templates are never dropped by a run: another checkout with other
+migrations may be cloning its own at the same moment. Each test's database is dropped afterwards.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import uuid
 from typing import Callable, Iterator
 
 import psycopg2
-import psycopg2.errors
 import pytest
 
 from common import migrations, queue
@@ -42,16 +42,6 @@ def _template_name() -> str:
     return f"tp_template_{digest.hexdigest()[:12]}"
 
 
-def _drop_old_templates(cursor) -> None:
-    """Templates of earlier migrations are of no more use: drop those no test is cloning."""
-    cursor.execute("SELECT datname FROM pg_database WHERE datname LIKE 'tp\\_template\\_%'")
-    for (old,) in cursor.fetchall():
-        try:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{old}"')
-        except psycopg2.errors.ObjectInUse:
-            pass
-
-
 @pytest.fixture(scope="session")
 def template_database() -> str:
     name = _template_name()
@@ -61,7 +51,6 @@ def template_database() -> str:
             cursor.execute("SELECT pg_advisory_lock(hashtext('task_processor.test_template'))")
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if cursor.fetchone() is None:
-                _drop_old_templates(cursor)
                 cursor.execute(f'CREATE DATABASE "{name}"')
                 connection = psycopg2.connect(url_for(name))
                 try:
