@@ -24,7 +24,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/task-processor/venv
 WORKDIR /src
 COPY setup.py setup.cfg README.md ./
+COPY admin ./admin
+COPY builtin_tasks ./builtin_tasks
 COPY common ./common
+COPY health ./health
 COPY supervisor ./supervisor
 COPY worker ./worker
 COPY api ./api

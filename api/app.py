@@ -23,6 +23,7 @@ from api.probe import WORKING, RoundTripProbe
 from api.settings import ApiSettings
 from common import db, migrations
 from common.config import ConfigError
+from common.logs import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class Api:
             self._ensure_schema()
             return HTTPStatus.OK, self.pool.run(queries.monitoring)
         except DATABASE_ERRORS as error:
-            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, _one_line(error)) from None
+            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, one_line(error)) from None
 
     def _authorize(self, environ: dict) -> None:
         expected = self.settings.monitoring_token
@@ -146,7 +147,7 @@ class Api:
             self.pool.run(queries.ping)
             self._ensure_schema()
         except DATABASE_ERRORS as error:
-            return _one_line(error)
+            return one_line(error)
         return WORKING
 
     def _ensure_schema(self) -> None:
@@ -173,10 +174,6 @@ def _respond(start_response: StartResponse, status: HTTPStatus, body: Any,
         *headers,
     ])
     return [payload]
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 _default: Api | None = None

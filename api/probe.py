@@ -12,7 +12,8 @@ import threading
 import time
 
 from api.pool import ConnectionPool
-from common.builtin import health
+from builtin_tasks import health
+from common.logs import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class RoundTripProbe:
         try:
             flight.result = self._probe()
         except Exception as error:
-            flight.result = f"the health probe failed: {' '.join(str(error).split())}"
+            flight.result = f"the health probe failed: {one_line(error)}"
         finally:
             with self._lock:
                 self._in_flight = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.pool import Cursor
-from common import health_sql
+from health import queries as health_queries
 
 _PING = "SELECT 1"
 
@@ -34,8 +34,8 @@ def monitoring(cursor: Cursor) -> dict[str, Any]:
     cursor.execute(_TASK_COUNTS)
     names = [column.name for column in cursor.description]
     counts = dict(zip(names, cursor.fetchone()))
-    processors = [p for p in health_sql.processors_not_stopped(cursor) if p.beat_fresh]
-    workers = health_sql.workers_of(cursor, [p.id for p in processors])
+    processors = [p for p in health_queries.processors_not_stopped(cursor) if p.beat_fresh]
+    workers = health_queries.workers_of(cursor, [p.id for p in processors])
     counts["oldest_waiting_seconds"] = round(counts["oldest_waiting_seconds"], 3)
     counts["processors_alive"] = len(processors)
     counts["workers_alive"] = sum(1 for worker in workers

@@ -28,7 +28,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(BENCH)]
 
-from common import migrations, queue  # noqa: E402
+from common import migrations, enqueue  # noqa: E402
 
 
 def connect(url: str):
@@ -183,7 +183,7 @@ class Bench:
 
     def close(self) -> None:
         self.stop_processor()
-        queue.close_own_connection()
+        enqueue.close_own_connection()
         self.db.close()
         with connect(self.admin_url).cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')

@@ -16,6 +16,8 @@ import psycopg2
 import psycopg2.extensions
 
 from common.config import ConfigError, validate_database_url
+from common.logs import one_line
+from common.settings import processor_settings
 
 Connection = psycopg2.extensions.connection
 
@@ -28,11 +30,14 @@ class DatabaseUnavailable(Exception):
 
 def queue_database_url(explicit: str | None = None,
                        fallback: str | None = None) -> str:
-    """The URL of the queue's database: ``TASK_PROCESSOR_DATABASE_URL``, else ``DATABASE_URL``.
+    """The URL of the queue's database: ``TASK_PROCESSOR_DATABASE_URL``, else ``DATABASE_URL``;
+    inside a processor, the processor's own (given as a flag or in a config file, maybe).
 
     ``explicit`` and ``fallback`` are the same two values when a command already parsed them.
     """
-    url = (explicit or os.environ.get("TASK_PROCESSOR_DATABASE_URL")
+    processor = processor_settings()
+    url = (explicit or (processor.database_url if processor else None)
+           or os.environ.get("TASK_PROCESSOR_DATABASE_URL")
            or fallback or os.environ.get("DATABASE_URL"))
     if not url:
         raise ConfigError(
@@ -85,7 +90,7 @@ def connect(url: str, role: str, *, autocommit: bool = True,
             **({"options": options} if options else {}),
         )
     except psycopg2.OperationalError as error:
-        reason = " ".join(str(error).split())
+        reason = one_line(error)
         raise DatabaseUnavailable(
             f"cannot connect to {describe(url)}: {reason}. Check that PostgreSQL is running "
             f"and that DATABASE_URL / TASK_PROCESSOR_DATABASE_URL is right."

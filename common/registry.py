@@ -6,10 +6,14 @@ import importlib
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
-if TYPE_CHECKING:
-    from common.tasks import TaskHandler
+
+class Handler(Protocol):
+    """What the registry keeps of a task handler (:class:`common.tasks.TaskHandler`)."""
+
+    identifier: str
+    function: Callable[..., Any]
 
 
 class DuplicateTaskError(ValueError):
@@ -24,10 +28,10 @@ class TaskModuleError(ImportError):
     """A module named by ``--tasks`` cannot be imported; the message gives the reason."""
 
 
-_handlers: dict[str, "TaskHandler"] = {}
+_handlers: dict[str, Handler] = {}
 
 
-def register(handler: "TaskHandler") -> None:
+def register(handler: Handler) -> None:
     """Add ``handler``; refuse a second handler under the same identifier."""
     existing = _handlers.get(handler.identifier)
     if existing is not None:
@@ -45,7 +49,7 @@ def _origin(function: object) -> str:
     return f"{getattr(function, '__module__', '?')}.{name}"
 
 
-def get(identifier: str) -> "TaskHandler":
+def get(identifier: str) -> Handler:
     """The handler for ``identifier``; :class:`UnknownTaskError` says what is known."""
     try:
         return _handlers[identifier]

@@ -20,11 +20,13 @@ import logging
 import os
 import threading
 from datetime import datetime, timedelta, timezone
+from datetime import time as time_of_day
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from common import queue, registry
+from common import enqueue, recurring, registry
 from common.config import ConfigError
 from common.db import Connection
+from common.settings import processor_settings
 from common.serialization import serialize_arguments
 
 logger = logging.getLogger(__name__)
@@ -58,18 +60,9 @@ class TaskBackoffError(Exception):
         self.delay_until = delay_until
 
 
-_in_processor = False
-
-
-def enter_processor_mode() -> None:
-    """Called by the processor's processes: from now on ``.delay()`` always enqueues."""
-    global _in_processor
-    _in_processor = True
-
-
 def run_method() -> TaskRunMethod:
     """The effective run method; an unknown ``TASK_RUN_METHOD`` is a :class:`ConfigError`."""
-    if _in_processor:
+    if processor_settings() is not None:
         return TaskRunMethod.TASK_PROCESSOR
     raw = os.environ.get("TASK_RUN_METHOD", TaskRunMethod.SEPARATE_THREAD.value)
     try:
@@ -129,8 +122,8 @@ class TaskHandler:
         functools.update_wrapper(self, function)
 
     @property
-    def kind(self) -> queue.TaskKind:
-        return queue.TaskKind(
+    def kind(self) -> enqueue.TaskKind:
+        return enqueue.TaskKind(
             identifier=self.identifier,
             priority=self.priority,
             max_attempts=self.max_attempts,
@@ -165,14 +158,14 @@ class TaskHandler:
             for task in new_tasks:
                 self._run_here(method, task)
             return [None] * len(new_tasks)
-        ids = queue.enqueue(self.kind, new_tasks, connection)
+        ids = enqueue.enqueue(self.kind, new_tasks, connection)
         refused = ids.count(None)
         if refused:
             logger.warning("task %s: queue_size %s reached; %d of %d not queued",
                            self.identifier, self.queue_size, refused, len(ids))
         return ids
 
-    def _new_task(self, call: Mapping[str, Any]) -> queue.NewTask:
+    def _new_task(self, call: Mapping[str, Any]) -> enqueue.NewTask:
         unknown = set(call) - {"args", "kwargs", "delay_until"}
         if unknown:
             raise TypeError(f"{self.identifier}: unknown keys in a call: {sorted(unknown)}; "
@@ -187,9 +180,9 @@ class TaskHandler:
             if delay_until.tzinfo is None:
                 raise ValueError(f"{self.identifier}: delay_until must be timezone-aware "
                                  f"(e.g. datetime.now(timezone.utc) + timedelta(hours=1))")
-        return queue.NewTask(args_json, kwargs_json, delay_until)
+        return enqueue.NewTask(args_json, kwargs_json, delay_until)
 
-    def _run_here(self, method: TaskRunMethod, task: queue.NewTask) -> None:
+    def _run_here(self, method: TaskRunMethod, task: enqueue.NewTask) -> None:
         """Run without the processor, on the JSON round-tripped arguments, so a task sees the
         same values in every mode. A future ``delay_until`` is honoured by a timer thread in
         SEPARATE_THREAD mode and ignored (run now) in SYNCHRONOUSLY mode."""
@@ -242,4 +235,40 @@ def register_task_handler(task_name: str | None = None,
     return decorator
 
 
-from common.recurring import register_recurring_task  # noqa: E402,F401 - public API
+
+def register_recurring_task(run_every: timedelta,
+                            first_run_time: datetime | time_of_day | None = None,
+                            timeout: timedelta = timedelta(minutes=30),
+                            args: Sequence[Any] = (),
+                            kwargs: Mapping[str, Any] | None = None,
+                            task_name: str | None = None,
+                            *,
+                            priority: int | None = None,
+                            max_attempts: int | None = None,
+                            ) -> Callable[[Callable[..., Any]], TaskHandler]:
+    """Register the decorated function as a task that runs every ``run_every``
+    (see :mod:`common.recurring` for the schedule).
+
+    It is also an ordinary task handler (the identifier rules are the same, and it can be
+    ``.delay()``-ed). ``priority`` and ``max_attempts`` default to those of any task.
+    """
+    run_every = recurring.check_run_every(run_every)
+    origin = recurring.grid_origin(first_run_time)
+    options: dict[str, Any] = {"task_name": task_name, "timeout": timeout}
+    if priority is not None:
+        options["priority"] = priority
+    if max_attempts is not None:
+        options["max_attempts"] = max_attempts
+
+    def decorator(function: Callable[..., Any]) -> TaskHandler:
+        handler = register_task_handler(**options)(function)
+        try:
+            args_json, kwargs_json = serialize_arguments(handler.identifier, args, kwargs)
+        except Exception:
+            registry.unregister(handler.identifier)
+            raise
+        recurring.add(recurring.RecurringDefinition(
+            handler.kind, run_every, origin, args_json, kwargs_json))
+        return handler
+
+    return decorator

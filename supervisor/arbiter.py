@@ -20,10 +20,13 @@ from typing import Callable
 import setproctitle
 
 from common import db
-from common.slots import Beat, Slots, WorkerState
+from common.lifecycle import RunResult, lease_owner
+from common.settings import ProcessorSettings, enter_processor
 from supervisor.database import Duty, SupervisorDatabase
+from supervisor.procfs import is_stopped
 from supervisor.systemd import Notifier
-from worker.process import Worker, WorkerSettings, worker_id
+from worker.heartbeat import Beat, Slots, WorkerState
+from worker.process import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +50,10 @@ class WorkerProcess:
     generation: int
     pid: int
     started: float
-    settings: WorkerSettings
+    settings: ProcessorSettings
     last_beat: Beat | None = None
     kill_reason: str | None = None
-    kill_result: str = "worker_lost"
+    kill_result: RunResult = RunResult.WORKER_LOST
     kill_beat: Beat | None = None  # what the worker was doing when the kill was decided
     kill_cancellable: bool = False
     dump_sent_at: float | None = None
@@ -59,7 +62,7 @@ class WorkerProcess:
 
     @property
     def owner(self) -> str:
-        return worker_id(self.settings.processor_id, self.slot, self.generation)
+        return lease_owner(self.settings.processor_id, self.slot, self.generation)
 
 
 @dataclass
@@ -73,10 +76,10 @@ class SlotHistory:
 
 @dataclass
 class Supervisor:
-    settings: WorkerSettings
+    settings: ProcessorSettings
     num_workers: int
     drain_timeout: float
-    reload_settings: Callable[[], tuple[WorkerSettings, int] | None]
+    reload_settings: Callable[[], tuple[ProcessorSettings, int] | None]
     duties: list[Duty] = field(default_factory=list)
     migrate: bool = True
     workers: dict[int, WorkerProcess] = field(default_factory=dict)
@@ -198,6 +201,7 @@ class Supervisor:
             self.settings, num_workers = reloaded
             self.settings = _same_identity(self.settings, self.database.settings)
             self.database.settings = self.settings
+            enter_processor(self.settings)
             logger.info("SIGHUP: configuration reloaded; replacing workers one by one")
             self._resize(num_workers)
         self.notifier.ready(self._status_line())
@@ -272,13 +276,13 @@ class Supervisor:
         if process.kill_reason:
             reason, result = process.kill_reason, process.kill_result
             killed_for = process.kill_beat.task_id if process.kill_beat else 0
-            if result == "timeout" and task_id != killed_for:  # it moved on as it was killed
-                result = "worker_lost"
+            if result == RunResult.TIMEOUT and task_id != killed_for:  # it moved on as it was killed
+                result = RunResult.WORKER_LOST
         elif clean:
-            reason, result = "worker stopped", "worker_lost"
+            reason, result = "worker stopped", RunResult.WORKER_LOST
         else:
             reason, result = f"worker {process.slot} (pid {process.pid}) died: {how}", \
-                "worker_lost"
+                RunResult.WORKER_LOST
             logger.error("%s%s", reason, f" while running task {task_id}" if task_id else "")
         self.database.release_worker(process.owner, task_id, reason, result,
                                      time.monotonic() - beat.beat if task_id and beat else 0.0)
@@ -312,27 +316,27 @@ class Supervisor:
             if process.kill_reason:
                 self._finish_kill(process, now)
             elif self.draining_until is not None and now >= self.draining_until:
-                self._kill(process, "killed at the drain deadline", "worker_lost")
+                self._kill(process, "killed at the drain deadline", RunResult.WORKER_LOST)
             elif self._stopped_too_long(process, now):
                 self._kill(process, f"worker {process.slot} was stopped (SIGSTOP) for more than "
-                                    f"the grace period of {grace:.1f} s", "worker_lost")
+                                    f"the grace period of {grace:.1f} s", RunResult.WORKER_LOST)
             elif beat is not None and beat.state == WorkerState.BUSY:
                 if now > beat.deadline:
                     timeout = beat.deadline - beat.beat
                     self._kill(process, f"task {beat.task_id} exceeded its timeout of "
-                                        f"{timeout:.1f} s", "timeout", cancellable=True)
+                                        f"{timeout:.1f} s", RunResult.TIMEOUT, cancellable=True)
             else:
                 last = beat.beat if beat is not None else process.started
                 if now - last > grace:
                     state = beat.state.name.lower() if beat else "booting"
                     self._kill(process, f"worker {process.slot} was {state} and silent for "
                                         f"{now - last:.1f} s (grace period {grace:.1f} s)",
-                               "worker_lost", cancellable=True)
+                               RunResult.WORKER_LOST, cancellable=True)
 
     def _stopped_too_long(self, process: WorkerProcess, now: float) -> bool:
         """A busy worker does not beat until its task ends, so a stopped one (SIGSTOP, a
         debugger) would look busy until its task's deadline: ask the kernel instead."""
-        if not _is_stopped(process.pid):
+        if not is_stopped(process.pid):
             process.stopped_since = None
             return False
         if process.stopped_since is None:
@@ -346,7 +350,7 @@ class Supervisor:
             process.last_beat = beat
         return process.last_beat
 
-    def _kill(self, process: WorkerProcess, reason: str, result: str,
+    def _kill(self, process: WorkerProcess, reason: str, result: RunResult,
               cancellable: bool = False) -> None:
         """Dump the worker's stack (SIGUSR1), then SIGKILL it a moment later: only SIGKILL
         stops a worker stuck in C code. A kill for being stuck is called off if the worker
@@ -402,7 +406,7 @@ class Supervisor:
             for process in self.workers.values():
                 if not process.kill_reason:
                     self._kill(process, f"its lease {why}; stopped so that no other processor "
-                                        f"runs its tasks twice", "worker_lost")
+                                        f"runs its tasks twice", RunResult.WORKER_LOST)
 
     def _talk_to_systemd(self) -> None:
         now = time.monotonic()
@@ -453,19 +457,9 @@ class Supervisor:
         logger.info("processor %s stopped", self.settings.processor_id)
 
 
-def _same_identity(new: WorkerSettings, old: WorkerSettings) -> WorkerSettings:
+def _same_identity(new: ProcessorSettings, old: ProcessorSettings) -> ProcessorSettings:
     """A reload keeps the processor id: it is the same processor."""
     return replace(new, processor_id=old.processor_id)
-
-
-def _is_stopped(pid: int) -> bool:
-    """Is ``pid`` stopped by a signal or traced (state T or t in /proc/<pid>/stat)?"""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[-1].split()
-    except OSError:
-        return False
-    return bool(fields) and fields[0] in (b"T", b"t")
 
 
 def signal_name(signum: int) -> str:

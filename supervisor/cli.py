@@ -14,13 +14,12 @@ import traceback
 from typing import Sequence
 
 from common import db, logs, registry, sentry
-from common.builtin import BUILTIN_TASK_MODULES, retention
+from builtin_tasks import BUILTIN_TASK_MODULES
 from common.config import ConfigError, build_parser, exit_config_error, parse_args, split_modules
 from common.migrations import SchemaOutdated
-from common.recurring import RecurringDuty
-from common.tasks import enter_processor_mode
+from common.settings import ProcessorSettings, enter_processor
 from supervisor.arbiter import Supervisor
-from worker.process import WorkerSettings
+from supervisor.recurring import RecurringDuty
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +40,9 @@ OPTIONS = (
     "log_level", "log_format", "sentry_dsn",
 )
 
-RETRY_BACKOFF_SECONDS = 1.0  # a failed task's first retry comes 0.5-1 s later, then doubles
-MAX_RETRY_BACKOFF_SECONDS = 600.0
-
-
-def worker_settings(options: argparse.Namespace, processor_id: str) -> WorkerSettings:
-    """Settings for the workers, from parsed options; ConfigError if no database is set."""
-    return WorkerSettings(
+def processor_settings(options: argparse.Namespace, processor_id: str) -> ProcessorSettings:
+    """The processor's settings, from parsed options; ConfigError if no database is set."""
+    return ProcessorSettings(
         database_url=db.queue_database_url(options.task_processor_database_url,
                                            options.database_url),
         processor_id=processor_id,
@@ -57,8 +52,8 @@ def worker_settings(options: argparse.Namespace, processor_id: str) -> WorkerSet
         lease_seconds=options.lease_seconds,
         max_tasks=options.max_tasks_per_worker,
         max_memory_mb=options.max_worker_memory_mb,
-        backoff_seconds=RETRY_BACKOFF_SECONDS,
-        max_backoff_seconds=MAX_RETRY_BACKOFF_SECONDS,
+        retention_days=options.retention_days,
+        dead_retention_days=options.dead_retention_days,
         log_level=options.log_level,
         log_format=options.log_format,
         sentry_dsn=options.sentry_dsn,
@@ -81,18 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(options.log_level, options.log_format, role="supervisor")
     processor_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     try:
-        settings = worker_settings(options, processor_id)
+        settings = processor_settings(options, processor_id)
     except ConfigError as error:
         exit_config_error(PROG, str(error))
     if not options.tasks:
         logger.warning("no task modules given (--tasks or TASK_PROCESSOR_TASKS): this "
                        "processor runs only the built-in tasks")
     import_task_modules(options.tasks or [])
-    retention.configure(options.retention_days, options.dead_retention_days)
     sentry.init(options.sentry_dsn, "supervisor")
-    enter_processor_mode()
+    enter_processor(settings)
 
-    def reload() -> tuple[WorkerSettings, int] | None:
+    def reload() -> tuple[ProcessorSettings, int] | None:
         """Re-read flags, environment and config file; None if the result is invalid."""
         try:
             new = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -101,9 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if sorted(new.tasks or []) != sorted(options.tasks or []):
                 logger.warning("SIGHUP cannot change --tasks: restart the processor to load "
                                "other task modules")
-            settings = worker_settings(new, processor_id)
-            retention.configure(new.retention_days, new.dead_retention_days)
-            return settings, new.numthreads
+            return processor_settings(new, processor_id), new.numthreads
         except (ConfigError, SystemExit) as error:
             logger.error("SIGHUP: %s", error)
             return None

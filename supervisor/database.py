@@ -6,7 +6,6 @@ kept and written once the database is back."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol
@@ -14,8 +13,11 @@ from typing import Callable, Protocol
 import psycopg2
 
 from common import db, migrations
+from common.lifecycle import RunResult, lease_owner_prefix
+from common.logs import one_line
+from common.settings import ProcessorSettings
 from supervisor import queries
-from worker.process import WorkerSettings
+from supervisor.procfs import host_key, process_alive, start_ticks
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +47,13 @@ class Release:
     owner: str
     task_id: int
     reason: str
-    result: str
+    result: RunResult
     running_seconds: float
     not_before: float = 0.0
 
 
 class SupervisorDatabase:
-    def __init__(self, settings: WorkerSettings, host: str, pid: int) -> None:
+    def __init__(self, settings: ProcessorSettings, host: str, pid: int) -> None:
         self.settings = settings
         self.identity = {"host": host, "pid": pid, "host_key": host_key(),
                          "process_start_ticks": start_ticks(pid)}
@@ -103,7 +105,7 @@ class SupervisorDatabase:
                     db.DatabaseUnavailable) as error:
                 self._drop()
                 logger.warning("database unavailable at start (%s); retrying in %.1f s",
-                               _one_line(error), delay)
+                               one_line(error, 300), delay)
                 if stop_requested(delay):
                     return False
                 delay = min(delay * 2, RECONNECT_CAP)
@@ -121,7 +123,7 @@ class SupervisorDatabase:
             self._flush_releases(everything=True)
             self._execute(queries.MARK_STOPPED, {"processor_id": self.settings.processor_id})
         except psycopg2.Error as error:
-            logger.error("could not record the stop: %s", _one_line(error))
+            logger.error("could not record the stop: %s", one_line(error, 300))
         finally:
             self._drop()
 
@@ -149,7 +151,7 @@ class SupervisorDatabase:
         except (psycopg2.Error, db.DatabaseUnavailable) as error:
             self._drop()
             self.next_attempt = now + self.reconnect_delay
-            logger.warning("database: %s; retrying in %.1f s", _one_line(error),
+            logger.warning("database: %s; retrying in %.1f s", one_line(error, 300),
                            self.reconnect_delay)
             # Never wait longer than a beat: the leases must be renewed in time.
             self.reconnect_delay = min(self.reconnect_delay * 2, self.beat_interval)
@@ -182,7 +184,7 @@ class SupervisorDatabase:
         take this processor's tasks."""
         return time.monotonic() - self.last_renewal > self.settings.lease_seconds * 0.75
 
-    def release_worker(self, owner: str, task_id: int, reason: str, result: str,
+    def release_worker(self, owner: str, task_id: int, reason: str, result: RunResult,
                        running_seconds: float) -> None:
         """Give back a dead worker's tasks now, or as soon as the database answers; and once
         more a little later, for a claim the worker sent as it died, which the server may
@@ -201,7 +203,7 @@ class SupervisorDatabase:
         except (psycopg2.Error, db.DatabaseUnavailable) as error:
             self._drop()
             self.next_attempt = time.monotonic() + self.reconnect_delay
-            logger.warning("could not release leases yet (%s); will retry", _one_line(error))
+            logger.warning("could not release leases yet (%s); will retry", one_line(error, 300))
 
     def forget_slot(self, slot: int) -> None:
         try:
@@ -211,7 +213,7 @@ class SupervisorDatabase:
         except psycopg2.Error as error:
             self._drop()
             logger.warning("could not delete the row of worker slot %d: %s", slot,
-                           _one_line(error))
+                           one_line(error, 300))
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -235,10 +237,9 @@ class SupervisorDatabase:
         for release in [r for r in self.pending if everything or r.not_before <= now]:
             self._execute(queries.RELEASE_WORKER, {
                 "owner": release.owner, "task_id": release.task_id, "reason": release.reason,
-                "result": release.result, "backoff": release.result == "timeout",
-                "running_seconds": release.running_seconds,
-                "backoff_seconds": self.settings.backoff_seconds,
-                "max_backoff_seconds": self.settings.max_backoff_seconds})
+                "result": release.result.value,
+                "backoff": release.result == RunResult.TIMEOUT,
+                "running_seconds": release.running_seconds})
             self.pending.remove(release)
 
     def _requeue_dead_local_processors(self) -> None:
@@ -247,10 +248,10 @@ class SupervisorDatabase:
         rows = self._execute(queries.PROCESSORS_ON_HOST, {
             "host_key": self.identity["host_key"], "processor_id": self.settings.processor_id})
         for processor_id, pid, process_start_ticks in rows:
-            if _process_alive(pid, process_start_ticks):
+            if process_alive(pid, process_start_ticks):
                 continue
             requeued = self._execute(queries.REQUEUE_PROCESSOR, {
-                "owner_prefix": processor_id + "/",
+                "owner_prefix": lease_owner_prefix(processor_id),
                 "reason": f"its processor {processor_id} died"})
             self._execute(queries.MARK_STOPPED, {"processor_id": processor_id})
             logger.warning("processor %s (pid %d) is gone: requeued %d of its tasks",
@@ -278,40 +279,3 @@ class SupervisorDatabase:
     def _drop(self) -> None:
         db.close_quietly(self.connection)
         self.connection = None
-
-
-def host_key() -> str:
-    """What processes that can see each other's pids share: the kernel's boot and the PID
-    namespace."""
-    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot_id:
-        boot = boot_id.read().strip()
-    return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
-
-
-def start_ticks(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (field 22 of /proc/<pid>/stat): exact,
-    and unmoved by changes of the wall clock. None if there is no such process; PermissionError
-    if it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[-1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        try:
-            os.kill(pid, 0)  # with /proc mounted hidepid, another user's process is hidden
-        except ProcessLookupError:
-            return None
-        raise PermissionError(f"/proc/{pid} is hidden from this user") from None
-    return int(fields[19])
-
-
-def _process_alive(pid: int, process_start_ticks: float | None) -> bool:
-    """Is ``pid`` still the process that registered (not a later one that reuses the number,
-    as PID 1 does in every container)? A process we may not look at counts as alive."""
-    try:
-        return start_ticks(pid) == process_start_ticks
-    except PermissionError:
-        return True
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300]

@@ -5,6 +5,15 @@ from __future__ import annotations
 
 from psycopg2 import sql
 
+from common.lifecycle import (
+    FINISHED_IF_DEAD,
+    LEASE_FREED,
+    OUT_OF_ATTEMPTS,
+    RETRY_DELAY,
+    WAITING_OR_DEAD,
+    WAKE,
+)
+
 REGISTER = """
 INSERT INTO task_processor.processors
     (id, host, pid, num_workers, grace_period_ms, host_key, process_start_ticks)
@@ -16,20 +25,20 @@ ON CONFLICT (id) DO NOTHING
 # Requeues the tasks selected by the CTE ``lost`` (columns id, lease_owner): each lost
 # attempt counts, is recorded as ``worker_lost``, and a task out of attempts is dead. Idle
 # workers are woken when anything was requeued.
-_REQUEUE_LOST = """
-WITH lost AS ({select}), requeued AS (
+_REQUEUE_LOST = f"""
+WITH lost AS ({{select}}), requeued AS (
     UPDATE task_processor.tasks AS t
-    SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'waiting' END,
-        finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+    SET state = {WAITING_OR_DEAD},
+        finished_at = {FINISHED_IF_DEAD},
         last_error = %(reason)s || ' (worker ' || lost.lease_owner || ')',
-        lease_owner = NULL, lease_expires_at = NULL
+        {LEASE_FREED}
     FROM lost WHERE t.id = lost.id
     RETURNING t.id, t.attempts, t.state, t.last_error, lost.lease_owner
 ), recorded AS (
     INSERT INTO task_processor.runs (task_id, attempt, worker, started_at, result, error)
     SELECT id, attempts, lease_owner, now(), 'worker_lost', last_error FROM requeued
 )
-SELECT count(*) FROM requeued, LATERAL (SELECT pg_notify('task_processor', '')) AS wake
+SELECT count(*) FROM requeued, LATERAL (SELECT {WAKE}) AS wake
 """
 
 # Expired leases anywhere in the cluster (a processor on another host died with its tasks),
@@ -72,21 +81,17 @@ SELECT (SELECT count(*) FROM renewed)
 # A worker that died: the task it was running (if it is still leased to it) counts the
 # attempt and is retried (after a backoff when it overran its timeout, at once when it was
 # killed from outside); the tasks it had claimed but not started go back without an attempt.
-RELEASE_WORKER = """
+RELEASE_WORKER = f"""
 WITH released AS (
     UPDATE task_processor.tasks AS t
-    SET state = CASE WHEN t.id = %(task_id)s AND t.attempts >= t.max_attempts
-                     THEN 'dead' ELSE 'waiting' END,
+    SET state = CASE WHEN t.id = %(task_id)s THEN {WAITING_OR_DEAD} ELSE 'waiting' END,
         attempts = CASE WHEN t.id = %(task_id)s THEN t.attempts ELSE t.attempts - 1 END,
         scheduled_for = CASE
-            WHEN t.id = %(task_id)s AND %(backoff)s THEN now()
-                 + least(%(backoff_seconds)s * power(2, t.attempts - 1), %(max_backoff_seconds)s)
-                 * (0.5 + random() / 2) * interval '1 second'
+            WHEN t.id = %(task_id)s AND %(backoff)s THEN now() + {RETRY_DELAY}
             ELSE t.scheduled_for END,
-        finished_at = CASE WHEN t.id = %(task_id)s AND t.attempts >= t.max_attempts
-                           THEN now() END,
+        finished_at = CASE WHEN t.id = %(task_id)s THEN {FINISHED_IF_DEAD} END,
         last_error = CASE WHEN t.id = %(task_id)s THEN %(reason)s ELSE t.last_error END,
-        lease_owner = NULL, lease_expires_at = NULL
+        {LEASE_FREED}
     WHERE t.lease_owner = %(owner)s AND t.state = 'running'
     RETURNING t.id, t.attempts, t.state
 ), recorded AS (
@@ -95,7 +100,7 @@ WITH released AS (
            %(result)s, %(reason)s
     FROM released WHERE id = %(task_id)s
 )
-SELECT count(*) FROM released, LATERAL (SELECT pg_notify('task_processor', '')) AS wake
+SELECT count(*) FROM released, LATERAL (SELECT {WAKE}) AS wake
 """
 
 PROCESSORS_ON_HOST = """

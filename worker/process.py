@@ -15,16 +15,17 @@ import select
 import signal
 import sys
 import time
-from dataclasses import dataclass
 
 import psutil
 import psycopg2
 import setproctitle
 
 from common import db, logs, sentry
-from common.slots import Slots, WorkerState
-from common.tasks import enter_processor_mode
+from common.lifecycle import LISTEN, lease_owner
+from common.logs import one_line
+from common.settings import ProcessorSettings, enter_processor
 from worker import queries
+from worker.heartbeat import Slots, WorkerState
 from worker.runner import ClaimedTask, Outcome, run_task
 
 logger = logging.getLogger(__name__)
@@ -38,32 +39,8 @@ _MAX_WAIT = 1.0  # an idle worker beats its slot at least this often
 _RETRY_BASE, _RETRY_CAP = 0.1, 5.0  # reconnect backoff while the database is down
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    """What a worker needs from the processor's configuration."""
-
-    database_url: str
-    processor_id: str
-    sleep_interval: float
-    grace_period: float
-    queue_pop_size: int
-    lease_seconds: int
-    max_tasks: int
-    max_memory_mb: int
-    backoff_seconds: float
-    max_backoff_seconds: float
-    log_level: str
-    log_format: str
-    sentry_dsn: str | None
-
-
-def worker_id(processor_id: str, slot: int, generation: int) -> str:
-    """The lease owner of one worker process: unique per process start."""
-    return f"{processor_id}/{slot}.{generation}"
-
-
 class Worker:
-    def __init__(self, settings: WorkerSettings, slots: Slots, slot: int, generation: int,
+    def __init__(self, settings: ProcessorSettings, slots: Slots, slot: int, generation: int,
                  parent_pid: int, signal_mask: set[int] | None = None) -> None:
         self.settings = settings
         self.slots = slots
@@ -71,7 +48,7 @@ class Worker:
         self.generation = generation
         self.parent_pid = parent_pid
         self.signal_mask = signal_mask if signal_mask is not None else set()
-        self.owner = worker_id(settings.processor_id, slot, generation)
+        self.owner = lease_owner(settings.processor_id, slot, generation)
         self.pid = os.getpid()
         self.connection: db.Connection | None = None
         self.stopping = False
@@ -103,9 +80,9 @@ class Worker:
         logs.configure(self.settings.log_level, self.settings.log_format,
                        role=f"worker {self.slot}")
         sentry.init(self.settings.sentry_dsn, f"worker {self.slot}")
-        enter_processor_mode()
-        # Tasks that enqueue (and the built-in ones) find the queue even when its URL was
-        # given to the processor only as a flag or in a config file.
+        enter_processor(self.settings)
+        # Programs that tasks start find the queue even when its URL was given to the
+        # processor only as a flag or in a config file.
         os.environ["TASK_PROCESSOR_DATABASE_URL"] = self.settings.database_url
         self._title("booting")
 
@@ -237,7 +214,7 @@ class Worker:
             return self._database(lambda: self._finish(outcomes))
         except (psycopg2.Error, ValueError) as error:
             logger.error("worker %s could not record %d outcomes together (%s); recording them "
-                         "one by one", self.owner, len(outcomes), " ".join(str(error).split()))
+                         "one by one", self.owner, len(outcomes), one_line(error))
         kept = True
         for outcome in outcomes:
             try:
@@ -265,14 +242,14 @@ class Worker:
                     as error:
                 self._drop_connection()
                 logger.warning("worker %s: database unavailable (%s); retrying in %.1f s",
-                               self.owner, " ".join(str(error).split())[:200], delay)
+                               self.owner, one_line(error, 200), delay)
                 self._sleep_beating(delay)
                 delay = min(delay * 2, _RETRY_CAP)
 
     def _connect(self) -> None:
         self.connection = db.connect(self.settings.database_url, f"worker {self.slot}")
         with self.connection.cursor() as cursor:
-            cursor.execute(queries.LISTEN)
+            cursor.execute(LISTEN)
 
     def _drop_connection(self) -> None:
         db.close_quietly(self.connection)
@@ -304,8 +281,6 @@ class Worker:
                 "finished": [o.finished_at for o in outcomes],
                 "retry_at": [o.retry_at for o in outcomes],
                 "owner": self.owner,
-                "backoff_seconds": self.settings.backoff_seconds,
-                "max_backoff_seconds": self.settings.max_backoff_seconds,
             })
             recorded = {row[0] for row in cursor.fetchall()}
         lost = [o.task_id for o in outcomes if o.task_id not in recorded]

@@ -3,17 +3,27 @@ not start. Each is one statement, so a worker costs one round trip per batch eac
 
 from __future__ import annotations
 
+from common.lifecycle import (
+    FINISHED_IF_DEAD,
+    GIVE_BACK_UNSTARTED,
+    LEASE_FREED,
+    OUT_OF_ATTEMPTS,
+    RETRY_DELAY,
+    WAKE,
+    WAKE_SCHEDULED,
+)
+
 # Claims up to %(limit)s due tasks (the partial index tasks_claim_idx serves the inner
 # SELECT), counts the attempt, sets the lease, and upserts the worker's heartbeat row in the
 # same statement: busy until the latest time the batch may end, or idle. Every row also says in
 # how many seconds the next delayed task falls due (one probe of tasks_scheduled_idx); with
 # nothing claimed, a single row carries only that.
-CLAIM = """
+CLAIM = f"""
 WITH orphans AS (
     -- A worker claims only when it holds nothing: anything still leased to it comes from a
     -- claim whose answer was lost with a broken connection (and may have committed late).
     UPDATE task_processor.tasks
-    SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL
+    SET {GIVE_BACK_UNSTARTED}
     WHERE lease_owner = %(owner)s AND state = 'running'
     RETURNING id
 ), next AS (
@@ -53,16 +63,16 @@ SELECT c.id, c.identifier, c.args, c.kwargs, c.attempts, c.max_attempts, c.timeo
 FROM upcoming
 LEFT JOIN claimed AS c ON true
 LEFT JOIN LATERAL (  -- wake other workers for the orphans given back
-    SELECT pg_notify('task_processor', '') WHERE EXISTS (SELECT 1 FROM orphans)
+    SELECT {WAKE} WHERE EXISTS (SELECT 1 FROM orphans)
 ) AS wake ON true
 ORDER BY c.priority, c.scheduled_for, c.id
 """
 
 # Records a batch of attempts and finishes their tasks. Fenced by the lease owner: a worker
 # whose lease was taken away (it was too slow, its processor was presumed dead) changes
-# nothing. Failures are retried after an exponential backoff with jitter, capped at
-# %(max_backoff_seconds)s, until max_attempts; then the task is dead, with its last error.
-FINISH = """
+# nothing. Failures are retried after the backoff of common.lifecycle until max_attempts; then
+# the task is dead, with its last error.
+FINISH = f"""
 WITH result AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(outcomes)s::text[], %(errors)s::text[],
                          %(started)s::timestamptz[], %(finished)s::timestamptz[],
@@ -72,23 +82,20 @@ WITH result AS (
     UPDATE task_processor.tasks AS t
     SET state = CASE
             WHEN r.outcome = 'success' THEN 'succeeded'
-            WHEN t.attempts >= t.max_attempts THEN 'dead'
+            WHEN {OUT_OF_ATTEMPTS} THEN 'dead'
             ELSE 'waiting' END,
         scheduled_for = CASE
-            WHEN r.outcome = 'success' OR t.attempts >= t.max_attempts THEN t.scheduled_for
+            WHEN r.outcome = 'success' OR {OUT_OF_ATTEMPTS} THEN t.scheduled_for
             WHEN r.retry_at IS NOT NULL THEN r.retry_at
-            ELSE now() + least(%(backoff_seconds)s * power(2, t.attempts - 1),
-                               %(max_backoff_seconds)s)
-                         * (0.5 + random() / 2) * interval '1 second' END,
-        finished_at = CASE
-            WHEN r.outcome = 'success' OR t.attempts >= t.max_attempts THEN now() END,
+            ELSE now() + {RETRY_DELAY} END,
+        finished_at = CASE WHEN r.outcome = 'success' THEN now() ELSE {FINISHED_IF_DEAD} END,
         last_error = CASE WHEN r.outcome = 'success' THEN t.last_error ELSE r.error END,
-        lease_owner = NULL, lease_expires_at = NULL
+        {LEASE_FREED}
     FROM result AS r
     WHERE t.id = r.task_id AND t.lease_owner = %(owner)s AND t.state = 'running'
     RETURNING t.id, t.attempts, t.state
 ), wake AS (  -- a retry was scheduled: idle workers learn its due time
-    SELECT pg_notify('task_processor', 'scheduled') FROM finished
+    SELECT {WAKE_SCHEDULED} FROM finished
     WHERE state = 'waiting' LIMIT 1
 )
 INSERT INTO task_processor.runs (task_id, attempt, worker, started_at, finished_at, result, error)
@@ -99,14 +106,12 @@ RETURNING task_id
 
 # Gives back claimed tasks that this worker did not start (it is draining, recycling or
 # handing them to idle peers): the claim's attempt is undone and idle workers are woken.
-RELEASE_UNSTARTED = """
+RELEASE_UNSTARTED = f"""
 WITH released AS (
     UPDATE task_processor.tasks
-    SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL
+    SET {GIVE_BACK_UNSTARTED}
     WHERE lease_owner = %(owner)s AND state = 'running' AND id = ANY(%(ids)s::bigint[])
     RETURNING id
 )
-SELECT count(*) FROM released, LATERAL (SELECT pg_notify('task_processor', '')) AS wake
+SELECT count(*) FROM released, LATERAL (SELECT {WAKE}) AS wake
 """
-
-LISTEN = "LISTEN task_processor"

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from common import registry
+from common.logs import one_line
 from common.tasks import TaskBackoffError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Outcome:
 
     def unrecordable(self, problem: Exception) -> "Outcome":
         """This attempt as a failure that says why its own outcome could not be stored."""
-        reason = " ".join(str(problem).split())[:500]
+        reason = one_line(problem, 500)
         return replace(self, result="failure", retry_at=None,
                        error=storable(f"the outcome of this attempt could not be recorded "
                                       f"({reason}); it was: {self.result}"))

@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -146,3 +146,11 @@ def sent_to_builder(path: str) -> bool:
         if any(matcher.fullmatch(prefix) for prefix in prefixes):
             included = negated
     return included
+
+
+def packages() -> list[str]:
+    """The project's top-level packages, as setup.cfg lists them for the build."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    names = config["options.packages.find"]["include"].split()
+    return [name for name in names if "." not in name]

@@ -28,12 +28,12 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
-from conftest import fetch_all
+from databases import fetch_all
 from deploy_files import (ENTRYPOINT_SCRIPT, ROOT, compose_command, compose_environment,
                           compose_probe, compose_service)
 from harness import wait_for
 
-TASK_MODULE = Path(__file__).resolve().parent / "deploy_tasks.py"
+TASK_MODULE = Path(__file__).resolve().parents[1] / "support" / "deploy_tasks.py"
 # Console scripts are installed next to the interpreter, as in the image's virtualenv.
 SCRIPTS = Path(sys.executable).parent
 PROCESSOR_OPTIONS = ["--numthreads", "2", "--tasks", "deploy_tasks", "--sleepintervalms", "200",

@@ -184,7 +184,7 @@ def test_an_unreadable_env_flag_names_the_variable(monkeypatch):
 
 
 def test_the_configuration_document_names_every_option():
-    document = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    document = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     for option in OPTIONS.values():
         assert f"`{option.flags[0]} " in document or f"`{option.flags[0]}`" in document, \
             option.flags[0]

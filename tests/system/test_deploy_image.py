@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_files import ROOT, console_scripts, dockerfile_instructions, sent_to_builder
+from deploy_files import ROOT, console_scripts, dockerfile_instructions, packages, sent_to_builder
 
 
 def build_stage_sources() -> list[str]:
@@ -50,8 +50,7 @@ def built_package(tmp_path: Path) -> Path:
 
 
 def shipped_files(root: Path) -> set[str]:
-    packages = ("common", "supervisor", "worker", "api")
-    return {path.relative_to(root).as_posix() for package in packages
+    return {path.relative_to(root).as_posix() for package in packages()
             for path in (root / package).rglob("*")
             if path.suffix in {".py", ".sql"} and "__pycache__" not in path.parts}
 

@@ -8,10 +8,10 @@ from typing import Iterator
 
 import pytest
 
-from common import db, queue, tasks
+from common import db, enqueue, settings
 from common.tasks import register_task_handler
-from conftest import fetch_all
-from test_admin import admin
+from databases import fetch_all
+from commands import admin
 PASSWORD = "hunter2-secret"
 
 
@@ -36,9 +36,9 @@ def remember(value: int) -> int:
 @pytest.fixture
 def processor_mode(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("TASK_RUN_METHOD", "TASK_PROCESSOR")
-    monkeypatch.setattr(tasks, "_in_processor", False)
+    monkeypatch.setattr(settings, "_current", None)
     yield
-    queue.close_own_connection()
+    enqueue.close_own_connection()
 
 
 def assert_names_the_database(message: str, url: str) -> None:

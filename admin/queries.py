@@ -1,5 +1,7 @@
 """The SQL of the ``task-processor`` admin command: inspecting the queue and requeueing."""
 
+from common.lifecycle import REVIVE, WAKE
+
 STATE_COUNTS = """
 SELECT state, count(*) FROM task_processor.tasks GROUP BY state
 """
@@ -42,19 +44,17 @@ WHERE task_id = %s
 ORDER BY id
 """
 
-# Dead tasks back to waiting, due now, with a fresh attempt budget; by id, or all of them
-# (of one identifier). The last error stays for reference; the runs keep the history.
-REQUEUE_DEAD = """
+# Dead tasks back to waiting, revived, by id or all of them (of one identifier).
+REQUEUE_DEAD = f"""
 WITH requeued AS (
     UPDATE task_processor.tasks
-    SET state = 'waiting', attempts = 0, scheduled_for = now(), finished_at = NULL,
-        lease_owner = NULL, lease_expires_at = NULL
+    SET {REVIVE}
     WHERE state = 'dead'
       AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
       AND (%(identifier)s::text IS NULL OR identifier = %(identifier)s)
     RETURNING id
 )
-SELECT requeued.id FROM requeued, LATERAL (SELECT pg_notify('task_processor', '')) AS wake
+SELECT requeued.id FROM requeued, LATERAL (SELECT {WAKE}) AS wake
 """
 
 STATES_OF = """

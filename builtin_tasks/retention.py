@@ -9,39 +9,16 @@ small batches, each its own short transaction, so the queue never waits on the c
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import timedelta
 
-from common import db, retention_sql
-from common.recurring import register_recurring_task
-from common.tasks import TaskPriority
+from builtin_tasks import retention_queries
+from common import db
+from common.settings import processor_settings
+from common.tasks import TaskPriority, register_recurring_task
 
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
-
-
-@dataclass(frozen=True)
-class RetentionSettings:
-    retention_days: int = 30
-    dead_retention_days: int = 90
-
-
-_settings = RetentionSettings()
-
-
-def configure(retention_days: int, dead_retention_days: int) -> None:
-    """Set the periods; the supervisor calls this before forking, so workers inherit them."""
-    for name, value in (("retention_days", retention_days),
-                        ("dead_retention_days", dead_retention_days)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a whole number of days, at least 1; got {value!r}")
-    global _settings
-    _settings = RetentionSettings(retention_days, dead_retention_days)
-
-
-def settings() -> RetentionSettings:
-    return _settings
 
 
 def delete_in_batches(connection, sql: str, params: dict, batch_size: int = BATCH_SIZE) -> int:
@@ -58,20 +35,21 @@ def delete_in_batches(connection, sql: str, params: dict, batch_size: int = BATC
             return total
 
 
-def clean_up(connection, current: RetentionSettings, batch_size: int = BATCH_SIZE) -> dict[str, int]:
+def clean_up(connection: db.Connection, retention_days: int, dead_retention_days: int,
+             batch_size: int = BATCH_SIZE) -> dict[str, int]:
     """Delete everything past its retention period; return the counts by kind."""
-    days = current.retention_days
+    days = retention_days
     counts = {
         "succeeded tasks": delete_in_batches(
-            connection, retention_sql.DELETE_FINISHED_TASKS,
+            connection, retention_queries.DELETE_FINISHED_TASKS,
             {"state": "succeeded", "days": days}, batch_size),
         "dead tasks": delete_in_batches(
-            connection, retention_sql.DELETE_FINISHED_TASKS,
-            {"state": "dead", "days": current.dead_retention_days}, batch_size),
+            connection, retention_queries.DELETE_FINISHED_TASKS,
+            {"state": "dead", "days": dead_retention_days}, batch_size),
         "processors": delete_in_batches(
-            connection, retention_sql.DELETE_OLD_PROCESSORS, {"days": days}, batch_size),
+            connection, retention_queries.DELETE_OLD_PROCESSORS, {"days": days}, batch_size),
         "workers": delete_in_batches(
-            connection, retention_sql.DELETE_SILENT_WORKERS, {"days": days}, batch_size),
+            connection, retention_queries.DELETE_SILENT_WORKERS, {"days": days}, batch_size),
     }
     logger.info("retention clean-up deleted %s",
                 ", ".join(f"{count} {kind}" for kind, count in counts.items()))
@@ -83,8 +61,12 @@ def clean_up(connection, current: RetentionSettings, batch_size: int = BATCH_SIZ
                          max_attempts=1)
 def clean_up_old_tasks() -> None:
     """The hourly clean-up; a failed run is simply done again by the next hour's run."""
+    settings = processor_settings()
+    if settings is None:
+        raise RuntimeError("the retention clean-up runs in a processor, whose options say how "
+                           "long to keep tasks; call clean_up() to run it elsewhere")
     connection = db.connect(db.queue_database_url(), "retention")
     try:
-        clean_up(connection, _settings)
+        clean_up(connection, settings.retention_days, settings.dead_retention_days)
     finally:
         connection.close()

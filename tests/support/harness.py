@@ -18,8 +18,10 @@ from typing import Callable, Sequence
 import psutil
 import psycopg2
 
-REPO = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
+from common.settings import ProcessorSettings
+
+SUPPORT = Path(__file__).resolve().parent  # the task modules that test processors import
+REPO = SUPPORT.parent.parent
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -50,6 +52,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+def processor_settings(database_url: str, **overrides: object) -> ProcessorSettings:
+    """The settings of a processor on ``database_url`` with the defaults of its options."""
+    defaults: dict = dict(
+        database_url=database_url, processor_id="test-processor", sleep_interval=2.0,
+        grace_period=20.0, queue_pop_size=10, lease_seconds=60, max_tasks=0, max_memory_mb=0,
+        retention_days=30, dead_retention_days=90, log_level="INFO", log_format="text",
+        sentry_dsn=None)
+    return ProcessorSettings(**{**defaults, **overrides})
 
 
 def query(url: str, sql: str, params: Sequence = ()) -> list[tuple]:
@@ -85,7 +97,7 @@ class Processor:
             command += ["--tasks", module]
         command += list(args)
         environment = {**os.environ, "DATABASE_URL": database_url,
-                       "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]),
+                       "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)]),
                        **(env or {})}
         self.log = open(log_path, "ab")
         self.process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=self.log,

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import processor_tasks
-from harness import REPO, TESTS, query, task_states, wait_for
+from harness import REPO, SUPPORT, query, task_states, wait_for
 
 
 def test_sigterm_lets_running_tasks_finish_and_exits_0(database_url, start_processor,
@@ -117,7 +117,7 @@ def test_systemd_notifications_on_a_real_socket(database_url, start_processor, t
 
 def _run_cli(*args: str, env: dict | None = None, timeout: float = 30) -> \
         subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]),
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)]),
                    **(env or {})}
     return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=REPO,
                           env=environment, capture_output=True, text=True, timeout=timeout)

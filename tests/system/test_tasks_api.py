@@ -18,14 +18,15 @@ from typing import Any, Callable, Iterator
 import psycopg2
 import pytest
 
-from common import queue, registry, tasks
+from common import enqueue, registry, settings, tasks
 from common.config import ConfigError
 from common.migrations import SchemaOutdated
-from common.queue import QueueSizeError
+from common.enqueue import QueueSizeError
 from common.serialization import ArgumentError
 from common.tasks import TaskHandler, TaskPriority, register_task_handler
-from conftest import fetch_all
-from test_admin import ROOT
+from databases import fetch_all
+from harness import processor_settings
+from commands import ROOT
 
 WAIT_SECONDS = 15
 
@@ -63,7 +64,7 @@ def define() -> Iterator[Callable[..., TaskHandler]]:
 
 @pytest.fixture
 def run_method(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
-    monkeypatch.setattr(tasks, "_in_processor", False)
+    monkeypatch.setattr(settings, "_current", None)
     return lambda method: monkeypatch.setenv("TASK_RUN_METHOD", method)
 
 
@@ -78,7 +79,7 @@ def listener(database_url: str) -> Iterator[psycopg2.extensions.connection]:
     connection = psycopg2.connect(database_url)
     connection.autocommit = True
     with connection.cursor() as cursor:
-        cursor.execute(f"LISTEN {queue.NOTIFY_CHANNEL}")
+        cursor.execute(f"LISTEN {enqueue.NOTIFY_CHANNEL}")
     yield connection
     connection.close()
 
@@ -145,7 +146,7 @@ def test_separate_thread_runs_in_another_thread(define, run_method, conn):
 
 def test_separate_thread_is_the_default(define, run_method, monkeypatch):
     monkeypatch.delenv("TASK_RUN_METHOD", raising=False)
-    monkeypatch.setattr(tasks, "_in_processor", False)
+    monkeypatch.setattr(settings, "_current", None)
     handler = define()
     handler.delay()
     assert handler.function.next_call()["thread"] is not threading.current_thread()
@@ -173,11 +174,12 @@ def test_synchronously_runs_a_delayed_task_now(define, run_method):
     assert handler.function.calls.qsize() == 1
 
 
-def test_inside_the_processor_delay_always_enqueues(define, run_method, conn):
+def test_inside_the_processor_delay_always_enqueues(define, run_method, conn, database_url):
     run_method("SYNCHRONOUSLY")
     handler = define()
 
-    tasks.enter_processor_mode()  # undone by the run_method fixture's monkeypatch
+    # undone by the run_method fixture's monkeypatch
+    settings.enter_processor(processor_settings(database_url))
     task_id = handler.delay(args=(5,))
 
     assert isinstance(task_id, int)
@@ -223,7 +225,7 @@ def test_enqueue_in_the_callers_transaction_appears_and_notifies_at_commit(
 
     assert fetch_all(conn, "SELECT id FROM task_processor.tasks") == [(task_id,)]
     notifications = wait_for_notifications(listener, 1)
-    assert [n.channel for n in notifications] == [queue.NOTIFY_CHANNEL]
+    assert [n.channel for n in notifications] == [enqueue.NOTIFY_CHANNEL]
 
 
 def test_rolled_back_enqueue_leaves_no_task_and_no_wake_up(
@@ -295,7 +297,7 @@ def test_queue_size_is_exact_under_concurrent_callers(define, run_method, databa
         finally:
             if connection is not None:
                 connection.close()
-            queue.close_own_connection()
+            enqueue.close_own_connection()
 
     caplog.set_level(logging.WARNING, logger="common.tasks")
     threads = [threading.Thread(target=call, args=(n,)) for n in range(callers)]
@@ -494,7 +496,7 @@ def test_enqueue_before_migrating_says_what_to_run(define, run_method, empty_dat
         with pytest.raises(SchemaOutdated, match="run `task-processor migrate`"):
             define().delay()
     finally:
-        queue.close_own_connection()
+        enqueue.close_own_connection()
 
 
 # -- the shipped examples --------------------------------------------------------------------

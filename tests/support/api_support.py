@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from harness import query
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "bin"
 GRACE_MS = 2000
 

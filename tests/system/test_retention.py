@@ -4,22 +4,13 @@ that skip rows other transactions hold."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Iterator
-
 import psycopg2
 import pytest
 
-from common import recurring
-from common.builtin import BUILTIN_TASK_MODULES, retention
-from conftest import fetch_all
-from harness import wait_for
-
-
-@pytest.fixture(autouse=True)
-def default_settings() -> Iterator[None]:
-    previous = retention.settings()
-    yield
-    retention.configure(previous.retention_days, previous.dead_retention_days)
+from common import recurring, registry, settings
+from builtin_tasks import BUILTIN_TASK_MODULES, retention
+from databases import fetch_all
+from harness import processor_settings, wait_for
 
 
 def add_tasks(conn, count: int, state: str, finished_days_ago: float | None) -> list[int]:
@@ -68,21 +59,12 @@ def remaining(conn, table: str, column: str = "id") -> set:
     return {row[0] for row in fetch_all(conn, f"SELECT {column} FROM task_processor.{table}")}
 
 
-def test_configure_refuses_bad_periods():
-    with pytest.raises(ValueError, match="retention_days must be a whole number of days"):
-        retention.configure(0, 90)
-    with pytest.raises(ValueError, match="dead_retention_days"):
-        retention.configure(30, "90")
-    retention.configure(7, 14)
-    assert retention.settings() == retention.RetentionSettings(7, 14)
-
-
 def test_the_clean_up_is_a_builtin_hourly_recurring_task():
-    assert "common.builtin.retention" in BUILTIN_TASK_MODULES
+    assert "builtin_tasks.retention" in BUILTIN_TASK_MODULES
     (definition,) = [d for d in recurring.definitions()
                      if d.identifier == "retention.clean_up_old_tasks"]
     assert definition.run_every == timedelta(hours=1)
-    assert definition.handler is retention.clean_up_old_tasks
+    assert registry.get(definition.identifier) is retention.clean_up_old_tasks
 
 
 def test_old_finished_tasks_go_in_batches_and_the_rest_stays(conn):
@@ -93,7 +75,7 @@ def test_old_finished_tasks_go_in_batches_and_the_rest_stays(conn):
     waiting = add_tasks(conn, 1, "waiting", None)
     running = add_tasks(conn, 1, "running", None)
 
-    counts = retention.clean_up(conn, retention.RetentionSettings(30, 90), batch_size=3)
+    counts = retention.clean_up(conn, 30, 90, batch_size=3)
 
     assert counts["succeeded tasks"] == 7 and counts["dead tasks"] == 4
     kept = set(recent_succeeded + dead_kept + waiting + running)
@@ -108,7 +90,7 @@ def test_old_processor_rows_go_with_their_workers_and_what_they_knew(conn):
     add_processor(conn, "stopped-lately", "stopped", 2)
     add_processor(conn, "alive", "running", 0)
 
-    counts = retention.clean_up(conn, retention.RetentionSettings(30, 90), batch_size=1)
+    counts = retention.clean_up(conn, 30, 90, batch_size=1)
 
     assert counts["processors"] == 2 and counts["workers"] == 2
     assert remaining(conn, "processors") == {"stopped-lately", "alive"}
@@ -124,7 +106,7 @@ def test_rows_held_by_another_transaction_are_skipped_not_waited_for(conn, datab
         with holder.cursor() as cursor:
             cursor.execute("SELECT id FROM task_processor.tasks WHERE id = %s FOR UPDATE", held)
         fetch_all(conn, "SELECT set_config('lock_timeout', '2s', false)")
-        counts = retention.clean_up(conn, retention.RetentionSettings(30, 90))
+        counts = retention.clean_up(conn, 30, 90)
     finally:
         holder.close()
     assert counts["succeeded tasks"] == 2
@@ -132,12 +114,14 @@ def test_rows_held_by_another_transaction_are_skipped_not_waited_for(conn, datab
     assert set(free).isdisjoint(remaining(conn, "tasks"))
 
 
-def test_the_task_uses_the_configured_periods(conn):
+def test_the_task_uses_the_processor_s_periods(conn, database_url, monkeypatch):
     two_days = add_tasks(conn, 2, "succeeded", 2)
     dead_two_days = add_tasks(conn, 1, "dead", 2)
     dead_four_days = add_tasks(conn, 1, "dead", 4)
-    retention.configure(1, 3)
-    retention.clean_up_old_tasks()  # as a worker runs it: its own connection, DATABASE_URL
+    monkeypatch.setattr(settings, "_current", None)  # undone after the test
+    settings.enter_processor(processor_settings(database_url, retention_days=1,
+                                                dead_retention_days=3))
+    retention.clean_up_old_tasks()  # as a worker runs it: its own connection
     assert remaining(conn, "tasks") == set(dead_two_days)
     assert set(two_days + dead_four_days).isdisjoint(remaining(conn, "tasks"))
 

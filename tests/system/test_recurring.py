@@ -21,9 +21,12 @@ import pytest
 from zoneinfo import ZoneInfo
 
 from common import recurring, registry
-from common.recurring import RecurringDuty, register_recurring_task
+from common.tasks import register_recurring_task
+from supervisor import recurring as scheduler
+from supervisor import recurring_queries
+from supervisor.recurring import RecurringDuty
 from common.serialization import ArgumentError
-from conftest import fetch_all
+from databases import fetch_all
 
 HOUR_US = 3600 * 1_000_000
 
@@ -140,11 +143,6 @@ def test_a_recurring_task_is_also_a_normal_task_handler(define):
         define(name="nightly_report")
 
 
-def test_public_import_path():
-    from common.tasks import register_recurring_task as exported
-    assert exported is register_recurring_task
-
-
 @pytest.mark.parametrize("options, error, message", [
     ({"run_every": 60}, TypeError, "run_every must be a timedelta"),
     ({"run_every": timedelta(milliseconds=500)}, ValueError, "at least 0:00:01"),
@@ -201,7 +199,7 @@ def test_first_run_at_first_start_then_on_the_grid(conn, connect, define):
     """, (identifier,))
     assert task == (identifier, [7], {}, 5, 2, 90000, "waiting", origin)
     assert definition_row(conn, identifier)["next_run_at"] == origin + timedelta(hours=1)
-    assert time.monotonic() + recurring.RECHECK_SECONDS - 1 < duty.next_due()
+    assert time.monotonic() + scheduler.RECHECK_SECONDS - 1 < duty.next_due()
 
 
 def test_a_future_first_run_time_waits_for_it(conn, connect, define):
@@ -273,7 +271,7 @@ def test_the_database_refuses_a_second_task_for_a_slot(conn):
 
 
 def test_three_processors_enqueue_exactly_one_run_per_period(conn, connect, define, caplog):
-    caplog.set_level(logging.INFO, logger="common.recurring")
+    caplog.set_level(logging.INFO, logger="supervisor.recurring")
     origin = datetime.now(timezone.utc).replace(microsecond=0)
     identifier = define(run_every=timedelta(seconds=1), first_run_time=origin)
     duties = [(started_duty(conn, connect()), connect()) for _ in range(3)]
@@ -361,7 +359,7 @@ def test_the_due_check_is_an_index_scan(conn, connect, define):
     started_duty(conn, connection)
     fetch_all(conn, "SELECT set_config('enable_seqscan', 'off', false)")
     plan = "\n".join(row[0] for row in fetch_all(
-        conn, "EXPLAIN " + recurring.recurring_sql.DUE_SOON,
+        conn, "EXPLAIN " + recurring_queries.DUE_SOON,
         {"horizon_seconds": 30, "identifiers": ["a.b"]}))
     assert "Index" in plan and "Seq Scan" not in plan, plan
 
@@ -417,7 +415,7 @@ def test_a_processor_skips_identifiers_it_does_not_know_without_locking(conn, co
 
 def test_a_removed_definition_is_retired_once_no_live_processor_has_it(
         conn, connect, define, monkeypatch):
-    monkeypatch.setattr(recurring, "RECHECK_SECONDS", 0.05)
+    monkeypatch.setattr(scheduler, "RECHECK_SECONDS", 0.05)
     kept, removed = define(), define()
     old_connection = connect()
     old = started_duty(conn, old_connection, started_ago=60)
@@ -446,7 +444,7 @@ def test_a_removed_definition_is_retired_once_no_live_processor_has_it(
 def test_a_silent_processor_no_longer_holds_its_definitions(conn, connect, define):
     removed = define()
     started_duty(conn, connect(), started_ago=3600,
-                 silent_for=recurring.SILENT_PROCESSOR_SECONDS + 60)  # killed, never stopped
+                 silent_for=scheduler.SILENT_PROCESSOR_SECONDS + 60)  # killed, never stopped
     recurring.unregister(removed)
     started_duty(conn, connect())
     assert definition_row(conn, removed) is None

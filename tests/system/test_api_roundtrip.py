@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 
-from conftest import fetch_all
+from databases import fetch_all
 from harness import wait_for
 from api_support import PROCESSOR_ARGS, api_server
 

@@ -14,9 +14,11 @@ import socket
 import sys
 from typing import Sequence
 
-from common import db, health_sql
+from common import db
+from common.logs import one_line
+from health import queries
 from common.config import ConfigError, bounded_int, build_parser
-from common.health_report import Report, judge, nothing_to_check
+from health.report import Report, judge, nothing_to_check
 
 HEALTHY, UNHEALTHY = 0, 1
 
@@ -54,13 +56,13 @@ def _parser() -> argparse.ArgumentParser:
 def _check(cursor, arguments: argparse.Namespace) -> Report:
     if arguments.all:
         scope = "all processors"
-        processors = health_sql.processors_not_stopped(cursor)
+        processors = queries.processors_not_stopped(cursor)
         if not processors:
             return nothing_to_check(scope, "no task processor is running (none in the "
                                            "database has a state other than stopped)")
     elif arguments.processor_id:
         scope = f"processor {arguments.processor_id}"
-        found = health_sql.processor_by_id(cursor, arguments.processor_id)
+        found = queries.processor_by_id(cursor, arguments.processor_id)
         if found is None:
             return nothing_to_check(scope, f"no processor with id {arguments.processor_id!r} "
                                            f"in task_processor.processors")
@@ -68,12 +70,12 @@ def _check(cursor, arguments: argparse.Namespace) -> Report:
     else:
         host = socket.gethostname()
         scope = f"host {host}"
-        found = health_sql.processor_of_host(cursor, host)
+        found = queries.processor_of_host(cursor, host)
         if found is None:
             return nothing_to_check(scope, f"no task processor has ever started on host {host}")
         processors = [found]
     running = [processor.id for processor in processors if processor.state != "stopped"]
-    return judge(scope, processors, health_sql.workers_of(cursor, running))
+    return judge(scope, processors, queries.workers_of(cursor, running))
 
 
 def _print(report: Report, as_json: bool) -> None:
@@ -101,7 +103,7 @@ def run(arguments: argparse.Namespace) -> Report:
         with db.Deadline(connection, arguments.timeout + 1), connection.cursor() as cursor:
             return _check(cursor, arguments)
     except Exception as error:  # any database error means "cannot tell": unhealthy
-        reason = " ".join(str(error).split()) or type(error).__name__
+        reason = one_line(error)
         return nothing_to_check("database", f"cannot read the heartbeat tables of "
                                             f"{db.describe(url)}: {reason}")
     finally:

@@ -9,8 +9,8 @@ import psycopg2
 import pytest
 
 from common import migrations
-from conftest import fetch_all
-from test_admin import ADMIN_COMMAND
+from databases import fetch_all
+from commands import ADMIN_COMMAND
 
 VERSIONS = [(m.version, m.name) for m in migrations.available()]
 

@@ -10,17 +10,10 @@ import sys
 import pytest
 
 from common import migrations
-from conftest import fetch_all
+from commands import ADMIN_COMMAND, admin
+from databases import fetch_all
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ADMIN_COMMAND = [sys.executable, os.path.join(ROOT, "bin", "task-processor")]
 LATEST = migrations.available()[-1]
-
-
-def admin(*args: str, **environment: str) -> subprocess.CompletedProcess:
-    """Run ``bin/task-processor`` from the checkout's root with extra environment variables."""
-    return subprocess.run([*ADMIN_COMMAND, *args], env={**os.environ, **environment},
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def insert_task(conn, identifier: str = "demo.task", state: str = "waiting",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from common import db, queue
+from common import db, enqueue
 from common.serialization import serialize_arguments
 from common.tasks import TaskPriority, register_task_handler
 
@@ -77,8 +77,8 @@ def start_probe(cursor) -> tuple[int, int]:
     probe_id = cursor.fetchone()[0]
     args_json, kwargs_json = serialize_arguments(
         round_trip_health_check.identifier, (probe_id,), None)
-    (task_id,) = queue.insert(cursor, round_trip_health_check.kind,
-                              [queue.NewTask(args_json, kwargs_json)])
+    (task_id,) = enqueue.insert(cursor, round_trip_health_check.kind,
+                              [enqueue.NewTask(args_json, kwargs_json)])
     cursor.execute(_LINK_TASK, (task_id, probe_id))
     return probe_id, task_id
 

@@ -3,7 +3,7 @@
 No Docker engine runs where the tests run, so the Dockerfile, .dockerignore and
 docker-compose.yml are read as text and checked against setup.cfg and common/config.py; the
 systemd unit is checked by ``systemd-analyze verify`` itself. What the image runs is exercised
-for real in tests/test_deploy_runtime.py.
+for real in tests/system/test_deploy_runtime.py.
 """
 
 from __future__ import annotations

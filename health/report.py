@@ -1,6 +1,6 @@
 """The verdict of ``check-health``: which processors and workers are unhealthy, and why.
 
-The freshness tests themselves run in SQL on the database clock (:mod:`common.health_sql`);
+The freshness tests themselves run in SQL on the database clock (:mod:`health.queries`);
 this module turns their results into one line a person can act on, and into the full state
 for ``--json``.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from common.health_sql import ProcessorRow, WorkerRow
+from health.queries import ProcessorRow, WorkerRow
 
 
 @dataclass

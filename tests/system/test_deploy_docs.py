@@ -8,10 +8,9 @@ import re
 import pytest
 
 from common import config
-from deploy_files import ROOT
+from deploy_files import ROOT, packages
 
 GUIDE = ROOT / "docs" / "operations.md"
-PACKAGES = ("common", "supervisor", "worker", "api")
 # Flags of other programs that the guide's examples use (docker, systemctl, pip, useradd...),
 # and argparse's own.
 OTHER_PROGRAMS_FLAGS = {
@@ -21,7 +20,7 @@ OTHER_PROGRAMS_FLAGS = {
 
 
 def package_source() -> str:
-    return "\n".join(path.read_text() for package in PACKAGES
+    return "\n".join(path.read_text() for package in packages()
                      for path in sorted((ROOT / package).rglob("*.py")))
 
 

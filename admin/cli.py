@@ -14,8 +14,10 @@ from typing import Any, Callable, Sequence
 
 import psycopg2
 
-from common import admin_sql, db, migrations, registry
-from common.builtin import BUILTIN_TASK_MODULES
+from admin import queries
+from common import db, migrations, registry
+from common.logs import one_line
+from builtin_tasks import BUILTIN_TASK_MODULES
 from common.config import (ConfigError, bounded_int, build_parser, exit_config_error,
                            parse_args)
 
@@ -87,11 +89,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         migrations.check_current(connection)
         with connection.cursor() as cursor:
-            cursor.execute(admin_sql.STATE_COUNTS)
+            cursor.execute(queries.STATE_COUNTS)
             counts = dict.fromkeys(STATES, 0) | dict(cursor.fetchall())
-            cursor.execute(admin_sql.WAITING_SUMMARY)
+            cursor.execute(queries.WAITING_SUMMARY)
             due, scheduled, oldest = cursor.fetchone()
-            cursor.execute(admin_sql.LIVE_PROCESSORS)
+            cursor.execute(queries.LIVE_PROCESSORS)
             processors = cursor.fetchall()
     finally:
         connection.close()
@@ -113,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = _query(args, admin_sql.LIST_TASKS,
+    rows = _query(args, queries.LIST_TASKS,
                   {"state": args.state, "identifier": args.identifier, "limit": args.limit})
     print(f"{'ID':>8}  {'STATE':<9}  {'TRIES':>5}  {'PRIO':>4}  {'SCHEDULED FOR':<25}  "
           f"IDENTIFIER / LAST ERROR")
@@ -125,7 +127,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    tasks = _query(args, admin_sql.TASK, (args.id,))
+    tasks = _query(args, queries.TASK, (args.id,))
     if not tasks:
         raise CommandFailed(f"no task {args.id}")
     (task_id, identifier, state, priority, attempts, max_attempts, timeout_ms, task_args,
@@ -145,7 +147,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if error:
         print("  last error")
         print("    " + error.rstrip().replace("\n", "\n    "))
-    runs = _query(args, admin_sql.TASK_RUNS, (task_id,))
+    runs = _query(args, queries.TASK_RUNS, (task_id,))
     print(f"runs ({len(runs)})")
     for attempt, worker, started, ended, result, run_error in runs:
         print(f"  #{attempt} {result:<11} {_time(started)} -> {_time(ended)} on {worker}")
@@ -160,7 +162,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     if args.identifier and not args.dead:
         exit_config_error(PROG, "requeue: --identifier goes with --dead")
     ids = args.ids or None
-    requeued = [row[0] for row in _query(args, admin_sql.REQUEUE_DEAD,
+    requeued = [row[0] for row in _query(args, queries.REQUEUE_DEAD,
                                          {"ids": ids, "identifier": args.identifier})]
     print(f"requeued {len(requeued)} dead task{'s' if len(requeued) != 1 else ''}"
           + (f": {', '.join(map(str, sorted(requeued)))}" if ids and requeued else ""))
@@ -169,7 +171,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     missed = sorted(set(ids) - set(requeued))
     if not missed:
         return 0
-    states = dict(_query(args, admin_sql.STATES_OF, (missed,)))
+    states = dict(_query(args, queries.STATES_OF, (missed,)))
     for task_id in missed:
         state = states.get(task_id)
         reason = f"is {state}, not dead" if state else "does not exist"
@@ -234,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandFailed, db.DatabaseUnavailable, migrations.SchemaOutdated) as error:
         print(f"{PROG}: {error}", file=sys.stderr)
     except psycopg2.Error as error:
-        print(f"{PROG}: database error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"{PROG}: database error: {one_line(error)}", file=sys.stderr)
     return 1
 
 

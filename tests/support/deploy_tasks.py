@@ -1,4 +1,4 @@
-"""Tasks for the deployment tests (tests/test_deploy_runtime.py): the processor imports this
+"""Tasks for the deployment tests (tests/system/test_deploy_runtime.py): the processor imports this
 module with ``--tasks deploy_tasks`` from a directory on PYTHONPATH, as an image user would."""
 
 from __future__ import annotations
