@@ -7,6 +7,7 @@ from psycopg2 import sql
 
 from common.lifecycle import (
     FINISHED_IF_DEAD,
+    GIVE_BACK_UNSTARTED,
     LEASE_FREED,
     OUT_OF_ATTEMPTS,
     RETRY_DELAY,
@@ -82,23 +83,28 @@ SELECT (SELECT count(*) FROM renewed)
 # attempt and is retried (after a backoff when it overran its timeout, at once when it was
 # killed from outside); the tasks it had claimed but not started go back without an attempt.
 RELEASE_WORKER = f"""
-WITH released AS (
+WITH ran AS (
     UPDATE task_processor.tasks AS t
-    SET state = CASE WHEN t.id = %(task_id)s THEN {WAITING_OR_DEAD} ELSE 'waiting' END,
-        attempts = CASE WHEN t.id = %(task_id)s THEN t.attempts ELSE t.attempts - 1 END,
-        scheduled_for = CASE
-            WHEN t.id = %(task_id)s AND %(backoff)s THEN now() + {RETRY_DELAY}
-            ELSE t.scheduled_for END,
-        finished_at = CASE WHEN t.id = %(task_id)s THEN {FINISHED_IF_DEAD} END,
-        last_error = CASE WHEN t.id = %(task_id)s THEN %(reason)s ELSE t.last_error END,
+    SET state = {WAITING_OR_DEAD},
+        scheduled_for = CASE WHEN %(backoff)s THEN now() + {RETRY_DELAY}
+                             ELSE t.scheduled_for END,
+        finished_at = {FINISHED_IF_DEAD},
+        last_error = %(reason)s,
         {LEASE_FREED}
-    WHERE t.lease_owner = %(owner)s AND t.state = 'running'
-    RETURNING t.id, t.attempts, t.state
+    WHERE t.id = %(task_id)s AND t.lease_owner = %(owner)s AND t.state = 'running'
+    RETURNING t.id, t.attempts
+), unstarted AS (
+    UPDATE task_processor.tasks
+    SET {GIVE_BACK_UNSTARTED}
+    WHERE lease_owner = %(owner)s AND state = 'running' AND id <> %(task_id)s
+    RETURNING id
 ), recorded AS (
     INSERT INTO task_processor.runs (task_id, attempt, worker, started_at, result, error)
     SELECT id, attempts, %(owner)s, now() - %(running_seconds)s * interval '1 second',
            %(result)s, %(reason)s
-    FROM released WHERE id = %(task_id)s
+    FROM ran
+), released AS (
+    SELECT id FROM ran UNION ALL SELECT id FROM unstarted
 )
 SELECT count(*) FROM released, LATERAL (SELECT {WAKE}) AS wake
 """
