@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2 import sql
 
 from common.config import ConfigError, validate_database_url
 from common.logs import one_line
@@ -68,15 +70,37 @@ def describe(url: str) -> str:
     return f"database {parts.path.lstrip('/')!r} on {host}:{port}"
 
 
+class _TimedCursor(psycopg2.extensions.cursor):
+    """A cursor whose every statement carries its own ``SET LOCAL statement_timeout``.
+
+    The timeout travels with each statement (one round trip: PostgreSQL runs a string of
+    statements as one implicit transaction) instead of as a session setting or the ``options``
+    startup parameter: both are lost or refused behind PgBouncer in transaction pooling, and
+    a timeout must never depend on which server connection a pooler hands out.
+    """
+
+    timeout_ms = 0
+
+    def execute(self, query: Any, vars: Any = None) -> None:  # noqa: A002 - psycopg2's name
+        if isinstance(query, sql.Composable):
+            query = query.as_string(self)
+        super().execute(f"SET LOCAL statement_timeout = {self.timeout_ms}; {query}", vars)
+
+
+def _timed_cursor(timeout_ms: int) -> type[psycopg2.extensions.cursor]:
+    return type("TimedCursor", (_TimedCursor,), {"timeout_ms": timeout_ms})
+
+
 def connect(url: str, role: str, *, autocommit: bool = True,
             statement_timeout_ms: int | None = None,
             connect_timeout: int = CONNECT_TIMEOUT_SECONDS) -> Connection:
     """Open a connection named ``task-processor <role>``; raise :class:`DatabaseUnavailable`.
 
-    TCP keepalives are short so that a connection to a vanished server fails in seconds
-    instead of hanging a worker for the kernel's default two hours.
+    With ``statement_timeout_ms``, every statement of the connection's cursors is cancelled
+    by the server after that long. TCP keepalives are short so that a connection to a
+    vanished server fails in seconds instead of hanging a worker for the kernel's default two
+    hours.
     """
-    options = f"-c statement_timeout={statement_timeout_ms}" if statement_timeout_ms else None
     try:
         connection = psycopg2.connect(
             url,
@@ -87,7 +111,6 @@ def connect(url: str, role: str, *, autocommit: bool = True,
             keepalives_interval=5,
             keepalives_count=3,
             tcp_user_timeout=10_000,  # unacknowledged data: give up after 10 s, not 15 min
-            **({"options": options} if options else {}),
         )
     except psycopg2.OperationalError as error:
         reason = one_line(error)
@@ -95,6 +118,8 @@ def connect(url: str, role: str, *, autocommit: bool = True,
             f"cannot connect to {describe(url)}: {reason}. Check that PostgreSQL is running "
             f"and that DATABASE_URL / TASK_PROCESSOR_DATABASE_URL is right."
         ) from None
+    if statement_timeout_ms:
+        connection.cursor_factory = _timed_cursor(statement_timeout_ms)
     connection.autocommit = autocommit
     return connection
 
