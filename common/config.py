@@ -81,7 +81,8 @@ def validate_database_url(url: str) -> None:
     example = "postgresql://USER:PASSWORD@HOST:5432/DBNAME"
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
+        for host in parts.netloc.rpartition("@")[2].split(","):  # several: failover
+            urlsplit(f"//{host}").port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
         # The parser's own message may quote part of the password: never show it.
         raise ConfigError(

@@ -63,11 +63,17 @@ def redact(url: str) -> str:
 
 
 def describe(url: str) -> str:
-    """``database 'x' on host:port``: how error messages name a database."""
-    parts = urlsplit(url)
-    host = parts.hostname or "the default host"
-    port = parts.port or 5432
-    return f"database {parts.path.lstrip('/')!r} on {host}:{port}"
+    """``database 'x' on host:port``: how error messages name a database, with the hosts and
+    ports libpq uses (several for a failover URL; ``?host=`` wins over the URL's host)."""
+    try:
+        parameters = psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError:
+        return "the database (its URL is unreadable)"
+    hosts = parameters.get("host", "the default host").split(",")
+    ports = parameters.get("port", "5432").split(",")
+    ports += ports[-1:] * (len(hosts) - len(ports))  # one port serves every host
+    where = ",".join(f"{host}:{port}" for host, port in zip(hosts, ports, strict=False))
+    return f"database {parameters.get('dbname', '')!r} on {where}"
 
 
 class _TimedCursor(psycopg2.extensions.cursor):
