@@ -8,13 +8,14 @@ tell the processes apart in ``pg_stat_activity``.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.extensions
 
+from common import redaction
 from common.config import ConfigError, validate_database_url
 
 Connection = psycopg2.extensions.connection
@@ -24,6 +25,13 @@ CONNECT_TIMEOUT_SECONDS = 5
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached; the message names host and database, never a password."""
+
+
+class DatabaseRefused(DatabaseUnavailable):
+    """The server answered and refused this connection for a reason no retry can fix by
+    itself (a refused password, a missing role or database, pg_hba.conf). At start it is a
+    configuration error; during a run it is retried like an outage, since a failover can
+    briefly refuse."""
 
 
 def queue_database_url(explicit: str | None = None,
@@ -43,24 +51,21 @@ def queue_database_url(explicit: str | None = None,
     return url
 
 
-def redact(url: str) -> str:
-    """``url`` with its password (in the user part or a ``password=`` parameter) replaced by
-    ``***``, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
-    query = [(key, "***" if key == "password" else value)
-             for key, value in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
-
-
 def describe(url: str) -> str:
-    """``database 'x' on host:port``: how error messages name a database."""
-    parts = urlsplit(url)
-    host = parts.hostname or "the default host"
-    port = parts.port or 5432
-    return f"database {parts.path.lstrip('/')!r} on {host}:{port}"
+    """``database 'x' on host:port``: how messages name a database, as libpq reads the URL
+    (a ``host=`` parameter wins over the URL's host; PGHOST, PGPORT, PGDATABASE fill gaps)."""
+    try:
+        params = psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError:
+        params = {}
+    hosts = (params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST")
+             or "the default host").split(",")
+    ports = (params.get("port") or os.environ.get("PGPORT") or "5432").split(",")
+    where = ",".join(f"{host}:{ports[min(index, len(ports) - 1)]}"
+                     for index, host in enumerate(hosts))
+    name = (params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user")
+            or os.environ.get("PGUSER") or "(default)")
+    return f"database {name!r} on {where}"
 
 
 def connect(url: str, role: str, *, autocommit: bool = True,
@@ -71,6 +76,7 @@ def connect(url: str, role: str, *, autocommit: bool = True,
     TCP keepalives are short so that a connection to a vanished server fails in seconds
     instead of hanging a worker for the kernel's default two hours.
     """
+    redaction.remember_database(url)
     options = f"-c statement_timeout={statement_timeout_ms}" if statement_timeout_ms else None
     try:
         connection = psycopg2.connect(
@@ -85,13 +91,45 @@ def connect(url: str, role: str, *, autocommit: bool = True,
             **({"options": options} if options else {}),
         )
     except psycopg2.OperationalError as error:
-        reason = " ".join(str(error).split())
-        raise DatabaseUnavailable(
-            f"cannot connect to {describe(url)}: {reason}. Check that PostgreSQL is running "
-            f"and that DATABASE_URL / TASK_PROCESSOR_DATABASE_URL is right."
-        ) from None
+        raise _connect_error(url, " ".join(str(error).split())) from None
     connection.autocommit = autocommit
     return connection
+
+
+# What the server says when it refuses a connection for good, and what the operator can do.
+# PostgreSQL sends these in English unless its lc_messages says otherwise; a refusal in
+# another language is treated as an outage (retried).
+_REFUSALS = (
+    (re.compile("password authentication failed"),
+     "fix the password in the database URL (or PGPASSWORD)"),
+    (re.compile("no password supplied"),
+     "add the password to the database URL (or set PGPASSWORD)"),
+    (re.compile("authentication failed"),
+     "check the user in the database URL and the server's pg_hba.conf"),
+    (re.compile('role ".*" does not exist'),
+     "create the role (CREATE ROLE ... LOGIN) or fix the user in the database URL"),
+    (re.compile('database ".*" does not exist'),
+     "create the database (createdb) or fix its name in the database URL"),
+    (re.compile("pg_hba.conf"),
+     "allow this user, database and address in the server's pg_hba.conf"),
+    (re.compile("is not permitted to log in"), "let the role log in (ALTER ROLE ... LOGIN)"),
+    (re.compile("permission denied for database"), "grant the role CONNECT on the database"),
+)
+
+
+def _connect_error(url: str, reason: str) -> DatabaseUnavailable:
+    """The one-line error for a failed connect. The whole of it is scrubbed: the driver's
+    text, and even a host as libpq read it, can quote parts of the URL."""
+    refusal = reason.partition("FATAL: ")[2].strip()
+    fix = next((fix for pattern, fix in _REFUSALS if refusal and pattern.search(refusal)),
+               None)
+    if fix is not None:
+        return DatabaseRefused(redaction.scrub(
+            f"{describe(url)} refused the connection: {refusal}. To fix: {fix} "
+            f"(DATABASE_URL or TASK_PROCESSOR_DATABASE_URL)."))
+    return DatabaseUnavailable(redaction.scrub(
+        f"cannot connect to {describe(url)}: {reason}. Check that PostgreSQL is running "
+        f"and that DATABASE_URL / TASK_PROCESSOR_DATABASE_URL is right."))
 
 
 def is_connection_error(error: BaseException) -> bool:
