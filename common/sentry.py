@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from common import redaction
+
+if TYPE_CHECKING:
+    from sentry_sdk.types import Event, Hint
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ def init(dsn: str | None, role: str) -> bool:
     return True
 
 
-def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def scrub_event(event: Event, hint: Hint) -> Event:
     """``before_send``: the event with every secret masked, wherever it sits (messages,
     exception values, stack frames' local variables, breadcrumbs, tags)."""
     return redaction.scrub_data(event)

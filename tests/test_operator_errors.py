@@ -10,9 +10,10 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -32,7 +33,7 @@ def run(command: str, *args: str, timeout: float = 60, **environment: str
            if not key.startswith(("TASK_PROCESSOR_", "SENTRY_", "PG"))}
     env.update({"PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]), **environment})
     return subprocess.run([sys.executable, str(REPO / "bin" / command), *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def one_line(result: subprocess.CompletedProcess, prog: str) -> str:
@@ -210,9 +211,9 @@ def test_show_prints_arguments_too_deep_to_decode(database_url, conn):
 class _Collector(BaseHTTPRequestHandler):
     """A Sentry ingestion endpoint that keeps every envelope it receives."""
 
-    received: list[bytes] = []
+    received: ClassVar[list[bytes]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - the base class's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if self.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
@@ -258,7 +259,7 @@ def test_sentry_events_carry_no_secret(sentry_collector):
     env.update(PYTHONPATH=str(REPO), SENTRY_DSN=dsn,
                DATABASE_URL=f"postgresql://app:{PASSWORD}@db.invalid/app")
     result = subprocess.run([sys.executable, "-c", SENTRY_SCRIPT], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     wait_for(lambda: len(received) >= 2, timeout=20, message="two Sentry events")
     events = b"".join(received)
