@@ -15,9 +15,9 @@ from typing import Any, Callable, Sequence
 import psycopg2
 
 from admin import queries
-from common import db, migrations, registry
-from common.logs import one_line
 from builtin_tasks import BUILTIN_TASK_MODULES
+from common import db, migrations, redaction, registry
+from common.logs import one_line
 from common.config import (ConfigError, bounded_int, build_parser, exit_config_error,
                            parse_args)
 
@@ -122,7 +122,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for task_id, identifier, state, attempts, max_attempts, priority, scheduled, error in rows:
         tries = f"{attempts}/{max_attempts}"
         print(f"{task_id:>8}  {state:<9}  {tries:>5}  {priority:>4}  {_time(scheduled):<25}  "
-              f"{identifier}" + (f"  ({_first_line(error)})" if error else ""))
+              f"{identifier}" + (f"  ({_first_line(redaction.scrub(error))})" if error else ""))
     return 0
 
 
@@ -137,8 +137,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  attempts     {attempts} of {max_attempts}")
     print(f"  priority     {priority}")
     print(f"  timeout      {timedelta(milliseconds=timeout_ms)}")
-    print(f"  args         {json.dumps(task_args)}")
-    print(f"  kwargs       {json.dumps(task_kwargs)}")
+    print(f"  args         {task_args}")  # as the database's text: never decoded here
+    print(f"  kwargs       {task_kwargs}")
     print(f"  created      {_time(created)}")
     print(f"  scheduled    {_time(scheduled)}")
     print(f"  finished     {_time(finished)}")
@@ -146,13 +146,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"  lease        {lease_owner} until {_time(lease_expires)}")
     if error:
         print("  last error")
-        print("    " + error.rstrip().replace("\n", "\n    "))
+        print("    " + redaction.scrub(error).rstrip().replace("\n", "\n    "))
     runs = _query(args, queries.TASK_RUNS, (task_id,))
     print(f"runs ({len(runs)})")
     for attempt, worker, started, ended, result, run_error in runs:
         print(f"  #{attempt} {result:<11} {_time(started)} -> {_time(ended)} on {worker}")
         if run_error:
-            print("    " + run_error.rstrip().replace("\n", "\n    "))
+            print("    " + redaction.scrub(run_error).rstrip().replace("\n", "\n    "))
     return 0
 
 
@@ -231,12 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build(), argv)
     try:
         return args.run(args)
-    except (ConfigError, registry.TaskModuleError) as error:
+    except (ConfigError, registry.TaskModuleError, db.DatabaseRefused) as error:
         exit_config_error(PROG, str(error))
     except (CommandFailed, db.DatabaseUnavailable, migrations.SchemaOutdated) as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
+        print(redaction.scrub(f"{PROG}: {error}"), file=sys.stderr)
     except psycopg2.Error as error:
-        print(f"{PROG}: database error: {one_line(error)}", file=sys.stderr)
+        print(redaction.scrub(f"{PROG}: database error: {one_line(error)}"), file=sys.stderr)
     return 1
 
 

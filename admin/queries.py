@@ -31,7 +31,8 @@ LIMIT %(limit)s
 """
 
 TASK = """
-SELECT id, identifier, state, priority, attempts, max_attempts, timeout_ms, args, kwargs,
+SELECT id, identifier, state, priority, attempts, max_attempts, timeout_ms, args::text,
+       kwargs::text,
        created_at, scheduled_for, finished_at, lease_owner, lease_expires_at, last_error
 FROM task_processor.tasks
 WHERE id = %s

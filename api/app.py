@@ -21,7 +21,7 @@ from api import queries
 from api.pool import ConnectionPool
 from api.probe import WORKING, RoundTripProbe
 from api.settings import ApiSettings
-from common import db, migrations
+from common import db, migrations, redaction
 from common.config import ConfigError
 from common.logs import one_line
 
@@ -166,7 +166,7 @@ class Api:
 
 def _respond(start_response: StartResponse, status: HTTPStatus, body: Any,
              headers: list[tuple[str, str]]) -> list[bytes]:
-    payload = json.dumps(body, sort_keys=True).encode("utf-8") + b"\n"
+    payload = json.dumps(redaction.scrub_data(body), sort_keys=True).encode("utf-8") + b"\n"
     start_response(f"{status.value} {status.phrase}", [
         ("Content-Type", "application/json"),
         ("Content-Length", str(len(payload))),

@@ -58,10 +58,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_schema(api: Api) -> None:
-    """Refuse to serve an outdated schema; serve (and report 500) while the database is down."""
+    """Refuse to serve an outdated schema or a database that refuses this connection (a
+    refused password, a missing role or database); serve (and report 500) while the database
+    is down."""
     try:
         api.check_schema()
-    except migrations.SchemaOutdated as error:
+    except (migrations.SchemaOutdated, db.DatabaseRefused) as error:
         exit_config_error("run-api", str(error))
     except db.DatabaseUnavailable as error:
         logger.warning("serving, but the database is unavailable: %s", error)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -19,6 +18,10 @@ from typing import Any, Callable, NoReturn, Sequence
 from urllib.parse import urlsplit
 
 import configargparse
+import psycopg2
+import psycopg2.extensions
+
+from common import redaction
 
 EX_CONFIG = 78
 
@@ -68,7 +71,9 @@ def host_and_port(text: str) -> tuple[str, int]:
 
 
 def database_url(text: str) -> str:
-    """An argparse type: a ``postgresql://`` URL with a host and a database name."""
+    """An argparse type: a ``postgresql://`` URL, or a libpq keyword/value string, naming a
+    host and a database. Its password is a secret from the moment it is read."""
+    redaction.remember_database(text)
     try:
         validate_database_url(text)
     except ConfigError as error:
@@ -76,28 +81,68 @@ def database_url(text: str) -> str:
     return text
 
 
+_EXAMPLE_URL = "postgresql://USER:PASSWORD@HOST:5432/DBNAME"
+
+
 def validate_database_url(url: str) -> None:
-    """Raise :class:`ConfigError` unless ``url`` is a usable PostgreSQL URL (never echoing it)."""
-    example = "postgresql://USER:PASSWORD@HOST:5432/DBNAME"
+    """Raise :class:`ConfigError` unless libpq reads ``url`` as the URL it looks like, with a
+    host and a database. The message never quotes the value: it may hold a password."""
+    if "://" in url:
+        _validate_url_shape(url)
+    elif "=" not in url:
+        raise ConfigError(f"a database URL is expected, such as {_EXAMPLE_URL} (or a "
+                          f"keyword/value string such as 'host=HOST dbname=DBNAME')")
+    try:
+        params = psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError:
+        # libpq's message may quote part of the password: never show it.
+        raise ConfigError(f"malformed database URL (libpq cannot read it; a password "
+                          f"containing / ? # @ : or spaces must be percent-encoded, or quoted "
+                          f"in a keyword/value string); expected {_EXAMPLE_URL}") from None
+    if not (params.get("host") or params.get("hostaddr")):
+        raise ConfigError(f"database URL names no host; expected {_EXAMPLE_URL}")
+    if not params.get("dbname"):
+        raise ConfigError(f"database URL names no database; expected {_EXAMPLE_URL}")
+
+
+def _validate_url_shape(url: str) -> None:
+    """What libpq would read differently from the URL's look: an unencoded ``@`` or ``/`` in
+    the password makes part of it the host, the port or the database name."""
     try:
         parts = urlsplit(url)
         for host in parts.netloc.rpartition("@")[2].split(","):  # several: failover
             urlsplit(f"//{host}").port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
-        # The parser's own message may quote part of the password: never show it.
         raise ConfigError(
             f"malformed database URL (host or port unreadable; a password containing / ? # @ "
-            f"or : must be percent-encoded); expected {example}"
+            f"or : must be percent-encoded); expected {_EXAMPLE_URL}"
         ) from None
     if parts.scheme not in {"postgres", "postgresql"}:
         raise ConfigError(
             f"database URL must start with postgresql:// (got scheme {parts.scheme!r}); "
-            f"expected {example}"
+            f"expected {_EXAMPLE_URL}"
         )
-    if not parts.hostname and "host=" not in parts.query:
-        raise ConfigError(f"database URL names no host; expected {example}")
-    if not parts.path.strip("/"):
-        raise ConfigError(f"database URL names no database; expected {example}")
+    if parts.netloc.count("@") > 1:
+        raise ConfigError(f"malformed database URL: its password contains an unencoded @, "
+                          f"which makes part of it the host name; write @ as %40 in the "
+                          f"password; expected {_EXAMPLE_URL}")
+
+
+def sentry_dsn(text: str) -> str:
+    """An argparse type: a Sentry DSN (``https://KEY@HOST/PROJECT``), refused at start rather
+    than by the SDK's traceback; never quoted, since it holds the key."""
+    redaction.remember_sentry_dsn(text)
+    if not text:
+        return text
+    from sentry_sdk.utils import BadDsn, Dsn  # the SDK loads only when a DSN is given
+
+    try:
+        Dsn(text)
+    except BadDsn:
+        raise argparse.ArgumentTypeError(
+            "not a Sentry DSN; expected https://KEY@HOST/PROJECT_ID, as shown in the "
+            "project's Client Keys (DSN) settings") from None
+    return text
 
 
 @dataclass(frozen=True)
@@ -152,7 +197,7 @@ OPTIONS: dict[str, Option] = {
             choices=("text", "json"), help="log line format: text or json (default text)",
         ),
         Option(
-            ("--sentry-dsn",), "sentry_dsn", env="SENTRY_DSN", metavar="DSN",
+            ("--sentry-dsn",), "sentry_dsn", env="SENTRY_DSN", type=sentry_dsn, metavar="DSN",
             help="report errors to this Sentry DSN (off when unset)",
         ),
         # -- run-api ----------------------------------------------------------------------------
@@ -246,7 +291,14 @@ def _config_file_parser(options: Sequence[str]) -> type:
 
     class SharedConfigFileParser(configargparse.DefaultConfigFileParser):
         def parse(self, stream):
-            return OrderedDict((key, value) for key, value in super().parse(stream).items()
+            try:
+                items = super().parse(stream)
+            except UnicodeDecodeError as error:
+                raise ConfigError(
+                    f"config file {getattr(stream, 'name', '?')} is not UTF-8 text (byte "
+                    f"{error.object[error.start]:#04x} at offset {error.start}); save it as "
+                    f"UTF-8") from None
+            return OrderedDict((key, value) for key, value in items.items()
                                if key.lstrip("-") not in others)
 
     return SharedConfigFileParser
@@ -278,6 +330,7 @@ def parse_args(parser: configargparse.ArgumentParser,
         namespace = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
         if getattr(namespace, "tasks", None) is not None:
             namespace.tasks = split_modules(namespace.tasks)
+        redaction.hide_command_line()
         return namespace
     except ConfigError as error:
         exit_config_error(parser.prog, str(error))
@@ -295,22 +348,9 @@ def split_modules(values: Sequence[str]) -> list[str]:
     return modules
 
 
-_URL_PASSWORD = re.compile(r"(://[^:/?#@\s]*:)(\S*)@")
-
-
-def hide_passwords(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***``.
-
-    Parser messages can quote a value as given (an unknown config-file key, say), and that
-    value may be a database URL.
-    """
-    return _URL_PASSWORD.sub(
-        lambda match: match[0] if match[2] == "PASSWORD" else f"{match[1]}***@", text)
-
-
 def exit_config_error(prog: str, message: str) -> NoReturn:
     """Print ``message`` as a configuration error of ``prog`` and exit with EX_CONFIG."""
-    print(f"{prog}: configuration error: {hide_passwords(message)}", file=sys.stderr)
+    print(f"{prog}: configuration error: {redaction.scrub(message)}", file=sys.stderr)
     sys.exit(EX_CONFIG)
 
 

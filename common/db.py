@@ -8,15 +8,16 @@ tell the processes apart in ``pg_stat_activity``.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from common import redaction
 from common.config import ConfigError, validate_database_url
 from common.logs import one_line
 from common.settings import processor_settings
@@ -28,6 +29,13 @@ CONNECT_TIMEOUT_SECONDS = 5
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached; the message names host and database, never a password."""
+
+
+class DatabaseRefused(DatabaseUnavailable):
+    """The server answered and refused this connection for a reason no retry can fix by
+    itself (a refused password, a missing role or database, pg_hba.conf). At start it is a
+    configuration error; during a run it is retried like an outage, since a failover can
+    briefly refuse."""
 
 
 def queue_database_url(explicit: str | None = None,
@@ -50,30 +58,21 @@ def queue_database_url(explicit: str | None = None,
     return url
 
 
-def redact(url: str) -> str:
-    """``url`` with its password (in the user part or a ``password=`` parameter) replaced by
-    ``***``, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
-    query = [(key, "***" if key == "password" else value)
-             for key, value in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
-
-
 def describe(url: str) -> str:
-    """``database 'x' on host:port``: how error messages name a database, with the hosts and
-    ports libpq uses (several for a failover URL; ``?host=`` wins over the URL's host)."""
+    """``database 'x' on host:port``: how messages name a database, as libpq reads the URL
+    (a ``host=`` parameter wins over the URL's host; PGHOST, PGPORT, PGDATABASE fill gaps)."""
     try:
-        parameters = psycopg2.extensions.parse_dsn(url)
+        params = psycopg2.extensions.parse_dsn(url)
     except psycopg2.ProgrammingError:
-        return "the database (its URL is unreadable)"
-    hosts = parameters.get("host", "the default host").split(",")
-    ports = parameters.get("port", "5432").split(",")
-    ports += ports[-1:] * (len(hosts) - len(ports))  # one port serves every host
-    where = ",".join(f"{host}:{port}" for host, port in zip(hosts, ports, strict=False))
-    return f"database {parameters.get('dbname', '')!r} on {where}"
+        params = {}
+    hosts = (params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST")
+             or "the default host").split(",")
+    ports = (params.get("port") or os.environ.get("PGPORT") or "5432").split(",")
+    where = ",".join(f"{host}:{ports[min(index, len(ports) - 1)]}"
+                     for index, host in enumerate(hosts))
+    name = (params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user")
+            or os.environ.get("PGUSER") or "(default)")
+    return f"database {name!r} on {where}"
 
 
 class _TimedCursor(psycopg2.extensions.cursor):
@@ -107,6 +106,7 @@ def connect(url: str, role: str, *, autocommit: bool = True,
     vanished server fails in seconds instead of hanging a worker for the kernel's default two
     hours.
     """
+    redaction.remember_database(url)
     try:
         connection = psycopg2.connect(
             url,
@@ -119,15 +119,47 @@ def connect(url: str, role: str, *, autocommit: bool = True,
             tcp_user_timeout=10_000,  # unacknowledged data: give up after 10 s, not 15 min
         )
     except psycopg2.OperationalError as error:
-        reason = one_line(error)
-        raise DatabaseUnavailable(
-            f"cannot connect to {describe(url)}: {reason}. Check that PostgreSQL is running "
-            f"and that DATABASE_URL / TASK_PROCESSOR_DATABASE_URL is right."
-        ) from None
+        raise _connect_error(url, one_line(error)) from None
     if statement_timeout_ms:
         connection.cursor_factory = _timed_cursor(statement_timeout_ms)
     connection.autocommit = autocommit
     return connection
+
+
+# What the server says when it refuses a connection for good, and what the operator can do.
+# PostgreSQL sends these in English unless its lc_messages says otherwise; a refusal in
+# another language is treated as an outage (retried).
+_REFUSALS = (
+    (re.compile("password authentication failed"),
+     "fix the password in the database URL (or PGPASSWORD)"),
+    (re.compile("no password supplied"),
+     "add the password to the database URL (or set PGPASSWORD)"),
+    (re.compile("authentication failed"),
+     "check the user in the database URL and the server's pg_hba.conf"),
+    (re.compile('role ".*" does not exist'),
+     "create the role (CREATE ROLE ... LOGIN) or fix the user in the database URL"),
+    (re.compile('database ".*" does not exist'),
+     "create the database (createdb) or fix its name in the database URL"),
+    (re.compile("pg_hba.conf"),
+     "allow this user, database and address in the server's pg_hba.conf"),
+    (re.compile("is not permitted to log in"), "let the role log in (ALTER ROLE ... LOGIN)"),
+    (re.compile("permission denied for database"), "grant the role CONNECT on the database"),
+)
+
+
+def _connect_error(url: str, reason: str) -> DatabaseUnavailable:
+    """The one-line error for a failed connect. The whole of it is scrubbed: the driver's
+    text, and even a host as libpq read it, can quote parts of the URL."""
+    refusal = reason.partition("FATAL: ")[2].strip()
+    fix = next((fix for pattern, fix in _REFUSALS if refusal and pattern.search(refusal)),
+               None)
+    if fix is not None:
+        return DatabaseRefused(redaction.scrub(
+            f"{describe(url)} refused the connection: {refusal}. To fix: {fix} "
+            f"(DATABASE_URL or TASK_PROCESSOR_DATABASE_URL)."))
+    return DatabaseUnavailable(redaction.scrub(
+        f"cannot connect to {describe(url)}: {reason}. Check that PostgreSQL is running "
+        f"and that DATABASE_URL / TASK_PROCESSOR_DATABASE_URL is right."))
 
 
 def is_connection_error(error: BaseException) -> bool:

@@ -1,4 +1,8 @@
-"""Logging set-up, called once per process (the supervisor, and each worker after fork)."""
+"""Logging set-up, called once per process (the supervisor, and each worker after fork).
+
+Both formats pass every line through :func:`common.redaction.scrub`: a log record can quote a
+driver's message, an exception or a value that carries a password.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,18 @@ import logging
 import os
 import sys
 
+from common import redaction
+
+
+class TextFormatter(logging.Formatter):
+    """The usual one-line format, scrubbed of secrets (tracebacks included)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redaction.scrub(super().format(record))
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
+    """One JSON object per line, for log shippers, scrubbed of secrets."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -21,7 +34,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return json.dumps(redaction.scrub_data(entry))
 
 
 def configure(level: str = "INFO", fmt: str = "text", role: str = "") -> None:
@@ -31,7 +44,7 @@ def configure(level: str = "INFO", fmt: str = "text", role: str = "") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         prefix = f"[{role} {os.getpid()}] " if role else ""
-        handler.setFormatter(logging.Formatter(
+        handler.setFormatter(TextFormatter(
             f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 import traceback
+from types import ModuleType
 from typing import Any, Callable, Iterable, Protocol
 
 
@@ -71,21 +72,54 @@ def unregister(identifier: str) -> None:
 
 
 def load_modules(modules: Iterable[str]) -> None:
-    """Import each task module so that its handlers register themselves.
+    """Import each task module so that its handlers register themselves; raise
+    :class:`TaskModuleError` for a module that cannot be imported or defines no task.
 
-    The working directory is searched first, as ``python -m`` does, so that a console script
-    started from a project's root finds the project's modules.
+    The error's ``__cause__`` is set only where the module's own code raised: a traceback
+    helps there, not for a name that is simply not on the path. The working directory is
+    searched first, as ``python -m`` does, so that a console script started from a project's
+    root finds the project's modules.
     """
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     for module in modules:
+        before = set(_handlers)
         try:
-            importlib.import_module(module)
-        except Exception as error:
+            imported = importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name is None or not _is_part_of(module, error.name):
+                raise _import_failed(module, error) from error
             raise TaskModuleError(
-                f"cannot import task module {module!r}: {type(error).__name__}: {error}"
-                f"{_where(error)}"
-            ) from error
+                f"cannot import task module {module!r}: there is no module {error.name!r} on "
+                f"the Python path (the working directory {os.getcwd()}, then PYTHONPATH and "
+                f"the installed packages); check the name given to --tasks"
+            ) from None
+        except Exception as error:
+            raise _import_failed(module, error) from error
+        if not _defines_tasks(imported, set(_handlers) - before):
+            raise TaskModuleError(
+                f"task module {module!r} defines no task: none of its functions is decorated "
+                f"with @register_task_handler or @register_recurring_task; check the name "
+                f"given to --tasks"
+            )
+
+
+def _is_part_of(module: str, missing: str) -> bool:
+    """Is ``missing`` the module itself or one of its parent packages?"""
+    return module == missing or module.startswith(missing + ".")
+
+
+def _import_failed(module: str, error: Exception) -> TaskModuleError:
+    return TaskModuleError(
+        f"cannot import task module {module!r}: {type(error).__name__}: {error}{_where(error)}")
+
+
+def _defines_tasks(module: ModuleType, registered_by_import: set[str]) -> bool:
+    """Did importing ``module`` register a task, or does it hold registered ones (it may have
+    been imported before, by another task module)?"""
+    registered = {id(handler) for handler in _handlers.values()}
+    return bool(registered_by_import) or any(
+        id(value) in registered for value in vars(module).values())
 
 
 def _where(error: Exception) -> str:

@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import Sequence
 
-from common import db
+from common import db, redaction
 from common.logs import one_line
 from health import queries
 from common.config import ConfigError, bounded_int, build_parser
@@ -80,9 +80,9 @@ def _check(cursor, arguments: argparse.Namespace) -> Report:
 
 def _print(report: Report, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(report.as_json(), indent=2, sort_keys=True))
+        print(json.dumps(redaction.scrub_data(report.as_json()), indent=2, sort_keys=True))
     else:
-        print(report.summary())
+        print(redaction.scrub(report.summary()))
 
 
 def run(arguments: argparse.Namespace) -> Report:
@@ -115,10 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         arguments = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except ConfigError as error:
-        print(f"check-health: configuration error: {error}", file=sys.stderr)
+        print(redaction.scrub(f"check-health: configuration error: {error}"), file=sys.stderr)
         return UNHEALTHY
     except SystemExit as exit_:  # --help, or an unreadable --config file
         return HEALTHY if exit_.code in (0, None) else UNHEALTHY
+    redaction.hide_command_line()
     report = run(arguments)
     _print(report, arguments.json)
     return HEALTHY if report.healthy else UNHEALTHY

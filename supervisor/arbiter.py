@@ -108,7 +108,7 @@ class Supervisor:
                                    self.migrate):
             return self.exit_code  # stopped by a signal while waiting for the database
         logger.info("processor %s starting %d workers on %s", self.settings.processor_id,
-                    self.num_workers, db.redact(self.settings.database_url))
+                    self.num_workers, db.describe(self.settings.database_url))
         try:
             self._loop()
         except Exception:  # noqa: BLE001 - a bug must still stop the workers and free leases

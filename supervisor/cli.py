@@ -66,7 +66,8 @@ def import_task_modules(modules: Sequence[str]) -> None:
     try:
         registry.load_modules([*BUILTIN_TASK_MODULES, *modules])
     except registry.TaskModuleError as error:
-        traceback.print_exception(error.__cause__, file=sys.stderr)
+        if error.__cause__ is not None:  # the module's own code raised: show where
+            traceback.print_exception(error.__cause__, file=sys.stderr)
         exit_config_error(PROG, str(error))
 
 
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             duties=[RecurringDuty(processor_id)], migrate=options.migrate)
     try:
         return supervisor.run()
-    except SchemaOutdated as error:  # --migrate false on a database that needs migrating
+    except (SchemaOutdated, db.DatabaseRefused) as error:  # errors no restart can fix
         exit_config_error(PROG, str(error))
 
 

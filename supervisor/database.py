@@ -78,7 +78,9 @@ class SupervisorDatabase:
     def start(self, num_workers: int, stop_requested: Callable[[float], bool],
               duties: list[Duty], migrate: bool = True) -> bool:
         """Wait for the database (retrying with backoff), migrate, register this processor and
-        requeue what dead processors on this host left. False if a signal said stop first."""
+        requeue what dead processors on this host left. False if a signal said stop first;
+        :class:`db.DatabaseRefused` (a refused password, a missing role or database) is raised
+        at once. Later, in :meth:`tend`, a refusal is retried: a failover can briefly refuse."""
         delay = 0.5
         while True:
             try:
@@ -101,6 +103,9 @@ class SupervisorDatabase:
                 self.duties = duties
                 self.last_renewal = time.monotonic()
                 return True
+            except db.DatabaseRefused:  # a configuration error: no retry will fix it
+                self._drop()
+                raise
             except (psycopg2.OperationalError, psycopg2.InterfaceError,
                     db.DatabaseUnavailable) as error:
                 self._drop()

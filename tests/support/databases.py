@@ -87,3 +87,13 @@ def fetch_all(connection: psycopg2.extensions.connection, sql: str,
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
+
+
+def insert_task(conn, identifier: str = "demo.task", state: str = "waiting",
+                scheduled: str = "now()", attempts: int = 0, error: str | None = None) -> int:
+    finished = "now()" if state in ("succeeded", "dead") else "NULL"
+    return fetch_all(conn, f"""
+        INSERT INTO task_processor.tasks (identifier, args, kwargs, state, scheduled_for,
+                                          attempts, finished_at, last_error)
+        VALUES (%s, '[1, "two"]', '{{"k": true}}', %s, {scheduled}, %s, {finished}, %s)
+        RETURNING id""", (identifier, state, attempts, error))[0][0]

@@ -11,19 +11,9 @@ import pytest
 
 from common import migrations
 from commands import ADMIN_COMMAND, admin
-from databases import fetch_all
+from databases import fetch_all, insert_task
 
 LATEST = migrations.available()[-1]
-
-
-def insert_task(conn, identifier: str = "demo.task", state: str = "waiting",
-                scheduled: str = "now()", attempts: int = 0, error: str | None = None) -> int:
-    finished = "now()" if state in ("succeeded", "dead") else "NULL"
-    return fetch_all(conn, f"""
-        INSERT INTO task_processor.tasks (identifier, args, kwargs, state, scheduled_for,
-                                          attempts, finished_at, last_error)
-        VALUES (%s, '[1, "two"]', '{{"k": true}}', %s, {scheduled}, %s, {finished}, %s)
-        RETURNING id""", (identifier, state, attempts, error))[0][0]
 
 
 def test_migrate_applies_then_reports_the_schema_current(empty_database_url):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common import config, db
+from common import config, db, redaction
 from common.config import EX_CONFIG, OPTIONS, ConfigError, build_parser, parse_args
 
 PASSWORD = "s3cr3t-pw"
@@ -136,17 +136,19 @@ def test_a_good_database_url_is_kept_as_given():
     assert parse("--database-url", url).database_url == url
 
 
-def test_redact_hides_passwords_in_the_user_part_and_parameters():
-    assert db.redact(f"postgresql://app:{PASSWORD}@db:5432/app") == \
+def test_scrub_hides_passwords_in_the_user_part_and_parameters():
+    assert redaction.scrub("postgresql://app:pw@db:5432/app") == \
         "postgresql://app:***@db:5432/app"
-    assert db.redact(f"postgresql://db/app?password={PASSWORD}&sslmode=require") == \
+    assert redaction.scrub("postgresql://db/app?password=pw&sslmode=require") == \
         "postgresql://db/app?password=***&sslmode=require"
-    assert db.redact("postgresql://app@db/app") == "postgresql://app@db/app"
+    assert redaction.scrub("host=db password='p w' dbname=app") == \
+        "host=db password=*** dbname=app"
+    assert redaction.scrub("postgresql://app@db/app") == "postgresql://app@db/app"
 
 
-def test_hide_passwords_finds_urls_inside_any_message():
-    text = f"bad value --x=postgresql://app:{PASSWORD}@db/app and postgres://u@h/d"
-    assert config.hide_passwords(text) == \
+def test_scrub_finds_urls_inside_any_message():
+    text = "bad value --x=postgresql://app:pw@db/app and postgres://u@h/d"
+    assert redaction.scrub(text) == \
         "bad value --x=postgresql://app:***@db/app and postgres://u@h/d"
 
 
