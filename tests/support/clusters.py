@@ -86,14 +86,17 @@ class Cluster:
             hba.write("host replication all 127.0.0.1/32 trust\n")
         return self
 
-    def init_standby_of(self, primary: Cluster) -> Cluster:
-        """A streaming standby of ``primary`` (which must be running), on its own port."""
+    def init_standby_of(self, primary: Cluster,
+                        settings: dict[str, str] | None = None) -> Cluster:
+        """A streaming standby of ``primary`` (which must be running), on its own port, with
+        ``settings`` over those it copied from the primary."""
         _run([str(BINDIR / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
               "-U", "postgres", "-D", str(self.data), "-R", "-X", "stream", "--no-sync"])
         with open(self.data / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
             conf.write(f"port = {self.port}\nunix_socket_directories = '{self.root}'\n"
                        f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres "
                        f"application_name=standby'\n")
+            conf.writelines(f"{key} = {value}\n" for key, value in (settings or {}).items())
         return self
 
     def start(self) -> Cluster:

@@ -29,7 +29,8 @@ def replicated() -> Iterator[tuple[Cluster, Cluster]]:
         pytest.skip(missing)
     primary = Cluster("primary").init_primary(
         {"synchronous_standby_names": "'standby'", "synchronous_commit": "on"}).start()
-    standby = Cluster("standby").init_standby_of(primary)
+    # Promoted, the standby has no standby of its own: it must not wait for one at commit.
+    standby = Cluster("standby").init_standby_of(primary, {"synchronous_standby_names": "''"})
     try:
         standby.start()
         wait_for(lambda: primary.query("SELECT sync_state FROM pg_stat_replication")
