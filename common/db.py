@@ -15,7 +15,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg2
 import psycopg2.extensions
 
-from common.config import ConfigError, validate_database_url
+from common import embedded_postgres
+from common.config import validate_database_url
 
 Connection = psycopg2.extensions.connection
 
@@ -26,19 +27,18 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached; the message names host and database, never a password."""
 
 
-def queue_database_url(explicit: str | None = None,
-                       fallback: str | None = None) -> str:
-    """The URL of the queue's database: ``TASK_PROCESSOR_DATABASE_URL``, else ``DATABASE_URL``.
+def queue_database_url(explicit: str | None = None, fallback: str | None = None,
+                       data_dir: str | None = None) -> str:
+    """The URL of the queue's database: ``TASK_PROCESSOR_DATABASE_URL``, else ``DATABASE_URL``,
+    else the embedded server in ``data_dir`` (``--data-dir``, ``TASK_PROCESSOR_DATA_DIR``).
 
-    ``explicit`` and ``fallback`` are the same two values when a command already parsed them.
+    ``explicit``, ``fallback`` and ``data_dir`` are the same values when a command already
+    parsed them.
     """
     url = (explicit or os.environ.get("TASK_PROCESSOR_DATABASE_URL")
            or fallback or os.environ.get("DATABASE_URL"))
     if not url:
-        raise ConfigError(
-            "no database configured: set DATABASE_URL (or TASK_PROCESSOR_DATABASE_URL for a "
-            "queue database of its own), e.g. postgresql://postgres@127.0.0.1:5432/postgres"
-        )
+        return embedded_postgres.queue_url(data_dir)
     validate_database_url(url)
     return url
 
@@ -52,14 +52,15 @@ def redact(url: str) -> str:
         parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
     query = [(key, "***" if key == "password" else value)
              for key, value in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*/")))
 
 
 def describe(url: str) -> str:
     """``database 'x' on host:port``: how error messages name a database."""
     parts = urlsplit(url)
-    host = parts.hostname or "the default host"
-    port = parts.port or 5432
+    query = dict(parse_qsl(parts.query))  # a Unix socket's directory is a host= parameter
+    host = parts.hostname or query.get("host") or "the default host"
+    port = parts.port or query.get("port") or 5432
     return f"database {parts.path.lstrip('/')!r} on {host}:{port}"
 
 
