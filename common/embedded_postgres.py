@@ -99,6 +99,7 @@ def ensure_running(directory: Path) -> EmbeddedServer:
     bindir = _bindir()
     account = _server_account()
     _make_data_dir(directory)
+    _open_the_way(account, bindir, directory)
     with _locked(directory):
         pgdata = directory / "postgres"
         if not (pgdata / "PG_VERSION").exists():
@@ -125,11 +126,13 @@ def stop(directory: Path) -> bool:
     was running."""
     if not (directory / "postgres" / "PG_VERSION").exists():
         return False
+    account = _server_account()
+    _open_the_way(account, _bindir(), directory)
     with _locked(directory):
         if _find_running(directory) is None:
             return False
         _run(_bindir() / "pg_ctl", ["stop", "-D", str(directory / "postgres"), "-m", "fast",
-                                    "-w", "-t", str(START_TIMEOUT_SECONDS)], _server_account())
+                                    "-w", "-t", str(START_TIMEOUT_SECONDS)], account)
         return True
 
 
@@ -196,8 +199,6 @@ def _initdb(bindir: Path, directory: Path, account: pwd.struct_passwd | None) ->
     staging.mkdir(mode=0o700)
     if account is not None:
         os.chown(staging, account.pw_uid, account.pw_gid)
-        _let_others_traverse(staging)
-        _let_others_traverse(bindir)
     _run(bindir / "initdb", ["-D", str(staging), "-U", "postgres", "--auth-local=trust",
                              "--auth-host=reject", "--encoding=UTF8", "--no-locale",
                              "--no-instructions"], account)
@@ -299,13 +300,17 @@ def _socket_dir(pgdata: Path, account: pwd.struct_passwd | None) -> Path:
     return socket_dir
 
 
-def _let_others_traverse(path: Path) -> None:
-    """Give others search (x, not read) permission on every directory above ``path``, so that
-    the server's account reaches its binaries and data when root owns a directory on the way."""
-    for parent in path.resolve().parents:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
+def _open_the_way(account: pwd.struct_passwd | None, *directories: Path) -> None:
+    """As root, give others search (x, not read) permission on ``directories`` and every
+    directory above them, so that the server's account reaches its binaries and its data.
+    Done before every start and stop: a parent's mode may have been tightened meanwhile."""
+    if account is None:
+        return
+    for directory in directories:
+        for path in (directory.resolve(), *directory.resolve().parents):
+            mode = path.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                path.chmod(mode | stat.S_IXOTH)
 
 
 def _run(program: Path, args: list[str], account: pwd.struct_passwd | None) -> None:
