@@ -9,19 +9,16 @@ migrations may be cloning its own at the same moment. Each test's database is dr
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
-
-from common import migrations, queue
-from harness import Processor, become_subreaper, query
+from harness import ADMIN_URL, Processor, become_subreaper, query
 from processor_tasks import RESULTS_TABLE
 
-ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL",
-                           "postgresql://postgres@127.0.0.1:5432/postgres")
+from common import migrations, queue
 
 
 def _admin():
@@ -31,8 +28,8 @@ def _admin():
 
 
 def url_for(name: str) -> str:
-    """The URL of database ``name`` on the test server."""
-    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    """The URL of database ``name`` on the test server (over TCP or a Unix socket)."""
+    return urlunsplit(urlsplit(ADMIN_URL)._replace(path="/" + name))
 
 
 def _template_name() -> str:

@@ -12,13 +12,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import psutil
 import psycopg2
 
 REPO = Path(__file__).resolve().parent.parent
+# The server the tests use: the machine's, or the embedded one that .ci/run starts without it.
+ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL",
+                           "postgresql://postgres@127.0.0.1:5432/postgres")
 TESTS = Path(__file__).resolve().parent
 _PR_SET_CHILD_SUBREAPER = 36
 

@@ -238,12 +238,3 @@ def test_a_configured_url_wins_over_the_embedded_server(database_url, tmp_path):
     assert NOTICE not in status.stderr
     assert not machine.data_dir.exists()
 
-
-def test_a_data_dir_that_cannot_be_made_is_a_configuration_error(tmp_path):
-    machine = Machine(tmp_path, tmp_path / "data")
-    (tmp_path / "a-file").write_text("")
-    result = machine.command("task-processor", "--data-dir", str(tmp_path / "a-file" / "data"),
-                             "status")
-    assert result.returncode == 78
-    assert f"cannot create the data directory {tmp_path / 'a-file' / 'data'}" in result.stderr
-    assert "--data-dir or TASK_PROCESSOR_DATA_DIR" in result.stderr
