@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
-from harness import ADMIN_URL, Processor, become_subreaper, query
-from processor_tasks import RESULTS_TABLE
 
 from common import migrations, queue
+from harness import ADMIN_URL, Processor, become_subreaper, query
+from processor_tasks import RESULTS_TABLE
 
 
 def _admin():

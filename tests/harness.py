@@ -12,8 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Callable, Sequence
 
 import psutil
 import psycopg2
