@@ -3,12 +3,15 @@ variables, each test in a fresh data directory, as on a machine without any serv
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -52,6 +55,25 @@ class Machine:
                 stderr=subprocess.STDOUT, start_new_session=True)
         self.processors.append(process)
         return process
+
+    def api_health(self) -> tuple[int, dict, str]:
+        """``GET /health?format=json`` from a ``run-api`` with no database configured; its
+        status, body and log."""
+        api = subprocess.Popen([sys.executable, str(BIN / "run-api"), "--bind", "127.0.0.1:0"],
+                               cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            log = ""
+            while (found := re.search(r"listening on (http://\S+)", log)) is None:
+                line = api.stderr.readline()
+                assert line, f"run-api did not start: {log}"
+                log += line
+            address = found[1]
+            with urllib.request.urlopen(f"{address}/health?format=json", timeout=30) as answer:
+                return answer.status, json.loads(answer.read()), log
+        finally:
+            os.killpg(api.pid, signal.SIGKILL)
+            api.wait(10)
 
     def log(self, process: subprocess.Popen) -> str:
         index = self.processors.index(process)
@@ -146,6 +168,9 @@ def test_the_readme_commands_run_the_examples_and_a_second_run_keeps_the_data(ma
     health = machine.command("check-health")
     assert health.returncode == 0, health.stdout + health.stderr
     assert "healthy" in health.stdout and NOTICE in health.stderr
+    status, body, api_log = machine.api_health()
+    assert status == 200, body
+    assert NOTICE in api_log
     processor.send_signal(signal.SIGTERM)
     assert processor.wait(30) == 0
     assert machine.greetings.read_text().count("!\n") == 8
