@@ -59,7 +59,6 @@ class EmbeddedServerError(ConfigError):
 class EmbeddedServer:
     """A running server: its postmaster's pid and where its socket is."""
 
-    data_dir: Path
     pid: int
     socket_dir: Path
 
@@ -104,21 +103,16 @@ def ensure_running(directory: Path) -> EmbeddedServer:
         pgdata = directory / "postgres"
         if not (pgdata / "PG_VERSION").exists():
             _initdb(bindir, directory, account)
-        server = _find_running(directory)
+        server = find_running(directory)
         if server is not None:
             return server
         _clear_leftovers(pgdata)
         _start(bindir, pgdata, account)
-        server = _find_running(directory)
+        server = find_running(directory)
         if server is None:
             raise EmbeddedServerError(f"the embedded PostgreSQL server in {pgdata} started and "
                                       f"stopped again: {_log_tail(pgdata)}")
         return server
-
-
-def find_running(directory: Path) -> EmbeddedServer | None:
-    """The server of ``directory`` if one runs; starts nothing."""
-    return _find_running(directory)
 
 
 def stop(directory: Path) -> bool:
@@ -129,7 +123,7 @@ def stop(directory: Path) -> bool:
     account = _server_account()
     _open_the_way(account, _bindir(), directory)
     with _locked(directory):
-        if _find_running(directory) is None:
+        if find_running(directory) is None:
             return False
         _run(_bindir() / "pg_ctl", ["stop", "-D", str(directory / "postgres"), "-m", "fast",
                                     "-w", "-t", str(START_TIMEOUT_SECONDS)], account)
@@ -205,9 +199,10 @@ def _initdb(bindir: Path, directory: Path, account: pwd.struct_passwd | None) ->
     staging.rename(directory / "postgres")
 
 
-def _find_running(directory: Path) -> EmbeddedServer | None:
-    """The server whose postmaster.pid names a live process working in this cluster; None when
-    the file is missing or stale (the process is gone, or its pid now belongs to another)."""
+def find_running(directory: Path) -> EmbeddedServer | None:
+    """The server of ``directory`` if one runs, starting nothing: the one whose postmaster.pid
+    names a live process working in this cluster. None when the file is missing or stale (the
+    process is gone, or its pid now belongs to another)."""
     pgdata = (directory / "postgres").resolve()
     lines = _postmaster_lines(pgdata)
     if len(lines) < 8:
@@ -218,7 +213,7 @@ def _find_running(directory: Path) -> EmbeddedServer | None:
     if lines[7].strip() == "stopping":
         _wait_until_gone(pid)
         return None
-    return EmbeddedServer(directory, pid, Path(lines[4].strip() or pgdata))
+    return EmbeddedServer(pid, Path(lines[4].strip() or pgdata))
 
 
 def _postmaster_lines(pgdata: Path) -> list[str]:
