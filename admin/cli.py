@@ -16,7 +16,7 @@ import psycopg2
 
 from admin import queries
 from builtin_tasks import BUILTIN_TASK_MODULES
-from common import db, migrations, redaction, registry
+from common import db, embedded_postgres, migrations, redaction, registry
 from common.logs import one_line
 from common.config import (ConfigError, bounded_int, build_parser, exit_config_error,
                            parse_args)
@@ -54,7 +54,8 @@ def _first_line(text: str | None, width: int = 60) -> str:
 
 
 def _connect(args: argparse.Namespace) -> db.Connection:
-    url = db.queue_database_url(args.task_processor_database_url, args.database_url)
+    url = db.queue_database_url(args.task_processor_database_url, args.database_url,
+                                args.data_dir)
     return db.connect(url, "admin")
 
 
@@ -193,11 +194,29 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embedded(args: argparse.Namespace) -> int:
+    """The embedded server of --data-dir, whatever database URL is configured."""
+    directory = embedded_postgres.data_dir(args.data_dir)
+    if args.action == "start":
+        print(embedded_postgres.ensure_running(directory).url)
+        return 0
+    if args.action == "stop":
+        stopped = embedded_postgres.stop(directory)
+        print(f"{'stopped' if stopped else 'nothing to stop:'} the embedded server of {directory}")
+        return 0
+    server = embedded_postgres.find_running(directory)
+    if server is None:
+        print(f"the embedded server of {directory} is not running")
+        return 1
+    print(f"the embedded server of {directory} is running (pid {server.pid}): {server.url}")
+    return 0
+
+
 def build() -> argparse.ArgumentParser:
     """The parser: the database options of common.config and ``--tasks`` (for ``tasks``),
     then one subcommand."""
     parser = build_parser(PROG, __doc__, ["database_url", "task_processor_database_url",
-                                          "tasks"])
+                                          "data_dir", "tasks"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, run: Command, help_: str, aliases: Sequence[str] = ()):
@@ -224,6 +243,10 @@ def build() -> argparse.ArgumentParser:
     tasks = add("tasks", cmd_tasks, "the task identifiers that the given modules register")
     tasks.add_argument("--tasks", action="append", metavar="MODULE", default=argparse.SUPPRESS,
                        help="module that defines tasks; repeat for several")
+    embedded = add("embedded", cmd_embedded,
+                   "the embedded PostgreSQL server of --data-dir: start it and print its URL, "
+                   "stop it, or say whether it runs (exit 1 when not)")
+    embedded.add_argument("action", choices=("start", "stop", "status"))
     return parser
 
 

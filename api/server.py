@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "GET /processor/monitoring.\n\nSettings read from the environment: "
         "ENABLE_TASK_PROCESSOR_HEALTH_CHECK, TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT, "
         "TASK_PROCESSOR_MONITORING_TOKEN.",
-        ["database_url", "task_processor_database_url", "log_level", "log_format",
+        ["database_url", "task_processor_database_url", "data_dir", "log_level", "log_format",
          "sentry_dsn", "bind"])
     return parser
 
@@ -85,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sentry.init(arguments.sentry_dsn, "api")
     try:
         settings = ApiSettings.from_environment(arguments.database_url,
-                                                arguments.task_processor_database_url)
+                                                arguments.task_processor_database_url,
+                                                arguments.data_dir)
     except ConfigError as error:
         exit_config_error("run-api", str(error))
     api = Api(settings)

@@ -20,12 +20,14 @@ class ApiSettings:
 
     @classmethod
     def from_environment(cls, database_url: str | None = None,
-                         task_processor_database_url: str | None = None) -> "ApiSettings":
+                         task_processor_database_url: str | None = None,
+                         data_dir: str | None = None) -> "ApiSettings":
         """Settings from ``DATABASE_URL``/``TASK_PROCESSOR_DATABASE_URL``,
         ``ENABLE_TASK_PROCESSOR_HEALTH_CHECK``, ``TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT`` and
         ``TASK_PROCESSOR_MONITORING_TOKEN``; raise :class:`ConfigError` on a bad value."""
         return cls(
-            database_url=db.queue_database_url(task_processor_database_url, database_url),
+            database_url=db.queue_database_url(task_processor_database_url, database_url,
+                                               data_dir),
             round_trip_enabled=env_flag("ENABLE_TASK_PROCESSOR_HEALTH_CHECK"),
             round_trip_timeout_seconds=_timeout("TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT"),
             monitoring_token=os.environ.get("TASK_PROCESSOR_MONITORING_TOKEN") or None,

@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import psycopg2
@@ -57,7 +58,7 @@ class Bench:
         self.name = f"tp_bench_{uuid.uuid4().hex[:8]}"
         with connect(admin_url).cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{self.name}"')
-        self.url = admin_url.rsplit("/", 1)[0] + "/" + self.name
+        self.url = urlunsplit(urlsplit(admin_url)._replace(path="/" + self.name))
         os.environ["DATABASE_URL"] = self.url
         os.environ["TASK_RUN_METHOD"] = "TASK_PROCESSOR"
         migrations.migrate(connect(self.url))

@@ -188,6 +188,11 @@ OPTIONS: dict[str, Option] = {
             help="PostgreSQL URL of a database of its own for the queue (default: DATABASE_URL)",
         ),
         Option(
+            ("--data-dir",), "data_dir", env="TASK_PROCESSOR_DATA_DIR", metavar="DIR",
+            help="with no database URL: the data directory of the embedded PostgreSQL server "
+                 "(default ~/.local/share/task-processor; /var/lib/task-processor for root)",
+        ),
+        Option(
             ("--log-level",), "log_level", env="LOG_LEVEL", default="INFO",
             choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
             help="log level (default INFO)",

@@ -17,8 +17,8 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from common import redaction
-from common.config import ConfigError, validate_database_url
+from common import embedded_postgres, redaction
+from common.config import validate_database_url
 from common.logs import one_line
 from common.settings import processor_settings
 
@@ -38,22 +38,22 @@ class DatabaseRefused(DatabaseUnavailable):
     briefly refuse."""
 
 
-def queue_database_url(explicit: str | None = None,
-                       fallback: str | None = None) -> str:
-    """The URL of the queue's database: ``TASK_PROCESSOR_DATABASE_URL``, else ``DATABASE_URL``;
-    inside a processor, the processor's own (given as a flag or in a config file, maybe).
+def queue_database_url(explicit: str | None = None, fallback: str | None = None,
+                       data_dir: str | None = None) -> str:
+    """The URL of the queue's database: inside a processor, the processor's own (given as a
+    flag or in a config file, maybe); else ``TASK_PROCESSOR_DATABASE_URL``, else
+    ``DATABASE_URL``, else the embedded server in ``data_dir`` (``--data-dir``,
+    ``TASK_PROCESSOR_DATA_DIR``).
 
-    ``explicit`` and ``fallback`` are the same two values when a command already parsed them.
+    ``explicit``, ``fallback`` and ``data_dir`` are the same values when a command already
+    parsed them.
     """
     processor = processor_settings()
     url = (explicit or (processor.database_url if processor else None)
            or os.environ.get("TASK_PROCESSOR_DATABASE_URL")
            or fallback or os.environ.get("DATABASE_URL"))
     if not url:
-        raise ConfigError(
-            "no database configured: set DATABASE_URL (or TASK_PROCESSOR_DATABASE_URL for a "
-            "queue database of its own), e.g. postgresql://postgres@127.0.0.1:5432/postgres"
-        )
+        return embedded_postgres.queue_url(data_dir)
     validate_database_url(url)
     return url
 

@@ -2,8 +2,9 @@
 
 What ``.delay()`` does depends on ``TASK_RUN_METHOD``:
 
-- ``TASK_PROCESSOR``: writes task rows (needs ``DATABASE_URL`` and a migrated schema); a
-  processor started with ``--tasks examples.tasks`` runs them.
+- ``TASK_PROCESSOR``: writes task rows in a migrated schema (the database of ``DATABASE_URL``,
+  or without it the embedded server); a processor started with ``--tasks examples.tasks``
+  runs them.
 - ``SYNCHRONOUSLY``: runs each task here, before ``.delay()`` returns.
 - ``SEPARATE_THREAD`` (the default): runs each task in a thread of this process; the script
   waits for those threads before it exits, as a long-running web server would not need to.

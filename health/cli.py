@@ -38,7 +38,7 @@ and configuration errors (Docker HEALTHCHECK semantics).
 
 def _parser() -> argparse.ArgumentParser:
     parser = build_parser("check-health", _DESCRIPTION,
-                          ["database_url", "task_processor_database_url"])
+                          ["database_url", "task_processor_database_url", "data_dir"])
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--processor-id", metavar="ID",
                        help="check this processor (its id in task_processor.processors)")
@@ -89,7 +89,7 @@ def run(arguments: argparse.Namespace) -> Report:
     """Connect with short timeouts and judge; database errors become an unhealthy report."""
     try:
         url = db.queue_database_url(arguments.task_processor_database_url,
-                                    arguments.database_url)
+                                    arguments.database_url, arguments.data_dir)
     except ConfigError as error:
         return nothing_to_check("configuration", f"configuration error: {error}")
     try:

@@ -36,7 +36,7 @@ Exit status: 0 stopped on request, 78 configuration error, 1 fatal error (crash 
 OPTIONS = (
     "tasks", "numthreads", "sleepintervalms", "graceperiodms", "queuepopsize", "drain_timeout",
     "max_tasks_per_worker", "max_worker_memory_mb", "lease_seconds", "retention_days",
-    "dead_retention_days", "migrate", "database_url", "task_processor_database_url",
+    "dead_retention_days", "migrate", "database_url", "task_processor_database_url", "data_dir",
     "log_level", "log_format", "sentry_dsn",
 )
 
@@ -44,7 +44,7 @@ def processor_settings(options: argparse.Namespace, processor_id: str) -> Proces
     """The processor's settings, from parsed options; ConfigError if no database is set."""
     return ProcessorSettings(
         database_url=db.queue_database_url(options.task_processor_database_url,
-                                           options.database_url),
+                                           options.database_url, options.data_dir),
         processor_id=processor_id,
         sleep_interval=options.sleepintervalms / 1000,
         grace_period=options.graceperiodms / 1000,

@@ -12,12 +12,14 @@ import hashlib
 import os
 import uuid
 from typing import Any, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.extensions
 
 from common import migrations
 
+# The server the tests use: the machine's, or the embedded one that .ci/run starts without it.
 ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -38,8 +40,8 @@ def _admin_command(sql: str) -> None:
 
 
 def url_for(name: str) -> str:
-    """The URL of database ``name`` on the test server."""
-    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    """The URL of database ``name`` on the test server (over TCP or a Unix socket)."""
+    return urlunsplit(urlsplit(ADMIN_URL)._replace(path="/" + name))
 
 
 def template_name() -> str:

@@ -7,12 +7,35 @@ from __future__ import annotations
 
 import socket
 import threading
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from databases import ADMIN_URL
+
+
+def server_address() -> tuple[str, int] | str:
+    """Where the test server listens: (host, port), or the path of its Unix socket."""
+    parts = urlsplit(ADMIN_URL)
+    query = dict(parse_qsl(parts.query))
+    host = parts.hostname or query.get("host") or "127.0.0.1"
+    port = int(parts.port or query.get("port") or 5432)
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+
+
+def _connect(address: tuple[str, int] | str) -> socket.socket:
+    if isinstance(address, str):
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            unix.connect(address)
+        except OSError:
+            unix.close()
+            raise
+        return unix
+    return socket.create_connection(address)
 
 
 class TcpProxy:
-    def __init__(self, upstream: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
-        self.upstream = upstream
+    def __init__(self, upstream: tuple[str, int] | str | None = None) -> None:
+        self.upstream = upstream or server_address()
         self.port = 0
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -27,7 +50,9 @@ class TcpProxy:
         """``database_url`` with its host and port replaced by this proxy's."""
         parts = urlsplit(database_url)
         user = f"{parts.username}@" if parts.username else ""
-        return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.port}"))
+        query = urlencode([(key, value) for key, value in parse_qsl(parts.query)
+                           if key not in ("host", "port")])
+        return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.port}", query=query))
 
     def restore(self) -> None:
         self._dropping.clear()
@@ -58,7 +83,7 @@ class TcpProxy:
             except OSError:
                 return
             try:
-                server = socket.create_connection(self.upstream)
+                server = _connect(self.upstream)
             except OSError:
                 client.close()
                 continue

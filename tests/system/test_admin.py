@@ -172,10 +172,15 @@ def test_configuration_errors_exit_78_and_hide_passwords(database_url):
     assert "--database-url" in malformed.stderr and "topsecret" not in malformed.stderr
 
 
-def test_no_database_configured_exits_78_saying_what_to_set():
+def test_no_database_configured_exits_78_saying_what_to_set(tmp_path):
+    """With no URL the embedded server is used (tests/test_embedded_postgres.py); here its
+    data directory cannot be made either."""
+    (tmp_path / "a-file").write_text("")
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("DATABASE_URL", "TASK_PROCESSOR_DATABASE_URL")}
+    environment["TASK_PROCESSOR_DATA_DIR"] = str(tmp_path / "a-file" / "data")
     result = subprocess.run([*ADMIN_COMMAND, "status"], env=environment, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 78
     assert "set DATABASE_URL" in result.stderr
+    assert "choose another with --data-dir or TASK_PROCESSOR_DATA_DIR" in result.stderr

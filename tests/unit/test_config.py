@@ -161,7 +161,11 @@ def test_the_queue_database_is_its_own_when_configured(monkeypatch):
         "postgresql://flag/q"
 
 
-def test_no_database_configured_says_what_to_set():
+def test_no_database_configured_and_no_usable_data_dir_says_what_to_set(monkeypatch, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("TASK_PROCESSOR_DATA_DIR", str(tmp_path / "a-file" / "data"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("TASK_PROCESSOR_DATABASE_URL", raising=False)
     with pytest.raises(ConfigError, match="set DATABASE_URL .*TASK_PROCESSOR_DATABASE_URL"):
         db.queue_database_url()
 
