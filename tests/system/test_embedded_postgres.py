@@ -19,7 +19,7 @@ import psutil
 import pytest
 from harness import REPO, SUPPORT, query, reap_orphans, wait_for
 
-from common import embedded_postgres
+from common import db, embedded_postgres
 
 BIN = REPO / "bin"
 NOTICE = "no database configured: using the embedded PostgreSQL server, data in"
@@ -250,7 +250,7 @@ def test_two_processors_starting_at_once_share_one_server(machine):
     assert len(machine.postmasters()) == 1
     url = machine.url()
     for process in (first, second):
-        assert f"on {url}" in machine.log(process)
+        assert f"workers on {db.describe(url)}" in machine.log(process)
     assert query(url, "SELECT count(*) FROM task_processor.processors "
                       "WHERE state <> 'stopped'") == [(2,)]
 
