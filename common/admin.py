@@ -18,6 +18,8 @@ from common import admin_sql, db, migrations, registry
 from common.builtin import BUILTIN_TASK_MODULES
 from common.config import (ConfigError, bounded_int, build_parser, exit_config_error,
                            parse_args)
+from common.tasks import NO_TIME_LIMIT_MS
+from common.unrunnable_sql import waiting_unrunnable
 
 PROG = "task-processor"
 STATES = ("waiting", "running", "succeeded", "dead")
@@ -44,6 +46,10 @@ def _age(seconds: float | None) -> str:
 
 def _time(value: datetime | None) -> str:
     return value.isoformat(sep=" ", timespec="seconds") if value else "-"
+
+
+def _timeout(timeout_ms: int) -> str:
+    return "none" if timeout_ms == NO_TIME_LIMIT_MS else str(timedelta(milliseconds=timeout_ms))
 
 
 def _first_line(text: str | None, width: int = 60) -> str:
@@ -93,18 +99,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             due, scheduled, oldest = cursor.fetchone()
             cursor.execute(admin_sql.LIVE_PROCESSORS)
             processors = cursor.fetchall()
+            unrunnable = waiting_unrunnable(cursor)
     finally:
         connection.close()
     oldest_seconds = float(oldest) if oldest is not None else None
     if args.json:
         print(json.dumps({"states": counts, "waiting_due": due, "waiting_scheduled": scheduled,
                           "oldest_due_seconds": oldest_seconds,
-                          "processors": len(processors)}))
+                          "processors": len(processors),
+                          "waiting_unrunnable": {group.identifier: group.waiting
+                                                 for group in unrunnable}}))
         return 0
     for state in STATES:
         print(f"{state:<10} {counts[state]}")
     print(f"waiting now {due}, scheduled later {scheduled}, "
           f"oldest waiting for {_age(oldest_seconds)}")
+    for group in unrunnable:
+        print(f"waiting for a processor that knows {group.identifier}: {group.waiting}, "
+              f"oldest for {_age(group.oldest_seconds)} (no live processor registers it)")
     print(f"processors {len(processors)}")
     for processor_id, host, pid, workers, state, beat in processors:
         print(f"  {processor_id} on {host} pid {pid}: {workers} workers, {state}, "
@@ -134,7 +146,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  state        {state}")
     print(f"  attempts     {attempts} of {max_attempts}")
     print(f"  priority     {priority}")
-    print(f"  timeout      {timedelta(milliseconds=timeout_ms)}")
+    print(f"  timeout      {_timeout(timeout_ms)}")
     print(f"  args         {json.dumps(task_args)}")
     print(f"  kwargs       {json.dumps(task_kwargs)}")
     print(f"  created      {_time(created)}")
@@ -186,7 +198,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     print(f"{'IDENTIFIER':<40} {'PRIORITY':>8} {'TIMEOUT':>10} {'ATTEMPTS':>8} QUEUE SIZE")
     for handler in handlers:
         print(f"{handler.identifier:<40} {handler.priority:>8} "
-              f"{str(handler.timeout):>10} {handler.max_attempts:>8} "
+              f"{str(handler.timeout or 'none'):>10} {handler.max_attempts:>8} "
               f"{handler.queue_size or '-'}")
     return 0
 

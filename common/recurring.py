@@ -96,7 +96,7 @@ def grid_origin(first_run_time: datetime | time_of_day | None) -> datetime | Non
 
 def register_recurring_task(run_every: timedelta,
                             first_run_time: datetime | time_of_day | None = None,
-                            timeout: timedelta = timedelta(minutes=30),
+                            timeout: timedelta | None = timedelta(minutes=30),
                             args: Sequence[Any] = (),
                             kwargs: Mapping[str, Any] | None = None,
                             task_name: str | None = None,

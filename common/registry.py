@@ -8,6 +8,8 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Iterable
 
+from common.errors import TaskProcessingError
+
 if TYPE_CHECKING:
     from common.tasks import TaskHandler
 
@@ -16,7 +18,7 @@ class DuplicateTaskError(ValueError):
     """Two handlers were registered under one task identifier."""
 
 
-class UnknownTaskError(LookupError):
+class UnknownTaskError(TaskProcessingError, LookupError):
     """No handler is registered under a task identifier."""
 
 

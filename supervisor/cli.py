@@ -20,6 +20,7 @@ from common.migrations import SchemaOutdated
 from common.recurring import RecurringDuty
 from common.tasks import enter_processor_mode
 from supervisor.arbiter import Supervisor
+from supervisor.unrunnable import UnrunnableWatch
 from worker.process import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     supervisor = Supervisor(settings=settings, num_workers=options.numthreads,
                             drain_timeout=options.drain_timeout, reload_settings=reload,
-                            duties=[RecurringDuty(processor_id)], migrate=options.migrate)
+                            duties=[RecurringDuty(processor_id), UnrunnableWatch()], migrate=options.migrate)
     try:
         return supervisor.run()
     except SchemaOutdated as error:  # --migrate false on a database that needs migrating

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import faulthandler
 import logging
+import math
 import os
 import select
 import signal
@@ -21,9 +22,9 @@ import psutil
 import psycopg2
 import setproctitle
 
-from common import db, logs, sentry
+from common import db, logs, registry, sentry
 from common.slots import Slots, WorkerState
-from common.tasks import enter_processor_mode
+from common.tasks import NO_TIME_LIMIT_MS, enter_processor_mode
 from worker import queries
 from worker.runner import ClaimedTask, Outcome, run_task
 
@@ -79,6 +80,7 @@ class Worker:
         self.poll_interval = min(settings.sleep_interval, settings.grace_period / 3)
         self._wakeup_read = -1
         self._process = psutil.Process()
+        self.known = registry.identifiers()  # claimed: only tasks this processor can run
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -215,7 +217,7 @@ class Worker:
             if leaving or handing_off:
                 self._give_back(batch[index:])
                 return handing_off
-            self._beat(WorkerState.BUSY, task.id, time.monotonic() + task.timeout_ms / 1000)
+            self._beat(WorkerState.BUSY, task.id, _deadline(task.timeout_ms))
             self._title(f"busy task {task.id} {task.identifier}")
             started = time.monotonic()
             outcome = run_task(task)
@@ -289,6 +291,8 @@ class Worker:
                 "slot": self.slot,
                 "pid": self.pid,
                 "generation": self.generation,
+                "known": self.known,
+                "no_time_limit_ms": NO_TIME_LIMIT_MS,
             })
             rows = cursor.fetchall()
         due_in = rows[0][-1] if rows else None
@@ -347,6 +351,13 @@ class Worker:
                             rss_mb, self.settings.max_memory_mb)
                 return True
         return False
+
+
+def _deadline(timeout_ms: int) -> float:
+    """When a task started now must end, on the monotonic clock; never for no time limit."""
+    if timeout_ms == NO_TIME_LIMIT_MS:
+        return math.inf
+    return time.monotonic() + timeout_ms / 1000
 
 
 def _drop_signal(signum: int, frame: object) -> None:

@@ -3,11 +3,16 @@ not start. Each is one statement, so a worker costs one round trip per batch eac
 
 from __future__ import annotations
 
-# Claims up to %(limit)s due tasks (the partial index tasks_claim_idx serves the inner
-# SELECT), counts the attempt, sets the lease, and upserts the worker's heartbeat row in the
-# same statement: busy until the latest time the batch may end, or idle. Every row also says in
-# how many seconds the next delayed task falls due (one probe of tasks_scheduled_idx); with
-# nothing claimed, a single row carries only that.
+# Claims up to %(limit)s due tasks of the identifiers this processor knows (%(known)s): for
+# each known identifier, the first due tasks in claim order (a short range scan of
+# tasks_claim_known_idx), locked as they are read; the best %(limit)s of those are claimed. Tasks
+# of identifiers it does not know are never read, locked or claimed: they wait for a processor
+# that knows them. Locked candidates that are not claimed are free again when the statement
+# ends; idle workers are woken for them, since a peer claiming at the same moment skipped them.
+# The claim counts the attempt, sets the lease, and upserts the worker's heartbeat row in the
+# same statement: busy until the latest time the batch may end (no deadline when a task has no
+# time limit), or idle. Every row also says in how many seconds the next delayed task falls
+# due (one probe of tasks_scheduled_idx); with nothing claimed, a single row carries only that.
 CLAIM = """
 WITH orphans AS (
     -- A worker claims only when it holds nothing: anything still leased to it comes from a
@@ -16,15 +21,21 @@ WITH orphans AS (
     SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL
     WHERE lease_owner = %(owner)s AND state = 'running'
     RETURNING id
-), next AS (
-    SELECT id FROM task_processor.tasks
-    WHERE state = 'waiting' AND scheduled_for <= now()
-      -- nothing due: one probe of tasks_scheduled_idx instead of walking the delayed tasks
-      AND EXISTS (SELECT 1 FROM task_processor.tasks
+), locked AS (
+    SELECT c.id, c.priority, c.scheduled_for
+    FROM unnest(%(known)s::text[]) AS known(identifier)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, scheduled_for FROM task_processor.tasks
+        WHERE state = 'waiting' AND identifier = known.identifier AND scheduled_for <= now()
+        ORDER BY priority, scheduled_for, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    -- nothing due: one probe of tasks_scheduled_idx instead of walking the delayed tasks
+    WHERE EXISTS (SELECT 1 FROM task_processor.tasks
                   WHERE state = 'waiting' AND scheduled_for <= now())
-    ORDER BY priority, scheduled_for, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+), next AS (
+    SELECT id FROM locked ORDER BY priority, scheduled_for, id LIMIT %(limit)s
 ), claimed AS (
     UPDATE task_processor.tasks AS t
     SET state = 'running', attempts = t.attempts + 1, lease_owner = %(owner)s,
@@ -37,7 +48,8 @@ WITH orphans AS (
         (processor_id, slot, pid, generation, state, task_id, task_deadline, last_beat_at)
     SELECT %(processor_id)s, %(slot)s, %(pid)s, %(generation)s,
            CASE WHEN count(*) > 0 THEN 'busy' ELSE 'idle' END, min(id),
-           now() + sum(timeout_ms) * interval '1 millisecond', now()
+           CASE WHEN NOT bool_or(timeout_ms = %(no_time_limit_ms)s)
+                THEN now() + sum(timeout_ms) * interval '1 millisecond' END, now()
     FROM claimed
     ON CONFLICT (processor_id, slot) DO UPDATE
     SET pid = excluded.pid, generation = excluded.generation, state = excluded.state,
@@ -52,8 +64,10 @@ SELECT c.id, c.identifier, c.args, c.kwargs, c.attempts, c.max_attempts, c.timeo
        upcoming.due_in
 FROM upcoming
 LEFT JOIN claimed AS c ON true
-LEFT JOIN LATERAL (  -- wake other workers for the orphans given back
-    SELECT pg_notify('task_processor', '') WHERE EXISTS (SELECT 1 FROM orphans)
+LEFT JOIN LATERAL (  -- wake other workers for the orphans given back and the tasks left
+    SELECT pg_notify('task_processor', '')
+    WHERE EXISTS (SELECT 1 FROM orphans)
+       OR (SELECT count(*) FROM locked) > (SELECT count(*) FROM next)
 ) AS wake ON true
 ORDER BY c.priority, c.scheduled_for, c.id
 """
