@@ -107,3 +107,11 @@ def unstorable_failure() -> None:
 @register_task_handler(max_attempts=1)
 def backs_off_wrongly() -> None:
     raise TaskBackoffError(delay_until=timedelta(minutes=5))  # not a datetime
+
+
+@register_task_handler(timeout=None, max_attempts=1)
+def sleep_without_limit(key: str, seconds: float) -> None:
+    """No time limit: the supervisor must let it run past the grace period."""
+    record_key(f"{key}:started")
+    time.sleep(seconds)
+    record_key(key)
