@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common import migrations  # noqa: E402
-from common.tasks import NO_TIME_LIMIT_MS  # noqa: E402
+from worker import queries  # noqa: E402
 from worker.queries import CLAIM  # noqa: E402
 
 ROWS = 1_000_000
@@ -73,9 +73,9 @@ SCENARIOS = {
 
 
 def claim_parameters() -> dict:
-    return {"limit": 10, "owner": "bench/0.1", "lease_seconds": 300, "processor_id": "bench",
-            "slot": 0, "pid": 1, "generation": 1, "known": KNOWN,
-            "no_time_limit_ms": NO_TIME_LIMIT_MS}
+    return queries.claim_parameters(limit=10, owner="bench/0.1", lease_seconds=300,
+                                    processor_id="bench", slot=0, pid=1, generation=1,
+                                    known=KNOWN)
 
 
 def explain(connection, statement: str) -> list[str]:

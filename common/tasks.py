@@ -12,6 +12,7 @@ inline. Inside the processor ``.delay()`` always writes a task row.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import inspect
@@ -21,7 +22,7 @@ import os
 import sys
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from common import queue, registry
 from common.config import ConfigError
@@ -60,6 +61,18 @@ def enter_processor_mode() -> None:
     """Called by the processor's processes: from now on ``.delay()`` always enqueues."""
     global _in_processor
     _in_processor = True
+
+
+@contextlib.contextmanager
+def processor_mode() -> Iterator[None]:
+    """Within: ``.delay()`` always enqueues, as in the processor (tasks run in a test's own
+    process, by :mod:`common.testing`)."""
+    global _in_processor
+    previous, _in_processor = _in_processor, True
+    try:
+        yield
+    finally:
+        _in_processor = previous
 
 
 def run_method() -> TaskRunMethod:

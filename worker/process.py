@@ -283,34 +283,20 @@ class Worker:
     def _claim(self) -> tuple[list[ClaimedTask], float | None]:
         """Claim a batch; also say in how many seconds the next delayed task falls due."""
         with self.connection.cursor() as cursor:
-            cursor.execute(queries.CLAIM, {
-                "limit": self.settings.queue_pop_size,
-                "owner": self.owner,
-                "lease_seconds": self.settings.lease_seconds,
-                "processor_id": self.settings.processor_id,
-                "slot": self.slot,
-                "pid": self.pid,
-                "generation": self.generation,
-                "known": self.known,
-                "no_time_limit_ms": NO_TIME_LIMIT_MS,
-            })
+            cursor.execute(queries.CLAIM, queries.claim_parameters(
+                limit=self.settings.queue_pop_size, owner=self.owner,
+                lease_seconds=self.settings.lease_seconds,
+                processor_id=self.settings.processor_id, slot=self.slot, pid=self.pid,
+                generation=self.generation, known=self.known))
             rows = cursor.fetchall()
         due_in = rows[0][-1] if rows else None
         return [ClaimedTask(*row[:-1]) for row in rows if row[0] is not None], due_in
 
     def _finish(self, outcomes: list[Outcome]) -> bool:
         with self.connection.cursor() as cursor:
-            cursor.execute(queries.FINISH, {
-                "ids": [o.task_id for o in outcomes],
-                "outcomes": [o.result for o in outcomes],
-                "errors": [o.error for o in outcomes],
-                "started": [o.started_at for o in outcomes],
-                "finished": [o.finished_at for o in outcomes],
-                "retry_at": [o.retry_at for o in outcomes],
-                "owner": self.owner,
-                "backoff_seconds": self.settings.backoff_seconds,
-                "max_backoff_seconds": self.settings.max_backoff_seconds,
-            })
+            cursor.execute(queries.FINISH, queries.finish_parameters(
+                outcomes, self.owner, self.settings.backoff_seconds,
+                self.settings.max_backoff_seconds))
             recorded = {row[0] for row in cursor.fetchall()}
         lost = [o.task_id for o in outcomes if o.task_id not in recorded]
         if lost:

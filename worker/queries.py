@@ -3,6 +3,13 @@ not start. Each is one statement, so a worker costs one round trip per batch eac
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Sequence
+
+from common.tasks import NO_TIME_LIMIT_MS
+
+if TYPE_CHECKING:
+    from worker.runner import Outcome
+
 # Claims up to %(limit)s due tasks of the identifiers this processor knows (%(known)s): for
 # each known identifier, the first due tasks in claim order (a short range scan of
 # tasks_claim_known_idx), locked as they are read; the best %(limit)s of those are claimed. Tasks
@@ -124,3 +131,28 @@ SELECT count(*) FROM released, LATERAL (SELECT pg_notify('task_processor', '')) 
 """
 
 LISTEN = "LISTEN task_processor"
+
+
+def claim_parameters(*, limit: int, owner: str, lease_seconds: int, processor_id: str,
+                     slot: int, pid: int, generation: int,
+                     known: Sequence[str]) -> dict[str, Any]:
+    """The parameters of :data:`CLAIM`."""
+    return {"limit": limit, "owner": owner, "lease_seconds": lease_seconds,
+            "processor_id": processor_id, "slot": slot, "pid": pid, "generation": generation,
+            "known": list(known), "no_time_limit_ms": NO_TIME_LIMIT_MS}
+
+
+def finish_parameters(outcomes: Sequence["Outcome"], owner: str, backoff_seconds: float,
+                      max_backoff_seconds: float) -> dict[str, Any]:
+    """The parameters of :data:`FINISH` for a batch of outcomes."""
+    return {
+        "ids": [o.task_id for o in outcomes],
+        "outcomes": [o.result for o in outcomes],
+        "errors": [o.error for o in outcomes],
+        "started": [o.started_at for o in outcomes],
+        "finished": [o.finished_at for o in outcomes],
+        "retry_at": [o.retry_at for o in outcomes],
+        "owner": owner,
+        "backoff_seconds": backoff_seconds,
+        "max_backoff_seconds": max_backoff_seconds,
+    }
