@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import psycopg2
 
-from common import admin_sql, db, migrations, registry
+from common import admin_sql, db, migrations, move_queue, registry
 from common.builtin import BUILTIN_TASK_MODULES
 from common.config import (ConfigError, bounded_int, build_parser, exit_config_error,
                            parse_args)
@@ -189,6 +189,30 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_move_queue(args: argparse.Namespace) -> int:
+    source = args.database_url
+    target = db.queue_database_url(args.task_processor_database_url, args.database_url)
+    if move_queue.other_queue(source, target) is None:
+        raise CommandFailed("move-queue moves the waiting tasks of DATABASE_URL's queue into "
+                            "TASK_PROCESSOR_DATABASE_URL's: set both, to different databases")
+    found = move_queue.left_behind(source)
+    if found is None:
+        print(f"{db.describe(source)} has no task_processor schema: nothing to move")
+        return 0
+    moved = move_queue.move_waiting(source, target)
+    print(f"moved {moved} waiting task{'s' if moved != 1 else ''} from {db.describe(source)} "
+          f"to {db.describe(target)}")
+    rest = move_queue.left_behind(source)
+    if rest is not None and rest.running:
+        print(f"{rest.running} tasks still run there (leased by processors on that database); "
+              f"run move-queue again once they have finished", file=sys.stderr)
+        return 1
+    if rest is not None and rest.dead:
+        print(f"{rest.dead} dead tasks stay there; to move them, requeue them there first "
+              f"(task-processor --task-processor-database-url OLD_URL requeue --dead)")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     registry.load_modules([*BUILTIN_TASK_MODULES, *(args.tasks or [])])
     handlers = [registry.get(identifier) for identifier in registry.identifiers()]
@@ -231,6 +255,8 @@ def build() -> argparse.ArgumentParser:
     requeue.add_argument("ids", type=TASK_ID, nargs="*", metavar="ID", help="task ids")
     requeue.add_argument("--dead", action="store_true", help="every dead task")
     requeue.add_argument("--identifier", help="with --dead: only tasks of this identifier")
+    add("move-queue", cmd_move_queue,
+        "move the waiting tasks of DATABASE_URL's queue into TASK_PROCESSOR_DATABASE_URL's")
     tasks = add("tasks", cmd_tasks, "the task identifiers that the given modules register")
     tasks.add_argument("--tasks", action="append", metavar="MODULE", default=argparse.SUPPRESS,
                        help="module that defines tasks; repeat for several")

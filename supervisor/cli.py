@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from common import db, logs, registry, sentry
+from common import db, logs, move_queue, registry, sentry
 from common.builtin import BUILTIN_TASK_MODULES, retention
 from common.config import ConfigError, build_parser, exit_config_error, parse_args, split_modules
 from common.migrations import SchemaOutdated
@@ -109,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.error("SIGHUP: %s", error)
             return None
 
+    move_queue.warn_if_left_behind(options.database_url, settings.database_url)
     supervisor = Supervisor(settings=settings, num_workers=options.numthreads,
                             drain_timeout=options.drain_timeout, reload_settings=reload,
                             duties=[RecurringDuty(processor_id), UnrunnableWatch()], migrate=options.migrate)
