@@ -42,7 +42,7 @@ def left_behind(url: str) -> LeftBehind | None:
     try:
         with connection.cursor() as cursor:
             cursor.execute(LEFT_BEHIND)
-            counts = cursor.fetchone()[0]
+            (counts,) = cursor.fetchall()[0]
     finally:
         connection.close()
     return LeftBehind(*counts) if counts is not None else None

@@ -14,7 +14,7 @@ import pytest
 
 import processor_tasks
 from api import queries as api_queries
-from common import errors, recurring, registry
+from common import errors, recurring
 from common.config import build_parser, parse_args
 from common.health_cli import main as check_health
 from common.registry import UnknownTaskError

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from harness import REPO, TESTS, query, wait_for
 
