@@ -16,10 +16,13 @@ import psycopg2
 
 from admin import queries
 from builtin_tasks import BUILTIN_TASK_MODULES
-from common import db, embedded_postgres, migrations, redaction, registry
+from admin import move_queue as moving
+from common import db, embedded_postgres, migrations, move_queue, redaction, registry
 from common.logs import one_line
 from common.config import (ConfigError, bounded_int, build_parser, exit_config_error,
                            parse_args)
+from common.tasks import NO_TIME_LIMIT_MS
+from common.unrunnable_sql import waiting_unrunnable
 
 PROG = "task-processor"
 STATES = ("waiting", "running", "succeeded", "dead")
@@ -46,6 +49,10 @@ def _age(seconds: float | None) -> str:
 
 def _time(value: datetime | None) -> str:
     return value.isoformat(sep=" ", timespec="seconds") if value else "-"
+
+
+def _timeout(timeout_ms: int) -> str:
+    return "none" if timeout_ms == NO_TIME_LIMIT_MS else str(timedelta(milliseconds=timeout_ms))
 
 
 def _first_line(text: str | None, width: int = 60) -> str:
@@ -96,18 +103,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             due, scheduled, oldest = cursor.fetchone()
             cursor.execute(queries.LIVE_PROCESSORS)
             processors = cursor.fetchall()
+            unrunnable = waiting_unrunnable(cursor)
     finally:
         connection.close()
     oldest_seconds = float(oldest) if oldest is not None else None
     if args.json:
         print(json.dumps({"states": counts, "waiting_due": due, "waiting_scheduled": scheduled,
                           "oldest_due_seconds": oldest_seconds,
-                          "processors": len(processors)}))
+                          "processors": len(processors),
+                          "waiting_unrunnable": {group.identifier: group.waiting
+                                                 for group in unrunnable}}))
         return 0
     for state in STATES:
         print(f"{state:<10} {counts[state]}")
     print(f"waiting now {due}, scheduled later {scheduled}, "
           f"oldest waiting for {_age(oldest_seconds)}")
+    for group in unrunnable:
+        print(f"waiting for a processor that knows {group.identifier}: {group.waiting}, "
+              f"oldest for {_age(group.oldest_seconds)} (no live processor registers it)")
     print(f"processors {len(processors)}")
     for processor_id, host, pid, workers, state, beat in processors:
         print(f"  {processor_id} on {host} pid {pid}: {workers} workers, {state}, "
@@ -137,7 +150,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  state        {state}")
     print(f"  attempts     {attempts} of {max_attempts}")
     print(f"  priority     {priority}")
-    print(f"  timeout      {timedelta(milliseconds=timeout_ms)}")
+    print(f"  timeout      {_timeout(timeout_ms)}")
     print(f"  args         {task_args}")  # as the database's text: never decoded here
     print(f"  kwargs       {task_kwargs}")
     print(f"  created      {_time(created)}")
@@ -180,6 +193,30 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_move_queue(args: argparse.Namespace) -> int:
+    source = args.database_url
+    target = db.queue_database_url(args.task_processor_database_url, args.database_url)
+    if move_queue.other_queue(source, target) is None:
+        raise CommandFailed("move-queue moves the waiting tasks of DATABASE_URL's queue into "
+                            "TASK_PROCESSOR_DATABASE_URL's: set both, to different databases")
+    found = move_queue.left_behind(source)
+    if found is None:
+        print(f"{db.describe(source)} has no task_processor schema: nothing to move")
+        return 0
+    moved = moving.move_waiting(source, target)
+    print(f"moved {moved} waiting task{'s' if moved != 1 else ''} from {db.describe(source)} "
+          f"to {db.describe(target)}")
+    rest = move_queue.left_behind(source)
+    if rest is not None and rest.running:
+        print(f"{rest.running} tasks still run there (leased by processors on that database); "
+              f"run move-queue again once they have finished", file=sys.stderr)
+        return 1
+    if rest is not None and rest.dead:
+        print(f"{rest.dead} dead tasks stay there; to move them, requeue them there first "
+              f"(task-processor --task-processor-database-url OLD_URL requeue --dead)")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     registry.load_modules([*BUILTIN_TASK_MODULES, *(args.tasks or [])])
     handlers = [registry.get(identifier) for identifier in registry.identifiers()]
@@ -189,7 +226,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     print(f"{'IDENTIFIER':<40} {'PRIORITY':>8} {'TIMEOUT':>10} {'ATTEMPTS':>8} QUEUE SIZE")
     for handler in handlers:
         print(f"{handler.identifier:<40} {handler.priority:>8} "
-              f"{str(handler.timeout):>10} {handler.max_attempts:>8} "
+              f"{str(handler.timeout or 'none'):>10} {handler.max_attempts:>8} "
               f"{handler.queue_size or '-'}")
     return 0
 
@@ -240,6 +277,8 @@ def build() -> argparse.ArgumentParser:
     requeue.add_argument("ids", type=TASK_ID, nargs="*", metavar="ID", help="task ids")
     requeue.add_argument("--dead", action="store_true", help="every dead task")
     requeue.add_argument("--identifier", help="with --dead: only tasks of this identifier")
+    add("move-queue", cmd_move_queue,
+        "move the waiting tasks of DATABASE_URL's queue into TASK_PROCESSOR_DATABASE_URL's")
     tasks = add("tasks", cmd_tasks, "the task identifiers that the given modules register")
     tasks.add_argument("--tasks", action="append", metavar="MODULE", default=argparse.SUPPRESS,
                        help="module that defines tasks; repeat for several")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.pool import Cursor
+from common.unrunnable_sql import waiting_unrunnable
 from health import queries as health_queries
 
 _PING = "SELECT 1"
@@ -30,13 +31,16 @@ def ping(cursor: Cursor) -> None:
 
 
 def monitoring(cursor: Cursor) -> dict[str, Any]:
-    """Task counts by state, the age of the oldest due task, and the live processors' workers."""
+    """Task counts by state, the age of the oldest due task, the due tasks that no live
+    processor can run (their identifier is registered by none), and the live processors'
+    workers."""
     cursor.execute(_TASK_COUNTS)
     names = [column.name for column in cursor.description]
     counts = dict(zip(names, cursor.fetchone()))
     processors = [p for p in health_queries.processors_not_stopped(cursor) if p.beat_fresh]
     workers = health_queries.workers_of(cursor, [p.id for p in processors])
     counts["oldest_waiting_seconds"] = round(counts["oldest_waiting_seconds"], 3)
+    counts["waiting_unrunnable"] = sum(group.waiting for group in waiting_unrunnable(cursor))
     counts["processors_alive"] = len(processors)
     counts["workers_alive"] = sum(1 for worker in workers
                                   if worker.healthy and worker.state is not None)

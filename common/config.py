@@ -14,7 +14,7 @@ import os
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 from urllib.parse import urlsplit
 
 import configargparse
@@ -280,11 +280,31 @@ OPTIONS: dict[str, Option] = {
 }
 
 
+# Variables the reference's deployments set under an older name: honoured when the current
+# name is unset (the reference's own start script reads them the same way).
+LEGACY_ENV = {"TASK_PROCESSOR_SLEEP_INTERVAL_MS": "TASK_PROCESSOR_SLEEP_INTERVAL"}
+
+
+def with_legacy_names(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with each current variable that is unset taken from its legacy name."""
+    merged = dict(environ)
+    for current, legacy in LEGACY_ENV.items():
+        if not merged.get(current) and merged.get(legacy):
+            merged[current] = merged[legacy]
+    return merged
+
+
 class _Parser(configargparse.ArgumentParser):
-    """An ArgumentParser whose errors raise :class:`ConfigError` instead of exiting with 2."""
+    """An ArgumentParser whose errors raise :class:`ConfigError` instead of exiting with 2,
+    and that reads the legacy names of environment variables."""
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(message)
+
+    def parse_known_args(self, args=None, namespace=None, config_file_contents=None,
+                         env_vars=os.environ, **kwargs):
+        return super().parse_known_args(args, namespace, config_file_contents,
+                                        with_legacy_names(env_vars), **kwargs)
 
 
 def _config_file_parser(options: Sequence[str]) -> type:

@@ -55,6 +55,11 @@ def lease_owner_prefix(processor_id: str) -> str:
     return f"{processor_id}/"
 
 
+# timeout=None: the task's row carries the largest timeout_ms, which no timedelta a task may
+# have can give. A processor of this release runs such a task without a deadline; an older
+# one would give it 24.8 days, as good as none, instead of failing on a NULL.
+NO_TIME_LIMIT_MS = 2**31 - 1
+
 OUT_OF_ATTEMPTS = "attempts >= max_attempts"
 
 # The delay before the retry of the attempt just counted.

@@ -10,6 +10,9 @@ from types import ModuleType
 from typing import Any, Callable, Iterable, Protocol
 
 
+from common.errors import TaskProcessingError
+
+
 class Handler(Protocol):
     """What the registry keeps of a task handler (:class:`common.tasks.TaskHandler`)."""
 
@@ -21,7 +24,7 @@ class DuplicateTaskError(ValueError):
     """Two handlers were registered under one task identifier."""
 
 
-class UnknownTaskError(LookupError):
+class UnknownTaskError(TaskProcessingError, LookupError):
     """No handler is registered under a task identifier."""
 
 

@@ -15,12 +15,13 @@ import os
 from typing import Any, Mapping, Sequence
 
 from common.config import ConfigError, bounded_int
+from common.errors import InvalidArgumentsError
 
 DEFAULT_MAX_ARGUMENT_BYTES = 1024 * 1024
 _positive_bytes = bounded_int(1, 1024 * 1024 * 1024)
 
 
-class ArgumentError(TypeError):
+class ArgumentError(InvalidArgumentsError):
     """A task argument cannot be carried as JSON, or the arguments are too large."""
 
 

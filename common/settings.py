@@ -9,24 +9,36 @@ tasks read their options from these settings.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
+
+from common.config import OPTIONS
+
+
+def _default(option: str) -> Any:
+    return OPTIONS[option].default
 
 
 @dataclass(frozen=True)
 class ProcessorSettings:
+    """The options of ``run-task-processor`` that its processes act on; the defaults are the
+    options' own."""
+
     database_url: str
     processor_id: str
-    sleep_interval: float  # seconds
-    grace_period: float  # seconds
-    queue_pop_size: int
-    lease_seconds: int
-    max_tasks: int  # per worker before it is replaced; 0: no limit
-    max_memory_mb: int  # a worker's RSS before it is replaced; 0: no limit
-    retention_days: int
-    dead_retention_days: int
-    log_level: str
-    log_format: str
-    sentry_dsn: str | None
+    sleep_interval: float = _default("sleepintervalms") / 1000  # seconds
+    grace_period: float = _default("graceperiodms") / 1000  # seconds
+    queue_pop_size: int = _default("queuepopsize")
+    lease_seconds: int = _default("lease_seconds")
+    max_tasks: int = _default("max_tasks_per_worker")  # per worker; 0: no limit
+    max_memory_mb: int = _default("max_worker_memory_mb")  # a worker's RSS; 0: no limit
+    retention_days: int = _default("retention_days")
+    dead_retention_days: int = _default("dead_retention_days")
+    log_level: str = _default("log_level")
+    log_format: str = _default("log_format")
+    sentry_dsn: str | None = None
 
 
 _current: ProcessorSettings | None = None
@@ -41,3 +53,15 @@ def enter_processor(settings: ProcessorSettings) -> None:
 def processor_settings() -> ProcessorSettings | None:
     """The settings of the processor this process belongs to; None in an application."""
     return _current
+
+
+@contextmanager
+def acting_as_processor(settings: ProcessorSettings) -> Iterator[None]:
+    """Within, this process acts as part of a processor (an application's tests running
+    waiting tasks in-process, :mod:`worker.inline`)."""
+    global _current
+    previous, _current = _current, settings
+    try:
+        yield
+    finally:
+        _current = previous

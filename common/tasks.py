@@ -12,12 +12,14 @@ inline. Inside the processor ``.delay()`` always writes a task row.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import inspect
 import json
 import logging
 import os
+import sys
 import threading
 from datetime import datetime, timedelta, timezone
 from datetime import time as time_of_day
@@ -26,6 +28,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from common import enqueue, recurring, registry
 from common.config import ConfigError
 from common.db import Connection
+from common.errors import TaskBackoffError, TaskQueueFullError
+from common.lifecycle import NO_TIME_LIMIT_MS
 from common.settings import processor_settings
 from common.serialization import serialize_arguments
 
@@ -49,15 +53,8 @@ class TaskRunMethod(enum.Enum):
     SYNCHRONOUSLY = "SYNCHRONOUSLY"
 
 
-class TaskBackoffError(Exception):
-    """Raised by a task to be run again later: at ``delay_until``, or after the usual backoff.
-
-    The attempt counts towards ``max_attempts``.
-    """
-
-    def __init__(self, delay_until: datetime | None = None) -> None:
-        super().__init__(f"task asked to be retried at {delay_until or 'the next backoff'}")
-        self.delay_until = delay_until
+__all__ = ["TaskBackoffError", "TaskHandler", "TaskPriority", "TaskRunMethod",
+           "register_recurring_task", "register_task_handler", "run_method"]
 
 
 def run_method() -> TaskRunMethod:
@@ -96,9 +93,11 @@ def _check_settings(identifier: str, priority: Any, timeout: Any, max_attempts: 
         raise ValueError(f"{identifier}: priority must be a whole number from "
                          f"{TaskPriority.HIGHEST:d} (runs first) to {TaskPriority.LOWEST:d}, "
                          f"e.g. TaskPriority.HIGH; got {priority!r}")
-    if not isinstance(timeout, timedelta) or not timedelta(0) < timeout <= _MAX_TIMEOUT:
+    if timeout is not None and (not isinstance(timeout, timedelta)
+                                or not timedelta(0) < timeout <= _MAX_TIMEOUT):
         raise ValueError(f"{identifier}: timeout must be a timedelta above zero and at most "
-                         f"{_MAX_TIMEOUT}, e.g. timedelta(seconds=60); got {timeout!r}")
+                         f"{_MAX_TIMEOUT}, e.g. timedelta(seconds=60), or None for no time "
+                         f"limit; got {timeout!r}")
     if not _is_int(max_attempts) or not 1 <= max_attempts <= _MAX_ATTEMPTS:
         raise ValueError(f"{identifier}: max_attempts must be a whole number from 1 to "
                          f"{_MAX_ATTEMPTS}; got {max_attempts!r}")
@@ -107,31 +106,68 @@ def _check_settings(identifier: str, priority: Any, timeout: Any, max_attempts: 
                          f"of at least 1; got {queue_size!r}")
 
 
+def _after_commit(start: Callable[[], None]) -> None:
+    """Call ``start`` once the application's current transaction commits.
+
+    The only transaction this library can see is Django's: in an application that uses
+    Django (already imported and configured), ``transaction.on_commit``, which calls at once
+    outside an atomic block. Elsewhere no transaction is observable (psycopg2 has no commit
+    hook), so ``start`` is called at once, as the reference does outside a transaction.
+    """
+    if "django" in sys.modules:
+        from django.conf import settings
+        if settings.configured and settings.DATABASES:
+            from django.db import transaction
+            transaction.on_commit(start)
+            return
+    start()
+
+
 class TaskHandler:
     """A registered task: call it, ``.delay()`` it, or ``.run_in_thread()`` it."""
 
     def __init__(self, function: Callable[..., Any], identifier: str, priority: int,
-                 timeout: timedelta, max_attempts: int, queue_size: int | None) -> None:
+                 timeout: timedelta | None, max_attempts: int, queue_size: int | None,
+                 transaction_on_commit: bool = True) -> None:
         _check_settings(identifier, priority, timeout, max_attempts, queue_size)
+        if not isinstance(transaction_on_commit, bool):
+            raise ValueError(f"{identifier}: transaction_on_commit must be True or False; got "
+                             f"{transaction_on_commit!r}")
         self.function = function
         self.identifier = identifier
         self.priority = int(priority)
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.queue_size = queue_size
+        self.transaction_on_commit = transaction_on_commit
         functools.update_wrapper(self, function)
 
     @property
+    def task_identifier(self) -> str:
+        """The identifier, under the reference's name."""
+        return self.identifier
+
+    @property
+    def unwrapped(self) -> Callable[..., Any]:
+        """The decorated function itself: calling it skips the argument check."""
+        return self.function
+
+    @property
     def kind(self) -> enqueue.TaskKind:
+        timeout_ms = NO_TIME_LIMIT_MS if self.timeout is None else \
+            max(1, int(self.timeout.total_seconds() * 1000))
         return enqueue.TaskKind(
             identifier=self.identifier,
             priority=self.priority,
             max_attempts=self.max_attempts,
-            timeout_ms=max(1, int(self.timeout.total_seconds() * 1000)),
+            timeout_ms=timeout_ms,
             queue_size=self.queue_size,
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task here and now, after the argument check of ``.delay()``: arguments that
+        could not be queued raise the same :class:`InvalidArgumentsError` here."""
+        serialize_arguments(self.identifier, args, kwargs)
         return self.function(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -139,14 +175,19 @@ class TaskHandler:
 
     def delay(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
               delay_until: datetime | None = None,
-              connection: Connection | None = None) -> int | None:
+              connection: Connection | None = None, raise_if_full: bool = False) -> int | None:
         """Run the task by ``TASK_RUN_METHOD``; return its id when it was queued, else None.
 
         With ``connection=`` (TASK_PROCESSOR mode) the row is inserted in the caller's open
-        transaction: a rollback leaves no task, a commit wakes idle workers.
+        transaction: a rollback leaves no task, a commit wakes idle workers. When
+        ``queue_size`` tasks already wait, None (and a warning), or with ``raise_if_full``
+        a :class:`TaskQueueFullError`.
         """
         calls = [{"args": args, "kwargs": kwargs, "delay_until": delay_until}]
-        return self.delay_many(calls, connection=connection)[0]
+        task_id = self.delay_many(calls, connection=connection)[0]
+        if task_id is None and raise_if_full and run_method() is TaskRunMethod.TASK_PROCESSOR:
+            raise TaskQueueFullError(self.identifier, self.queue_size or 0)
+        return task_id
 
     def delay_many(self, calls: Iterable[Mapping[str, Any]],
                    connection: Connection | None = None) -> list[int | None]:
@@ -195,15 +236,26 @@ class TaskHandler:
             wait = max(0.0, (task.scheduled_for - datetime.now(timezone.utc)).total_seconds())
         timer = threading.Timer(wait, _run_logged, (self.function, self.identifier, args, kwargs))
         timer.daemon = True
-        timer.start()
+        self._start_thread(timer)
+
+    def _start_thread(self, thread: threading.Thread) -> None:
+        """Start ``thread`` now, or with ``transaction_on_commit`` once the application's
+        transaction commits (see :func:`_after_commit`)."""
+        if self.transaction_on_commit:
+            _after_commit(thread.start)
+        else:
+            thread.start()
 
     def run_in_thread(self, args: Sequence[Any] = (),
                       kwargs: Mapping[str, Any] | None = None) -> threading.Thread:
-        """Run now in an unmanaged daemon thread: no persistence, no retry."""
+        """Run in an unmanaged daemon thread (no persistence, no retry): now, or with
+        ``transaction_on_commit`` once the application's transaction commits. The arguments
+        are checked as ``.delay()`` checks them."""
+        serialize_arguments(self.identifier, _none_as(args, ()), kwargs)
         thread = threading.Thread(
             target=_run_logged, args=(self.function, self.identifier, args, kwargs or {}),
             name=f"task {self.identifier}", daemon=True)
-        thread.start()
+        self._start_thread(thread)
         return thread
 
 
@@ -221,14 +273,16 @@ def _default_identifier(function: Callable[..., Any], task_name: str | None) -> 
 
 def register_task_handler(task_name: str | None = None,
                           priority: int = TaskPriority.NORMAL,
-                          timeout: timedelta = timedelta(seconds=60),
+                          timeout: timedelta | None = timedelta(seconds=60),
                           max_attempts: int = 3,
-                          queue_size: int | None = None) -> Callable[[Callable[..., Any]], TaskHandler]:
-    """Register the decorated function as a task."""
+                          queue_size: int | None = None,
+                          transaction_on_commit: bool = True,
+                          ) -> Callable[[Callable[..., Any]], TaskHandler]:
+    """Register the decorated function as a task; ``timeout=None`` sets no time limit."""
 
     def decorator(function: Callable[..., Any]) -> TaskHandler:
         handler = TaskHandler(function, _default_identifier(function, task_name), priority,
-                              timeout, max_attempts, queue_size)
+                              timeout, max_attempts, queue_size, transaction_on_commit)
         registry.register(handler)
         return handler
 
@@ -238,7 +292,7 @@ def register_task_handler(task_name: str | None = None,
 
 def register_recurring_task(run_every: timedelta,
                             first_run_time: datetime | time_of_day | None = None,
-                            timeout: timedelta = timedelta(minutes=30),
+                            timeout: timedelta | None = timedelta(minutes=30),
                             args: Sequence[Any] = (),
                             kwargs: Mapping[str, Any] | None = None,
                             task_name: str | None = None,

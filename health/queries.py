@@ -43,6 +43,8 @@ SELECT p.id, s.slot, w.pid, w.generation, w.state, w.task_id, t.identifier, w.ta
            WHEN w.slot IS NULL THEN now() - p.started_at <= {_GRACE}
            WHEN w.state = 'busy' AND w.task_deadline IS NOT NULL
                THEN now() <= w.task_deadline + {_GRACE}
+           -- a batch with a task of no time limit has no deadline: its processor watches it
+           WHEN w.state = 'busy' THEN true
            ELSE now() - w.last_beat_at <= {_GRACE}
        END AS healthy
 FROM task_processor.processors p

@@ -13,13 +13,14 @@ import sys
 import traceback
 from typing import Sequence
 
-from common import db, logs, registry, sentry
 from builtin_tasks import BUILTIN_TASK_MODULES
+from common import db, logs, move_queue, registry, sentry
 from common.config import ConfigError, build_parser, exit_config_error, parse_args, split_modules
 from common.migrations import SchemaOutdated
 from common.settings import ProcessorSettings, enter_processor
 from supervisor.arbiter import Supervisor
 from supervisor.recurring import RecurringDuty
+from supervisor.unrunnable import UnrunnableWatch
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.error("SIGHUP: %s", error)
             return None
 
+    move_queue.warn_if_left_behind(options.database_url, settings.database_url)
     supervisor = Supervisor(settings=settings, num_workers=options.numthreads,
                             drain_timeout=options.drain_timeout, reload_settings=reload,
-                            duties=[RecurringDuty(processor_id)], migrate=options.migrate)
+                            duties=[RecurringDuty(processor_id), UnrunnableWatch()], migrate=options.migrate)
     try:
         return supervisor.run()
     except (SchemaOutdated, db.DatabaseRefused) as error:  # errors no restart can fix

@@ -12,7 +12,7 @@ from typing import Callable, Protocol
 
 import psycopg2
 
-from common import db, migrations
+from common import db, migrations, registry
 from common.lifecycle import RunResult, lease_owner_prefix
 from common.logs import one_line
 from common.settings import ProcessorSettings
@@ -56,7 +56,9 @@ class SupervisorDatabase:
     def __init__(self, settings: ProcessorSettings, host: str, pid: int) -> None:
         self.settings = settings
         self.identity = {"host": host, "pid": pid, "host_key": host_key(),
-                         "process_start_ticks": start_ticks(pid)}
+                         "process_start_ticks": start_ticks(pid),
+                         # what this processor's workers claim, for the status of the queue
+                         "task_identifiers": registry.identifiers()}
         self.state = "running"
         self.connection: db.Connection | None = None
         self.pending: list[Release] = []

@@ -17,9 +17,10 @@ from common.lifecycle import (
 
 REGISTER = """
 INSERT INTO task_processor.processors
-    (id, host, pid, num_workers, grace_period_ms, host_key, process_start_ticks)
+    (id, host, pid, num_workers, grace_period_ms, host_key, process_start_ticks,
+     task_identifiers)
 VALUES (%(processor_id)s, %(host)s, %(pid)s, %(num_workers)s, %(grace_period_ms)s,
-        %(host_key)s, %(process_start_ticks)s)
+        %(host_key)s, %(process_start_ticks)s, %(task_identifiers)s)
 ON CONFLICT (id) DO NOTHING
 """
 
@@ -63,9 +64,10 @@ REQUEUE_PROCESSOR = sql.SQL(_REQUEUE_LOST).format(select=sql.SQL("""
 BEAT = """
 WITH processor AS (
     INSERT INTO task_processor.processors AS p
-        (id, host, pid, num_workers, grace_period_ms, state, host_key, process_start_ticks)
+        (id, host, pid, num_workers, grace_period_ms, state, host_key, process_start_ticks,
+         task_identifiers)
     VALUES (%(processor_id)s, %(host)s, %(pid)s, %(num_workers)s, %(grace_period_ms)s,
-            %(state)s, %(host_key)s, %(process_start_ticks)s)
+            %(state)s, %(host_key)s, %(process_start_ticks)s, %(task_identifiers)s)
     ON CONFLICT (id) DO UPDATE
     SET last_beat_at = now(), num_workers = excluded.num_workers, state = excluded.state,
         grace_period_ms = excluded.grace_period_ms

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import faulthandler
 import logging
+import math
 import os
 import select
 import signal
@@ -20,8 +21,8 @@ import psutil
 import psycopg2
 import setproctitle
 
-from common import db, logs, sentry
-from common.lifecycle import LISTEN, lease_owner
+from common import db, logs, registry, sentry
+from common.lifecycle import LISTEN, NO_TIME_LIMIT_MS, lease_owner
 from common.logs import one_line
 from common.settings import ProcessorSettings, enter_processor
 from worker import queries
@@ -56,6 +57,7 @@ class Worker:
         self.poll_interval = min(settings.sleep_interval, settings.grace_period / 3)
         self._wakeup_read = -1
         self._process = psutil.Process()
+        self.known = registry.identifiers()  # claimed: only tasks this processor can run
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -192,7 +194,7 @@ class Worker:
             if leaving or handing_off:
                 self._give_back(batch[index:])
                 return handing_off
-            self._beat(WorkerState.BUSY, task.id, time.monotonic() + task.timeout_ms / 1000)
+            self._beat(WorkerState.BUSY, task.id, _deadline(task.timeout_ms))
             self._title(f"busy task {task.id} {task.identifier}")
             started = time.monotonic()
             outcome = run_task(task)
@@ -258,30 +260,18 @@ class Worker:
     def _claim(self) -> tuple[list[ClaimedTask], float | None]:
         """Claim a batch; also say in how many seconds the next delayed task falls due."""
         with self.connection.cursor() as cursor:
-            cursor.execute(queries.CLAIM, {
-                "limit": self.settings.queue_pop_size,
-                "owner": self.owner,
-                "lease_seconds": self.settings.lease_seconds,
-                "processor_id": self.settings.processor_id,
-                "slot": self.slot,
-                "pid": self.pid,
-                "generation": self.generation,
-            })
+            cursor.execute(queries.CLAIM, queries.claim_parameters(
+                limit=self.settings.queue_pop_size, owner=self.owner,
+                lease_seconds=self.settings.lease_seconds,
+                processor_id=self.settings.processor_id, slot=self.slot, pid=self.pid,
+                generation=self.generation, known=self.known))
             rows = cursor.fetchall()
         due_in = rows[0][-1] if rows else None
         return [ClaimedTask(*row[:-1]) for row in rows if row[0] is not None], due_in
 
     def _finish(self, outcomes: list[Outcome]) -> bool:
         with self.connection.cursor() as cursor:
-            cursor.execute(queries.FINISH, {
-                "ids": [o.task_id for o in outcomes],
-                "outcomes": [o.result for o in outcomes],
-                "errors": [o.error for o in outcomes],
-                "started": [o.started_at for o in outcomes],
-                "finished": [o.finished_at for o in outcomes],
-                "retry_at": [o.retry_at for o in outcomes],
-                "owner": self.owner,
-            })
+            cursor.execute(queries.FINISH, queries.finish_parameters(outcomes, self.owner))
             recorded = {row[0] for row in cursor.fetchall()}
         lost = [o.task_id for o in outcomes if o.task_id not in recorded]
         if lost:
@@ -322,6 +312,13 @@ class Worker:
                             rss_mb, self.settings.max_memory_mb)
                 return True
         return False
+
+
+def _deadline(timeout_ms: int) -> float:
+    """When a task started now must end, on the monotonic clock; never for no time limit."""
+    if timeout_ms == NO_TIME_LIMIT_MS:
+        return math.inf
+    return time.monotonic() + timeout_ms / 1000
 
 
 def _drop_signal(signum: int, frame: object) -> None:

@@ -3,21 +3,30 @@ not start. Each is one statement, so a worker costs one round trip per batch eac
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 from common.lifecycle import (
     FINISHED_IF_DEAD,
     GIVE_BACK_UNSTARTED,
     LEASE_FREED,
+    NO_TIME_LIMIT_MS,
     OUT_OF_ATTEMPTS,
     RETRY_DELAY,
     WAKE,
     WAKE_SCHEDULED,
 )
+from worker.runner import Outcome
 
-# Claims up to %(limit)s due tasks (the partial index tasks_claim_idx serves the inner
-# SELECT), counts the attempt, sets the lease, and upserts the worker's heartbeat row in the
-# same statement: busy until the latest time the batch may end, or idle. Every row also says in
-# how many seconds the next delayed task falls due (one probe of tasks_scheduled_idx); with
-# nothing claimed, a single row carries only that.
+# Claims up to %(limit)s due tasks of the identifiers this processor knows (%(known)s): for
+# each known identifier, the first due tasks in claim order (a short range scan of
+# tasks_claim_known_idx), locked as they are read; the best %(limit)s of those are claimed. Tasks
+# of identifiers it does not know are never read, locked or claimed: they wait for a processor
+# that knows them. Locked candidates that are not claimed are free again when the statement
+# ends; idle workers are woken for them, since a peer claiming at the same moment skipped them.
+# The claim counts the attempt, sets the lease, and upserts the worker's heartbeat row in the
+# same statement: busy until the latest time the batch may end (no deadline when a task has no
+# time limit), or idle. Every row also says in how many seconds the next delayed task falls
+# due (one probe of tasks_scheduled_idx); with nothing claimed, a single row carries only that.
 CLAIM = f"""
 WITH orphans AS (
     -- A worker claims only when it holds nothing: anything still leased to it comes from a
@@ -26,15 +35,21 @@ WITH orphans AS (
     SET {GIVE_BACK_UNSTARTED}
     WHERE lease_owner = %(owner)s AND state = 'running'
     RETURNING id
-), next AS (
-    SELECT id FROM task_processor.tasks
-    WHERE state = 'waiting' AND scheduled_for <= now()
-      -- nothing due: one probe of tasks_scheduled_idx instead of walking the delayed tasks
-      AND EXISTS (SELECT 1 FROM task_processor.tasks
+), locked AS (
+    SELECT c.id, c.priority, c.scheduled_for
+    FROM unnest(%(known)s::text[]) AS known(identifier)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, scheduled_for FROM task_processor.tasks
+        WHERE state = 'waiting' AND identifier = known.identifier AND scheduled_for <= now()
+        ORDER BY priority, scheduled_for, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    -- nothing due: one probe of tasks_scheduled_idx instead of walking the delayed tasks
+    WHERE EXISTS (SELECT 1 FROM task_processor.tasks
                   WHERE state = 'waiting' AND scheduled_for <= now())
-    ORDER BY priority, scheduled_for, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+), next AS (
+    SELECT id FROM locked ORDER BY priority, scheduled_for, id LIMIT %(limit)s
 ), claimed AS (
     UPDATE task_processor.tasks AS t
     SET state = 'running', attempts = t.attempts + 1, lease_owner = %(owner)s,
@@ -47,7 +62,8 @@ WITH orphans AS (
         (processor_id, slot, pid, generation, state, task_id, task_deadline, last_beat_at)
     SELECT %(processor_id)s, %(slot)s, %(pid)s, %(generation)s,
            CASE WHEN count(*) > 0 THEN 'busy' ELSE 'idle' END, min(id),
-           now() + sum(timeout_ms) * interval '1 millisecond', now()
+           CASE WHEN NOT bool_or(timeout_ms = {NO_TIME_LIMIT_MS})
+                THEN now() + sum(timeout_ms) * interval '1 millisecond' END, now()
     FROM claimed
     ON CONFLICT (processor_id, slot) DO UPDATE
     SET pid = excluded.pid, generation = excluded.generation, state = excluded.state,
@@ -62,8 +78,10 @@ SELECT c.id, c.identifier, c.args, c.kwargs, c.attempts, c.max_attempts, c.timeo
        upcoming.due_in
 FROM upcoming
 LEFT JOIN claimed AS c ON true
-LEFT JOIN LATERAL (  -- wake other workers for the orphans given back
-    SELECT {WAKE} WHERE EXISTS (SELECT 1 FROM orphans)
+LEFT JOIN LATERAL (  -- wake other workers for the orphans given back and the tasks left
+    SELECT {WAKE}
+    WHERE EXISTS (SELECT 1 FROM orphans)
+       OR (SELECT count(*) FROM locked) > (SELECT count(*) FROM next)
 ) AS wake ON true
 ORDER BY c.priority, c.scheduled_for, c.id
 """
@@ -115,3 +133,25 @@ WITH released AS (
 )
 SELECT count(*) FROM released, LATERAL (SELECT {WAKE}) AS wake
 """
+
+
+def claim_parameters(*, limit: int, owner: str, lease_seconds: int, processor_id: str,
+                     slot: int, pid: int, generation: int,
+                     known: Sequence[str]) -> dict[str, Any]:
+    """The parameters of :data:`CLAIM`."""
+    return {"limit": limit, "owner": owner, "lease_seconds": lease_seconds,
+            "processor_id": processor_id, "slot": slot, "pid": pid, "generation": generation,
+            "known": list(known)}
+
+
+def finish_parameters(outcomes: Sequence[Outcome], owner: str) -> dict[str, Any]:
+    """The parameters of :data:`FINISH` for a batch of outcomes."""
+    return {
+        "ids": [o.task_id for o in outcomes],
+        "outcomes": [o.result for o in outcomes],
+        "errors": [o.error for o in outcomes],
+        "started": [o.started_at for o in outcomes],
+        "finished": [o.finished_at for o in outcomes],
+        "retry_at": [o.retry_at for o in outcomes],
+        "owner": owner,
+    }

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import psutil
 import psycopg2
@@ -54,14 +54,10 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: f
         time.sleep(interval)
 
 
-def processor_settings(database_url: str, **overrides: object) -> ProcessorSettings:
+def processor_settings(database_url: str, **overrides: Any) -> ProcessorSettings:
     """The settings of a processor on ``database_url`` with the defaults of its options."""
-    defaults: dict = dict(
-        database_url=database_url, processor_id="test-processor", sleep_interval=2.0,
-        grace_period=20.0, queue_pop_size=10, lease_seconds=60, max_tasks=0, max_memory_mb=0,
-        retention_days=30, dead_retention_days=90, log_level="INFO", log_format="text",
-        sentry_dsn=None)
-    return ProcessorSettings(**{**defaults, **overrides})
+    return ProcessorSettings(database_url=database_url, processor_id="test-processor",
+                             **overrides)
 
 
 def query(url: str, sql: str, params: Sequence = ()) -> list[tuple]:

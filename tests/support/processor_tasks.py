@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS test_results (
 """
 
 
-def _record(key: str) -> None:
+def record_key(key: str) -> None:
+    """Leave ``key`` and this process's pid in ``test_results``."""
     connection = psycopg2.connect(os.environ["DATABASE_URL"])
     try:
         with connection, connection.cursor() as cursor:
@@ -31,7 +32,7 @@ def _record(key: str) -> None:
 
 @register_task_handler()
 def record(key: str) -> None:
-    _record(key)
+    record_key(key)
 
 
 @register_task_handler()
@@ -41,9 +42,9 @@ def noop() -> None:
 
 @register_task_handler(timeout=timedelta(seconds=30))
 def sleep_then_record(key: str, seconds: float) -> None:
-    _record(f"{key}:started")
+    record_key(f"{key}:started")
     time.sleep(seconds)
-    _record(key)
+    record_key(key)
 
 
 @register_task_handler(timeout=timedelta(seconds=1), max_attempts=2)
@@ -62,7 +63,7 @@ def hang_in_c() -> None:
 
 @register_task_handler(max_attempts=3)
 def always_fails(key: str) -> None:
-    _record(key)
+    record_key(key)
     raise RuntimeError(f"failure number for {key}")
 
 
@@ -75,7 +76,7 @@ def backs_off_once(key: str) -> None:
             seen = cursor.fetchone()[0]
     finally:
         connection.close()
-    _record(key)
+    record_key(key)
     if not seen:
         raise TaskBackoffError()
 
@@ -88,14 +89,14 @@ def segfault() -> None:
 @register_task_handler(max_attempts=1)
 def record_once(key: str) -> None:
     """A task with a single attempt: any attempt charged to it wrongly makes it dead."""
-    _record(key)
+    record_key(key)
 
 
 @register_task_handler(timeout=timedelta(seconds=1), max_attempts=1)
 def overrun_slightly(key: str) -> None:
     """Ends just after its deadline: before the supervisor's kill lands."""
     time.sleep(1.15)
-    _record(key)
+    record_key(key)
 
 
 @register_task_handler(max_attempts=2)
@@ -106,3 +107,11 @@ def unstorable_failure() -> None:
 @register_task_handler(max_attempts=1)
 def backs_off_wrongly() -> None:
     raise TaskBackoffError(delay_until=timedelta(minutes=5))  # not a datetime
+
+
+@register_task_handler(timeout=None, max_attempts=1)
+def sleep_without_limit(key: str, seconds: float) -> None:
+    """No time limit: the supervisor must let it run past the grace period."""
+    record_key(f"{key}:started")
+    time.sleep(seconds)
+    record_key(key)

@@ -81,7 +81,8 @@ def test_monitoring_of_an_empty_queue(database_url):
         status, _, body = server.get("/processor/monitoring")
     assert status == 200
     assert body == {"waiting": 0, "scheduled": 0, "running": 0, "dead": 0,
-                    "oldest_waiting_seconds": 0, "processors_alive": 0, "workers_alive": 0}
+                    "oldest_waiting_seconds": 0, "processors_alive": 0, "workers_alive": 0,
+                    "waiting_unrunnable": 0}
 
 
 def test_monitoring_requires_the_bearer_token_when_one_is_set(database_url):

@@ -169,8 +169,8 @@ def test_backoff_error_reschedules(database_url, start_processor, results):
     assert [result for _, result, _ in _runs(database_url, task_id)] == ["backoff", "success"]
 
 
-def test_unknown_identifier_fails_that_task_alone(database_url, start_processor, results,
-                                                  conn):
+def test_unknown_identifier_waits_and_holds_up_nothing(database_url, start_processor, results,
+                                                       conn):
     processor = start_processor("--numthreads", "1")
     processor.wait_ready(1)
     with conn.cursor() as cursor:
@@ -178,10 +178,9 @@ def test_unknown_identifier_fails_that_task_alone(database_url, start_processor,
                        "VALUES ('nowhere.missing', 1) RETURNING id")
         unknown_id = cursor.fetchone()[0]
     processor_tasks.record.delay(args=("fine",))
-    wait_for(lambda: _task(database_url, unknown_id)[0] == "dead")
-    assert "UnknownTaskError" in _task(database_url, unknown_id)[2]
-    assert "nowhere.missing" in _task(database_url, unknown_id)[2]
     wait_for(lambda: results("fine"))
+    assert _task(database_url, unknown_id)[:2] == ("waiting", 0)
+    assert _runs(database_url, unknown_id) == []
 
 
 def test_worker_crash_in_c_requeues_its_task(database_url, start_processor):

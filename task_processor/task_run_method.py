@@ -1,0 +1,5 @@
+"""``TaskRunMethod``, where the reference's users import it from."""
+
+from common.tasks import TaskRunMethod
+
+__all__ = ["TaskRunMethod"]
