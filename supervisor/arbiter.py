@@ -451,14 +451,16 @@ def stuck(beat: Beat | None, started: float, now: float, grace: float,
     worker that never beat counts from ``started``."""
     if beat is not None and beat.state == WorkerState.BUSY:
         if now > beat.deadline:
-            return (f"task {beat.task_id} exceeded its timeout of "
-                    f"{beat.deadline - beat.beat:.1f} s", "timeout")
+            reason = f"task {beat.task_id} exceeded its timeout of " \
+                     f"{beat.deadline - beat.beat:.1f} s"
+            return reason, "timeout"
         return None
     last = beat.beat if beat is not None else started
     if now - last > grace:
         state = beat.state.name.lower() if beat else "booting"
-        return (f"worker {slot} was {state} and silent for {now - last:.1f} s "
-                f"(grace period {grace:.1f} s)", "worker_lost")
+        reason = f"worker {slot} was {state} and silent for {now - last:.1f} s " \
+                 f"(grace period {grace:.1f} s)"
+        return reason, "worker_lost"
     return None
 
 

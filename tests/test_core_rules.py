@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import psycopg2
-
 from conftest import fetch_all
+
 from supervisor import queries as supervisor_queries
 from worker import queries as worker_queries
 
