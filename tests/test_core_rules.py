@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import psycopg2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from conftest import fetch_all
 
 from supervisor import queries as supervisor_queries
@@ -203,3 +205,53 @@ def test_expired_leases_of_a_live_processors_own_workers_are_not_requeued(conn):
     assert requeued == 1
     assert _tasks(conn, mine)[mine[0]][:3] == ("running", 1, "me/0.1")
     assert _tasks(conn, theirs)[theirs[0]][0] == "waiting"
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(attempt=st.integers(min_value=1, max_value=30),
+       base=st.floats(min_value=0.01, max_value=100.0),
+       cap=st.floats(min_value=1.0, max_value=3600.0))
+def test_a_retry_waits_the_capped_exponential_backoff_scaled_by_half_to_one(database_url,
+                                                                            attempt, base,
+                                                                            cap):
+    connection = _connect(database_url, autocommit=False)
+    try:
+        with connection:
+            (task,) = _insert(connection, 1, attempts=attempt - 1, max_attempts=attempt + 1)
+            assert _claim(connection, "w/0.1", limit=1) == [task]
+            _finish(connection, "w/0.1", [task], "failure", backoff_seconds=base,
+                    max_backoff_seconds=cap)
+            # One transaction: now() is the same instant the retry was scheduled from.
+            ((state, delay),) = fetch_all(connection, """
+                SELECT state, extract(epoch FROM scheduled_for - now())::float8
+                FROM task_processor.tasks WHERE id = %s""", (task,))
+            connection.rollback()
+    finally:
+        connection.close()
+    full = min(base * 2 ** (attempt - 1), cap)
+    assert state == "waiting"
+    assert 0.5 * full - 1e-3 <= delay <= full + 1e-3, (delay, full)
+
+
+# -- the last attempt, and claims whose answer was lost ----------------------------------------
+
+
+def test_a_failure_on_the_last_attempt_makes_the_task_dead_with_its_error(conn):
+    last, earlier = _insert(conn, 1, attempts=2, max_attempts=3), _insert(conn, 1,
+                                                                         max_attempts=3)
+    _claim(conn, "w/0.1", limit=2)
+    _finish(conn, "w/0.1", last + earlier, "failure")
+    dead, = fetch_all(conn, "SELECT state, attempts, last_error, finished_at IS NOT NULL "
+                            "FROM task_processor.tasks WHERE id = %s", (last[0],))
+    assert dead == ("dead", 3, "boom", True)
+    assert _tasks(conn, earlier)[earlier[0]][:2] == ("waiting", 1)
+
+
+def test_a_claim_gives_back_what_an_earlier_claim_of_the_same_worker_left(conn):
+    """A worker claims only when it holds nothing: what is still leased to it comes from a
+    claim whose answer it never got, and goes back without an attempt."""
+    ids = _insert(conn, 2)
+    assert sorted(_claim(conn, "w/0.1", limit=2)) == sorted(ids)  # the answer "was lost"
+    assert _claim(conn, "w/0.1", limit=2) == []  # its own statement's snapshot: not again
+    assert [task[:3] for task in _tasks(conn, ids).values()] == [("waiting", 0, None)] * 2
