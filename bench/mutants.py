@@ -175,9 +175,9 @@ MUTANTS = (
            (f"{UNIT}/test_stuck_workers.py",),
            "a busy worker is stuck right after its task's deadline"),
     Mutant("stop-ignored-while-reconnecting", WORKER,
-           "            if self.stopping:\n                raise _StopRequested",
-           "            if False:\n                raise _StopRequested",
-           ("tests/test_processor_outage.py::"
+           "                if self.stopping:\n                    raise _StopRequested",
+           "                if False:\n                    raise _StopRequested",
+           ("tests/test_outage_start_stop.py::"
             "test_a_worker_asked_to_stop_while_the_database_is_down_leaves_at_once",),
            "a worker asked to stop while the database is down leaves promptly"),
 )
