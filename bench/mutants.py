@@ -174,6 +174,11 @@ MUTANTS = (
            "        if now > beat.deadline:", "        if now > beat.deadline + grace:",
            (f"{UNIT}/test_stuck_workers.py",),
            "a busy worker is stuck right after its task's deadline"),
+    Mutant("unrecordable-outcome-not-replaced", WORKER,
+           "replacement = outcome.unrecordable(error)", "replacement = outcome",
+           ("tests/test_processor_recovery.py::"
+            "test_an_outcome_the_database_cannot_store_fails_that_task_alone",),
+           "an outcome the database cannot store fails that task alone"),
     Mutant("stop-ignored-while-reconnecting", WORKER,
            "                if self.stopping:\n                    raise _StopRequested",
            "                if False:\n                    raise _StopRequested",
