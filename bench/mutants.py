@@ -39,6 +39,7 @@ WORKER = "worker/process.py"
 RUNNER = "worker/runner.py"
 HEARTBEAT_SLOTS = "common/slots.py"
 API_APP = "api/app.py"
+LOGS = "common/logs.py"
 
 # And where the tests that catch them live.
 CORE_RULES = "tests/test_core_rules.py"
@@ -179,6 +180,17 @@ MUTANTS = (
            ("tests/test_processor_recovery.py::"
             "test_an_outcome_the_database_cannot_store_fails_that_task_alone",),
            "an outcome the database cannot store fails that task alone"),
+    Mutant("failing-duty-retried-every-turn", SUPERVISOR_DATABASE,
+           "                    self.duties_paused_until = now + DUTY_PAUSE\n",
+           "                    pass\n",
+           ("tests/test_processor_paths.py::"
+            "test_a_duty_that_raises_is_logged_and_paused_and_the_heartbeat_goes_on",),
+           "a periodic duty that raises is paused, not retried on every turn"),
+    Mutant("json-log-not-json", LOGS,
+           "        return json.dumps(entry)", "        return str(entry)",
+           ("tests/test_processor_paths.py::"
+            "test_the_json_log_format_is_one_object_per_line_from_every_process",),
+           "--log-format json writes one JSON object per line"),
     Mutant("stop-ignored-while-reconnecting", WORKER,
            "                if self.stopping:\n                    raise _StopRequested",
            "                if False:\n                    raise _StopRequested",
