@@ -41,10 +41,19 @@ HEARTBEAT_SLOTS = "common/slots.py"
 API_APP = "api/app.py"
 LOGS = "common/logs.py"
 
-# And where the tests that catch them live.
+# And where the tests that catch them live (the system tests may move to tests/system).
 CORE_RULES = "tests/test_core_rules.py"
 CORE_PROCESSES = "tests/test_core_processes.py"
+API_TOKEN = "tests/test_api_token.py"
+RECOVERY = "tests/test_processor_recovery.py"
+PROCESSOR_PATHS = "tests/test_processor_paths.py"
+OUTAGE = "tests/test_outage_start_stop.py"
 UNIT = "tests/unit"
+
+
+def at(path: str, test: str) -> str:
+    """The pytest id of ``test`` in ``path``."""
+    return f"{path}::{test}"
 
 
 @dataclass(frozen=True)
@@ -60,42 +69,43 @@ class Mutant:
 MUTANTS = (
     Mutant("claim-waits-on-locks", WORKER_SQL,
            "    FOR UPDATE SKIP LOCKED\n), claimed AS", "    FOR UPDATE\n), claimed AS",
-           (f"{CORE_RULES}::test_a_second_claimer_skips_the_rows_a_first_holds_instead_of_waiting",),
+           (at(CORE_RULES,
+               "test_a_second_claimer_skips_the_rows_a_first_holds_instead_of_waiting"),),
            "concurrent claimers never wait on each other"),
     Mutant("finish-fence", WORKER_SQL,
            "WHERE t.id = r.task_id AND t.lease_owner = %(owner)s AND t.state = 'running'",
            "WHERE t.id = r.task_id AND t.state = 'running'",
-           (f"{CORE_RULES}::test_a_worker_whose_lease_was_taken_changes_nothing",),
+           (at(CORE_RULES, "test_a_worker_whose_lease_was_taken_changes_nothing"),),
            "a worker that lost its lease changes nothing"),
     Mutant("priority-descending", WORKER_SQL,
            "    ORDER BY priority, scheduled_for, id\n    LIMIT",
            "    ORDER BY priority DESC, scheduled_for, id\n    LIMIT",
-           (f"{CORE_RULES}::test_lower_priority_numbers_are_claimed_first",),
+           (at(CORE_RULES, "test_lower_priority_numbers_are_claimed_first"),),
            "lower priority numbers run first"),
     Mutant("claim-ignores-due-time", WORKER_SQL,
            "    WHERE state = 'waiting' AND scheduled_for <= now()\n      -- nothing due",
            "    WHERE state = 'waiting'\n      -- nothing due",
-           (f"{CORE_RULES}::test_a_delayed_task_is_never_claimed_before_it_is_due",),
+           (at(CORE_RULES, "test_a_delayed_task_is_never_claimed_before_it_is_due"),),
            "a delayed task never starts before it is due"),
     Mutant("token-prefix", API_APP,
            'expected.encode("utf-8")):',
            'expected.encode("utf-8")[:len(token.strip().encode("latin-1", "replace"))]):',
-           ("tests/test_api_token.py",),
+           (API_TOKEN,),
            "only the exact token opens monitoring (not a prefix)"),
     Mutant("token-empty", API_APP,
            'if scheme.lower() != "bearer" or not hmac.compare_digest(',
            'if scheme.lower() != "bearer" or token.strip() and not hmac.compare_digest(',
-           ("tests/test_api_token.py",),
+           (API_TOKEN,),
            "only the exact token opens monitoring (not an empty one)"),
     Mutant("no-jitter", WORKER_SQL,
            "* (0.5 + random() / 2) * interval '1 second' END,",
            "* interval '1 second' END,",
-           (f"{CORE_RULES}::test_a_burst_of_failures_does_not_retry_in_lockstep",),
+           (at(CORE_RULES, "test_a_burst_of_failures_does_not_retry_in_lockstep"),),
            "a burst of failures does not retry in lockstep"),
     Mutant("dead-worker-charges-unstarted", SUPERVISOR_SQL,
            "attempts = CASE WHEN t.id = %(task_id)s THEN t.attempts ELSE t.attempts - 1 END,",
            "attempts = t.attempts,",
-           (f"{CORE_RULES}::test_a_dead_workers_unstarted_tasks_go_back_without_an_attempt",),
+           (at(CORE_RULES, "test_a_dead_workers_unstarted_tasks_go_back_without_an_attempt"),),
            "tasks a dead worker never started go back without an attempt"),
     Mutant("give-back-keeps-attempt", WORKER_SQL,
            "    SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, "
@@ -103,7 +113,7 @@ MUTANTS = (
            "AND id = ANY",
            "    SET state = 'waiting', lease_owner = NULL, lease_expires_at = NULL\n"
            "    WHERE lease_owner = %(owner)s AND state = 'running' AND id = ANY",
-           (f"{CORE_RULES}::test_given_back_tasks_keep_no_attempt",),
+           (at(CORE_RULES, "test_given_back_tasks_keep_no_attempt"),),
            "tasks given back go back without an attempt"),
     Mutant("grace-period-times-ten", ARBITER,
            "    if now - last > grace:", "    if now - last > grace * 10:",
@@ -112,12 +122,12 @@ MUTANTS = (
     Mutant("leases-never-renewed", SUPERVISOR_SQL,
            "    WHERE state = 'running' AND lease_owner = ANY(%(own_owners)s)\n    RETURNING id",
            "    WHERE false AND lease_owner = ANY(%(own_owners)s)\n    RETURNING id",
-           (f"{CORE_PROCESSES}::test_a_long_task_keeps_its_lease_while_its_processor_lives",),
+           (at(CORE_PROCESSES, "test_a_long_task_keeps_its_lease_while_its_processor_lives"),),
            "a long task keeps its lease while its processor lives"),
     Mutant("recycled-one-task-late", WORKER,
            "self.tasks_done >= self.settings.max_tasks",
            "self.tasks_done > self.settings.max_tasks",
-           (f"{CORE_PROCESSES}::test_a_worker_is_recycled_after_exactly_max_tasks",),
+           (at(CORE_PROCESSES, "test_a_worker_is_recycled_after_exactly_max_tasks"),),
            "--max-tasks-per-worker is exact"),
     Mutant("delay-until-dropped-by-runner", RUNNER,
            "        retry_at = backoff.delay_until\n", "        retry_at = None\n",
@@ -125,19 +135,20 @@ MUTANTS = (
            "a backed-off task waits until the time it asked for"),
     Mutant("delay-until-ignored-by-finish", WORKER_SQL,
            "            WHEN r.retry_at IS NOT NULL THEN r.retry_at\n", "",
-           (f"{CORE_RULES}::test_a_backed_off_task_waits_until_the_time_it_asked_for",),
+           (at(CORE_RULES, "test_a_backed_off_task_waits_until_the_time_it_asked_for"),),
            "a backed-off task waits until the time it asked for"),
     Mutant("timeout-retried-at-once", SUPERVISOR_DATABASE,
            '"backoff": release.result == "timeout",', '"backoff": False,',
-           (f"{CORE_PROCESSES}::test_a_timed_out_task_backs_off_before_its_retry",),
+           (at(CORE_PROCESSES, "test_a_timed_out_task_backs_off_before_its_retry"),),
            "timeouts back off like failures"),
     Mutant("timeout-backoff-ignored-by-release", SUPERVISOR_SQL,
            "WHEN t.id = %(task_id)s AND %(backoff)s THEN now()", "WHEN false THEN now()",
-           (f"{CORE_RULES}::test_a_timed_out_task_backs_off_and_a_lost_one_retries_at_once",),
+           (at(CORE_RULES, "test_a_timed_out_task_backs_off_and_a_lost_one_retries_at_once"),),
            "timeouts back off like failures"),
     Mutant("own-expired-leases-requeued", SUPERVISOR_SQL,
            "      AND NOT (lease_owner = ANY(%(own_owners)s))\n", "",
-           (f"{CORE_RULES}::test_expired_leases_of_a_live_processors_own_workers_are_not_requeued",),
+           (at(CORE_RULES,
+               "test_expired_leases_of_a_live_processors_own_workers_are_not_requeued"),),
            "a live processor's workers are never robbed"),
     Mutant("seqlock-reads-odd-sequence", HEARTBEAT_SLOTS,
            "            if before % 2 == 0:", "            if True:",
@@ -152,24 +163,28 @@ MUTANTS = (
            "ELSE now() + least(%(backoff_seconds)s * power(2, t.attempts - 1),\n"
            "                               %(max_backoff_seconds)s)",
            "ELSE now() + (%(backoff_seconds)s * power(2, t.attempts - 1))",
-           (f"{CORE_RULES}::test_a_retry_waits_the_capped_exponential_backoff_scaled_by_half_to_one",),
+           (at(CORE_RULES,
+               "test_a_retry_waits_the_capped_exponential_backoff_scaled_by_half_to_one"),),
            "retries wait at most the cap"),
     Mutant("backoff-exponent-off-by-one", WORKER_SQL,
            "least(%(backoff_seconds)s * power(2, t.attempts - 1),\n                 ",
            "least(%(backoff_seconds)s * power(2, t.attempts),\n                 ",
-           (f"{CORE_RULES}::test_a_retry_waits_the_capped_exponential_backoff_scaled_by_half_to_one",),
+           (at(CORE_RULES,
+               "test_a_retry_waits_the_capped_exponential_backoff_scaled_by_half_to_one"),),
            "the first retry waits the base backoff"),
     Mutant("dead-one-attempt-late", WORKER_SQL,
            "            WHEN t.attempts >= t.max_attempts THEN 'dead'\n",
            "            WHEN t.attempts > t.max_attempts THEN 'dead'\n",
-           (f"{CORE_RULES}::test_a_failure_on_the_last_attempt_makes_the_task_dead_with_its_error",),
+           (at(CORE_RULES,
+               "test_a_failure_on_the_last_attempt_makes_the_task_dead_with_its_error"),),
            "a task is dead after max_attempts"),
     Mutant("orphans-keep-their-attempt", WORKER_SQL,
            "    SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, "
            "lease_expires_at = NULL\n    WHERE lease_owner = %(owner)s AND state = 'running'\n",
            "    SET state = 'waiting', lease_owner = NULL, lease_expires_at = NULL\n"
            "    WHERE lease_owner = %(owner)s AND state = 'running'\n",
-           (f"{CORE_RULES}::test_a_claim_gives_back_what_an_earlier_claim_of_the_same_worker_left",),
+           (at(CORE_RULES,
+               "test_a_claim_gives_back_what_an_earlier_claim_of_the_same_worker_left"),),
            "a lost claim's tasks go back without an attempt"),
     Mutant("busy-deadline-plus-grace", ARBITER,
            "        if now > beat.deadline:", "        if now > beat.deadline + grace:",
@@ -177,25 +192,23 @@ MUTANTS = (
            "a busy worker is stuck right after its task's deadline"),
     Mutant("unrecordable-outcome-not-replaced", WORKER,
            "replacement = outcome.unrecordable(error)", "replacement = outcome",
-           ("tests/test_processor_recovery.py::"
-            "test_an_outcome_the_database_cannot_store_fails_that_task_alone",),
+           (at(RECOVERY, "test_an_outcome_the_database_cannot_store_fails_that_task_alone"),),
            "an outcome the database cannot store fails that task alone"),
     Mutant("failing-duty-retried-every-turn", SUPERVISOR_DATABASE,
            "                    self.duties_paused_until = now + DUTY_PAUSE\n",
            "                    pass\n",
-           ("tests/test_processor_paths.py::"
-            "test_a_duty_that_raises_is_logged_and_paused_and_the_heartbeat_goes_on",),
+           (at(PROCESSOR_PATHS,
+               "test_a_duty_that_raises_is_logged_and_paused_and_the_heartbeat_goes_on"),),
            "a periodic duty that raises is paused, not retried on every turn"),
     Mutant("json-log-not-json", LOGS,
            "        return json.dumps(entry)", "        return str(entry)",
-           ("tests/test_processor_paths.py::"
-            "test_the_json_log_format_is_one_object_per_line_from_every_process",),
+           (at(PROCESSOR_PATHS,
+               "test_the_json_log_format_is_one_object_per_line_from_every_process"),),
            "--log-format json writes one JSON object per line"),
     Mutant("stop-ignored-while-reconnecting", WORKER,
            "                if self.stopping:\n                    raise _StopRequested",
            "                if False:\n                    raise _StopRequested",
-           ("tests/test_outage_start_stop.py::"
-            "test_a_worker_asked_to_stop_while_the_database_is_down_leaves_at_once",),
+           (at(OUTAGE, "test_a_worker_asked_to_stop_while_the_database_is_down_leaves_at_once"),),
            "a worker asked to stop while the database is down leaves promptly"),
 )
 
@@ -225,7 +238,7 @@ def _run(mutant: Mutant, copy: Path) -> tuple[str, float]:
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-x", "-q", *mutant.tests, "-p", "no:cacheprovider"],
             cwd=copy, env={**os.environ, "PYTHONPATH": str(copy)}, capture_output=True,
-            text=True)
+            text=True, check=False)
     finally:
         path.write_text(original)
     seconds = time.monotonic() - started

@@ -6,9 +6,8 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
-
 import processor_tasks
+import pytest
 from harness import task_states, wait_for
 from tcp_proxy import TcpProxy
 

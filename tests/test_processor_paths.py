@@ -8,10 +8,10 @@ import logging
 import os
 import socket
 
-import psycopg2
-
 import processor_tasks
+import psycopg2
 from harness import query, wait_for
+
 from supervisor.database import DUTY_PAUSE, SupervisorDatabase
 from worker.process import WorkerSettings
 
