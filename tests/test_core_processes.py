@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import processor_tasks
+import pytest
 from harness import query, task_states, wait_for
 
 
@@ -15,6 +16,7 @@ def _lease_expiry(url: str, task_id: int):
     return rows[0][0] if rows and rows[0][0] else None
 
 
+@pytest.mark.slow
 def test_a_long_task_keeps_its_lease_while_its_processor_lives(database_url, start_processor,
                                                                results):
     processor = start_processor("--numthreads", "1", "--lease-seconds", "2")
