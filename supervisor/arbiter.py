@@ -320,18 +320,9 @@ class Supervisor:
             elif self._stopped_too_long(process, now):
                 self._kill(process, f"worker {process.slot} was stopped (SIGSTOP) for more than "
                                     f"the grace period of {grace:.1f} s", RunResult.WORKER_LOST)
-            elif beat is not None and beat.state == WorkerState.BUSY:
-                if now > beat.deadline:
-                    timeout = beat.deadline - beat.beat
-                    self._kill(process, f"task {beat.task_id} exceeded its timeout of "
-                                        f"{timeout:.1f} s", RunResult.TIMEOUT, cancellable=True)
-            else:
-                last = beat.beat if beat is not None else process.started
-                if now - last > grace:
-                    state = beat.state.name.lower() if beat else "booting"
-                    self._kill(process, f"worker {process.slot} was {state} and silent for "
-                                        f"{now - last:.1f} s (grace period {grace:.1f} s)",
-                               RunResult.WORKER_LOST, cancellable=True)
+            elif (verdict := stuck(beat, process.started, now, grace, process.slot)) is not None:
+                reason, result = verdict
+                self._kill(process, reason, result, cancellable=True)
 
     def _stopped_too_long(self, process: WorkerProcess, now: float) -> bool:
         """A busy worker does not beat until its task ends, so a stopped one (SIGSTOP, a
@@ -455,6 +446,26 @@ class Supervisor:
         self.notifier.stopping("stopped")
         self.database.stop()
         logger.info("processor %s stopped", self.settings.processor_id)
+
+
+def stuck(beat: Beat | None, started: float, now: float, grace: float,
+          slot: int) -> tuple[str, RunResult] | None:
+    """Why a worker is stuck, as (reason, result to record), or None if it is not: busy past
+    its task's deadline, or idle or booting and silent for longer than the grace period. A
+    worker that never beat counts from ``started``."""
+    if beat is not None and beat.state == WorkerState.BUSY:
+        if now > beat.deadline:
+            reason = f"task {beat.task_id} exceeded its timeout of " \
+                     f"{beat.deadline - beat.beat:.1f} s"
+            return reason, RunResult.TIMEOUT
+        return None
+    last = beat.beat if beat is not None else started
+    if now - last > grace:
+        state = beat.state.name.lower() if beat else "booting"
+        reason = f"worker {slot} was {state} and silent for {now - last:.1f} s " \
+                 f"(grace period {grace:.1f} s)"
+        return reason, RunResult.WORKER_LOST
+    return None
 
 
 def _same_identity(new: ProcessorSettings, old: ProcessorSettings) -> ProcessorSettings:

@@ -67,6 +67,9 @@ class Worker:
         try:
             self._boot()
             self._loop()
+        except _StopRequested:
+            logger.info("worker %s leaves without waiting for the database: it was asked to "
+                        "stop", self.owner)
         except BaseException:  # noqa: BLE001 - a worker must always leave through _exit
             logger.exception("worker %s crashed", self.owner)
             code = 1
@@ -233,7 +236,9 @@ class Worker:
 
     def _database(self, work):
         """Run ``work`` until it succeeds, reconnecting with backoff while the database is down.
-        The slot keeps beating meanwhile: a worker waiting for the database is not stuck."""
+        The slot keeps beating meanwhile: a worker waiting for the database is not stuck. A
+        worker asked to stop meanwhile leaves at once (:class:`_StopRequested`): what it holds
+        is given back by the supervisor, once the database is back."""
         delay = _RETRY_BASE
         while True:
             try:
@@ -243,6 +248,8 @@ class Worker:
             except (psycopg2.OperationalError, psycopg2.InterfaceError, db.DatabaseUnavailable) \
                     as error:
                 self._drop_connection()
+                if self.stopping:
+                    raise _StopRequested from error
                 logger.warning("worker %s: database unavailable (%s); retrying in %.1f s",
                                self.owner, one_line(error, 200), delay)
                 self._sleep_beating(delay)
@@ -291,10 +298,11 @@ class Worker:
                          self.tasks_done)
 
     def _sleep_beating(self, seconds: float) -> None:
+        """Sleep ``seconds`` (without a connection), beating; a signal ends the sleep."""
         end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
+        while not self.stopping and (left := end - time.monotonic()) > 0:
             self._beat(WorkerState.IDLE)
-            time.sleep(min(left, _MAX_WAIT))
+            self._wait(min(left, _MAX_WAIT))
 
     def _title(self, text: str) -> None:
         setproctitle.setproctitle(f"tp-worker {self.slot} {text}"[:200])
@@ -319,6 +327,10 @@ def _deadline(timeout_ms: int) -> float:
     if timeout_ms == NO_TIME_LIMIT_MS:
         return math.inf
     return time.monotonic() + timeout_ms / 1000
+
+
+class _StopRequested(Exception):
+    """SIGTERM came while the database was unreachable: nothing left to finish, so leave."""
 
 
 def _drop_signal(signum: int, frame: object) -> None:

@@ -104,6 +104,12 @@ def unstorable_failure() -> None:
     raise ValueError("a message with a NUL \x00 in it")
 
 
+@register_task_handler(max_attempts=2)
+def unencodable_failure() -> None:
+    """Its error cannot be sent to the database at all (a lone surrogate is not UTF-8)."""
+    raise ValueError("a message with a lone surrogate \ud800 in it")
+
+
 @register_task_handler(max_attempts=1)
 def backs_off_wrongly() -> None:
     raise TaskBackoffError(delay_until=timedelta(minutes=5))  # not a datetime

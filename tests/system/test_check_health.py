@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import time
 import subprocess
+import sysconfig
 from datetime import timezone
+from pathlib import Path
 
 import pytest
 
@@ -211,8 +212,9 @@ def test_help_explains_the_exit_status(database_url):
 
 def test_the_reference_name_is_an_installed_alias(database_url, conn):
     add_healthy_processor(conn)
-    alias = shutil.which("checktaskprocessorthreadhealth")
-    assert alias, "the console script checktaskprocessorthreadhealth is not installed"
+    # Installed next to this interpreter, whatever PATH says.
+    alias = Path(sysconfig.get_path("scripts")) / "checktaskprocessorthreadhealth"
+    assert alias.is_file(), f"the console script {alias} is not installed"
     result = subprocess.run([alias, "--processor-id", "p1"], env=environment(database_url),
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr

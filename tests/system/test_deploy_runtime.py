@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,9 +41,26 @@ PROCESSOR_OPTIONS = ["--numthreads", "2", "--tasks", "deploy_tasks", "--sleepint
                      "--drain-timeout", "15"]
 WAIT_SECONDS = 20
 
-needs_namespaces = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("nsenter") is None,
-    reason="PID namespaces need root and util-linux unshare/nsenter")
+NAMESPACES_MISSING = (
+    "PID namespaces need root and util-linux unshare/nsenter"
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("nsenter") is None
+    else None)
+
+
+@pytest.fixture
+def namespaces() -> None:
+    """PID 1 in a container can only be tried in a PID namespace. Where there is none, the test
+    is skipped with a warning in the summary, and fails under CI (which runs as root), so
+    that it never stops running there unnoticed."""
+    if NAMESPACES_MISSING is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the PID 1 tests: {NAMESPACES_MISSING}")
+    warnings.warn(f"PID 1 tests NOT RUN: {NAMESPACES_MISSING}", stacklevel=1)
+    pytest.skip(f"NOT RUN: {NAMESPACES_MISSING}")
+
+
+needs_namespaces = pytest.mark.usefixtures("namespaces")
 
 
 @pytest.fixture
@@ -55,11 +73,13 @@ def app_dir(tmp_path: Path) -> Path:
 
 
 def image_environment(app_dir: Path, database_url: str) -> dict[str, str]:
-    """The environment the image gives its processes: PATH, PYTHONPATH, unbuffered output."""
+    """The environment the image gives its processes: PATH, PYTHONPATH, unbuffered output.
+    The checkout under test comes after the user's code, as the installed package does in the
+    image: the console scripts then run this checkout's code, not whatever is installed."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "TASK_PROCESSOR_"))
            and key not in {"TASK_RUN_METHOD", "ENABLE_TASK_PROCESSOR_HEALTH_CHECK"}}
-    env.update(PATH=f"{SCRIPTS}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(app_dir),
+    env.update(PATH=f"{SCRIPTS}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=os.pathsep.join([str(app_dir), str(ROOT)]),
                PYTHONUNBUFFERED="1", DATABASE_URL=database_url)
     return env
 
@@ -295,8 +315,11 @@ def test_compose_services_start_and_work_together(started, app_dir, empty_databa
     assert status == 200
     assert health == {"database": "working", "task_processor": "working"}, \
         "the round trip from the API through the processor failed"
-    status, monitoring = get_json(f"http://127.0.0.1:{port}/processor/monitoring")
-    assert status == 200 and monitoring["waiting"] == 0
+    # The processor's own start-up tasks may still be queued a moment after the round trip.
+    def nothing_waiting() -> bool:
+        status, monitoring = get_json(f"http://127.0.0.1:{port}/processor/monitoring")
+        return status == 200 and monitoring["waiting"] == 0
+    wait_for(nothing_waiting, message="monitoring to report nothing waiting")
 
     for process in (processor, api):
         process.send_signal(signal.SIGTERM)

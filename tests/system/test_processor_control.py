@@ -50,9 +50,10 @@ def test_stopping_at_once_requeues_running_tasks(database_url, start_processor, 
     processor.wait_ready(1)
     processor_tasks.sleep_then_record.delay(args=("long", 20))
     wait_for(lambda: results("long:started"))
-    for signum in signals:
-        processor.signal(signum)
-        time.sleep(0.3)
+    for handled, signum in enumerate(signals, 1):
+        processor.signal(signum)  # the next only once the supervisor has acted on this one
+        wait_for(lambda: processor.log_text().count("got SIG") >= handled,
+                 message=f"signal {handled} to be handled")
     assert processor.wait(5) == 0
     assert task_states(database_url) == {"waiting": 1}
 

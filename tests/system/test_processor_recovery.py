@@ -251,13 +251,25 @@ def test_an_outcome_the_database_cannot_store_fails_that_task_alone(database_url
                                                                     start_processor):
     processor = start_processor("--numthreads", "1")
     processor.wait_ready(1)
-    nul = processor_tasks.unstorable_failure.delay()
-    backoff = processor_tasks.backs_off_wrongly.delay()
-    wait_for(lambda: _task(database_url, nul)[0] == "dead"
-             and _task(database_url, backoff)[0] == "dead", timeout=30)
+    connection = psycopg2.connect(database_url)  # one commit: one claimed batch
+    with connection:
+        nul = processor_tasks.unstorable_failure.delay(connection=connection)
+        backoff = processor_tasks.backs_off_wrongly.delay(connection=connection)
+        unencodable = processor_tasks.unencodable_failure.delay(connection=connection)
+        fine = processor_tasks.noop.delay(connection=connection)
+    connection.close()
+    wait_for(lambda: all(_task(database_url, task)[0] in ("dead", "succeeded")
+                         for task in (nul, backoff, unencodable, fine)), timeout=30)
+    assert _task(database_url, fine)[0] == "succeeded"
     assert "a message with a NUL \\x00 in it" in _task(database_url, nul)[2]
     assert "delay_until must be a timezone-aware datetime" in _task(database_url, backoff)[2]
     assert [result for _, result, _ in _runs(database_url, nul)] == ["failure", "failure"]
+    # The database refused this outcome: the worker's fallback recorded why instead.
+    state, attempts, error = _task(database_url, unencodable)
+    assert (state, attempts) == ("dead", 2)
+    assert "the outcome of this attempt could not be recorded" in error
+    assert "surrogates not allowed" in error and error.endswith("it was: failure")
+    assert "recording them one by one" in processor.log_text()
     assert processor.process.poll() is None
 
 

@@ -1,0 +1,75 @@
+"""Paths of a processor that nothing else exercises: a periodic duty that raises, and the JSON
+log format."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+
+import processor_tasks
+import psycopg2
+from harness import query, wait_for
+
+from supervisor.database import DUTY_PAUSE, SupervisorDatabase
+from common.settings import ProcessorSettings
+
+
+class FailingDuty:
+    """A periodic duty with a bug: it raises on every run."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def start(self, connection) -> None:
+        pass
+
+    def next_due(self) -> float:
+        return 0.0  # always due
+
+    def run(self, connection) -> None:
+        self.runs += 1
+        raise KeyError("a bug in a periodic duty")
+
+
+def test_a_duty_that_raises_is_logged_and_paused_and_the_heartbeat_goes_on(database_url,
+                                                                         caplog):
+    duty = FailingDuty()
+    database = SupervisorDatabase(ProcessorSettings(database_url, "duty-test"), socket.gethostname(), os.getpid())
+    assert database.start(1, lambda timeout: False, [duty])
+    try:
+        with caplog.at_level(logging.ERROR, logger="supervisor.database"):
+            database.tend(1, [])
+        assert duty.runs == 1
+        assert "periodic duty FailingDuty failed; retrying in 30 s" in caplog.text
+        assert "KeyError: 'a bug in a periodic duty'" in caplog.text
+        (first_beat,), = query(database_url, "SELECT last_beat_at FROM task_processor.processors "
+                                             "WHERE id = 'duty-test'")
+        database.next_beat = 0.0  # beat again now
+        database.tend(1, [])
+        assert duty.runs == 1, f"retried before its pause of {DUTY_PAUSE:.0f} s was over"
+        (second_beat,), = query(database_url, "SELECT last_beat_at FROM task_processor.processors "
+                                              "WHERE id = 'duty-test'")
+        assert second_beat > first_beat  # the database work goes on without the duty
+        assert isinstance(database.connection, psycopg2.extensions.connection)
+    finally:
+        database.stop()
+
+
+def test_the_json_log_format_is_one_object_per_line_from_every_process(database_url,
+                                                                       start_processor,
+                                                                       results):
+    processor = start_processor("--numthreads", "1", "--log-format", "json")
+    processor.wait_ready(1)
+    processor_tasks.always_fails.delay(args=("json",))  # a worker logs its failure
+    wait_for(lambda: "attempt 1/3" in processor.log_text(), message="the failure to be logged")
+    entries = [json.loads(line) for line in processor.log_text().splitlines() if line.strip()]
+    assert all(set(entry) >= {"time", "level", "logger", "pid", "message"} for entry in entries)
+    supervisor = [e for e in entries if e["pid"] == processor.pid]
+    workers = [e for e in entries if e["pid"] != processor.pid]
+    assert any("starting 1 workers" in e["message"] for e in supervisor)
+    failure = next(e for e in workers if "attempt 1/3" in e["message"])
+    assert failure["level"] == "WARNING" and failure["logger"] == "worker.runner"
+    assert "RuntimeError: failure number for json" in failure["message"]
+    assert results("json")
