@@ -30,9 +30,10 @@ from typing import Any
 import psycopg2.extensions
 
 BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH.parent), str(BENCH)]
+sys.path[:0] = [str(BENCH.parent), str(BENCH), str(BENCH.parent / "tests" / "support")]
 
 from builtin_tasks import retention  # noqa: E402
+from clusters import Cluster  # noqa: E402
 from run import Bench, connect, scalar, wait_until  # noqa: E402
 
 CHUNK = 10_000  # tasks per bulk insert
@@ -213,14 +214,17 @@ class Backlog(Bench):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--admin-url", help="a server to use; by default a private one is "
+                        "started, with PostgreSQL's default autovacuum settings (a shared "
+                        "test server may have autovacuum off, which no queue survives)")
     parser.add_argument("--backlog", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=20_000)
     parser.add_argument("--rate", type=int, default=2000, help="tasks/s of the steady run")
     parser.add_argument("--steady-seconds", type=int, default=600)
     parser.add_argument("--skip-drain", action="store_true", help="the steady run only")
     arguments = parser.parse_args()
-    bench = Backlog(arguments.admin_url)
+    server = None if arguments.admin_url else Cluster("bench").init_primary().start()
+    bench = Backlog(arguments.admin_url or server.url)
     try:
         if not arguments.skip_drain:
             small = bench.drain(arguments.small, f"small backlog ({arguments.small})")
@@ -235,6 +239,8 @@ def main() -> int:
         bench.steady(arguments.rate, arguments.steady_seconds)
     finally:
         bench.close()
+        if server is not None:
+            server.stop(remove=True)
     return 0
 
 
