@@ -81,6 +81,16 @@ def database_url(text: str) -> str:
     return text
 
 
+POLL_ONLY = "none"
+
+
+def listen_url(text: str) -> str:
+    """An argparse type: a database URL to LISTEN on, or ``none`` for polling only."""
+    if text.strip().lower() == POLL_ONLY:
+        return POLL_ONLY
+    return database_url(text)
+
+
 _EXAMPLE_URL = "postgresql://USER:PASSWORD@HOST:5432/DBNAME"
 
 
@@ -226,6 +236,13 @@ OPTIONS: dict[str, Option] = {
             ("--sleepintervalms",), "sleepintervalms", env="TASK_PROCESSOR_SLEEP_INTERVAL_MS",
             default=2000, type=bounded_int(10, 3_600_000), metavar="MS",
             help="fallback poll interval of an idle worker; new tasks wake it at once (default 2000)",
+        ),
+        Option(
+            ("--listen-database-url",), "listen_database_url",
+            env="TASK_PROCESSOR_LISTEN_DATABASE_URL", type=listen_url, metavar="URL|none",
+            help="direct connection on which workers LISTEN for new tasks, when the queue's URL "
+                 "is a pooler in transaction mode; none: poll every --sleepintervalms only "
+                 "(default: the queue's URL)",
         ),
         Option(
             ("--graceperiodms",), "graceperiodms", env="TASK_PROCESSOR_GRACE_PERIOD_MS",

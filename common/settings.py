@@ -39,6 +39,16 @@ class ProcessorSettings:
     log_level: str = _default("log_level")
     log_format: str = _default("log_format")
     sentry_dsn: str | None = None
+    # Wake-ups: workers LISTEN on this URL instead of database_url (a direct connection past a
+    # pooler in transaction mode, which cannot deliver notifications) ...
+    listen_database_url: str | None = None
+    # ... or on none at all: new tasks are then found by the poll of sleep_interval.
+    poll_only: bool = False
+
+    @property
+    def wake_up_url(self) -> str | None:
+        """Where workers LISTEN for new tasks; None when they only poll."""
+        return None if self.poll_only else (self.listen_database_url or self.database_url)
 
 
 _current: ProcessorSettings | None = None

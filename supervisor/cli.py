@@ -15,7 +15,14 @@ from typing import Sequence
 
 from builtin_tasks import BUILTIN_TASK_MODULES
 from common import db, logs, move_queue, registry, sentry
-from common.config import ConfigError, build_parser, exit_config_error, parse_args, split_modules
+from common.config import (
+    POLL_ONLY,
+    ConfigError,
+    build_parser,
+    exit_config_error,
+    parse_args,
+    split_modules,
+)
 from common.migrations import SchemaOutdated
 from common.settings import ProcessorSettings, enter_processor
 from supervisor.arbiter import Supervisor
@@ -35,7 +42,7 @@ QUIT stops at once, HUP reloads the configuration, TTIN/TTOU add or remove a wor
 Exit status: 0 stopped on request, 78 configuration error, 1 fatal error (crash loop)."""
 
 OPTIONS = (
-    "tasks", "numthreads", "sleepintervalms", "graceperiodms", "queuepopsize", "drain_timeout",
+    "tasks", "numthreads", "sleepintervalms", "listen_database_url", "graceperiodms", "queuepopsize", "drain_timeout",
     "max_tasks_per_worker", "max_worker_memory_mb", "lease_seconds", "retention_days",
     "dead_retention_days", "migrate", "database_url", "task_processor_database_url", "data_dir",
     "log_level", "log_format", "sentry_dsn",
@@ -58,6 +65,9 @@ def processor_settings(options: argparse.Namespace, processor_id: str) -> Proces
         log_level=options.log_level,
         log_format=options.log_format,
         sentry_dsn=options.sentry_dsn,
+        listen_database_url=None if options.listen_database_url == POLL_ONLY
+        else options.listen_database_url,
+        poll_only=options.listen_database_url == POLL_ONLY,
     )
 
 

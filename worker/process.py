@@ -52,6 +52,8 @@ class Worker:
         self.owner = lease_owner(settings.processor_id, slot, generation)
         self.pid = os.getpid()
         self.connection: db.Connection | None = None
+        self.listener: db.Connection | None = None  # where wake-ups arrive; often .connection
+        self._listen_again_at = 0.0
         self.stopping = False
         self.tasks_done = 0
         self.poll_interval = min(settings.sleep_interval, settings.grace_period / 3)
@@ -149,7 +151,9 @@ class Worker:
 
     def _wait(self, timeout: float) -> bool:
         """Sleep until a notification, a signal or ``timeout``; True if work was announced."""
-        connection = self.connection
+        if self.listener is None and self.connection is not None:
+            self._listen()
+        connection = self.listener
         if connection is not None and connection.notifies:  # arrived with a query's answer
             connection.notifies.clear()
             return True
@@ -168,7 +172,7 @@ class Worker:
             try:
                 connection.poll()
             except psycopg2.Error:
-                self._drop_connection()
+                self._drop_connection(listener_only=connection is not self.connection)
                 return True
             announced = bool(connection.notifies)
             connection.notifies.clear()
@@ -257,12 +261,39 @@ class Worker:
 
     def _connect(self) -> None:
         self.connection = db.connect(self.settings.database_url, f"worker {self.slot}")
-        with self.connection.cursor() as cursor:
-            cursor.execute(LISTEN)
+        self._listen()
 
-    def _drop_connection(self) -> None:
-        db.close_quietly(self.connection)
-        self.connection = None
+    def _listen(self) -> None:
+        """LISTEN on the queue connection, or on a direct connection of its own when the queue
+        is reached through a pooler (``--listen-database-url``); with ``none``, not at all.
+        A listen connection that cannot be made costs latency, never work: the poll of
+        ``--sleepintervalms`` finds new tasks meanwhile, and it is tried again a poll later."""
+        url = self.settings.wake_up_url
+        if url is None or time.monotonic() < self._listen_again_at:
+            return
+        if url == self.settings.database_url and self.connection is not None:
+            with self.connection.cursor() as cursor:
+                cursor.execute(LISTEN)
+            self.listener = self.connection
+            return
+        try:
+            self.listener = listener = db.connect(url, f"worker {self.slot} listen")
+            with listener.cursor() as cursor:
+                cursor.execute(LISTEN)
+        except (psycopg2.Error, db.DatabaseUnavailable) as error:
+            self._drop_connection(listener_only=True)
+            self._listen_again_at = time.monotonic() + self.poll_interval
+            logger.warning("worker %s cannot LISTEN on %s (%s); polling every %.1f s meanwhile",
+                           self.owner, db.describe(url), one_line(error, 200),
+                           self.poll_interval)
+
+    def _drop_connection(self, listener_only: bool = False) -> None:
+        if self.listener is not self.connection:
+            db.close_quietly(self.listener)
+        self.listener = None
+        if not listener_only:
+            db.close_quietly(self.connection)
+            self.connection = None
 
     def _claim(self) -> tuple[list[ClaimedTask], float | None]:
         """Claim a batch; also say in how many seconds the next delayed task falls due."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import time
 from datetime import timedelta
 
@@ -121,3 +122,29 @@ def sleep_without_limit(key: str, seconds: float) -> None:
     record_key(f"{key}:started")
     time.sleep(seconds)
     record_key(key)
+
+
+EXECUTIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS test_executions (
+    key text NOT NULL, host text NOT NULL, pid integer NOT NULL,
+    started_at timestamptz NOT NULL, ended_at timestamptz NOT NULL
+)
+"""
+
+
+@register_task_handler()
+def execution(key: str, seconds: float) -> None:
+    """Records where and when it ran, from its start to its end: overlapping executions of
+    one task would show."""
+    connection = psycopg2.connect(os.environ["DATABASE_URL"])
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute("SELECT clock_timestamp()")
+            started = cursor.fetchone()[0]
+        time.sleep(seconds)
+        with connection, connection.cursor() as cursor:
+            cursor.execute("INSERT INTO test_executions VALUES (%s, %s, %s, %s, "
+                           "clock_timestamp())", (key, socket.gethostname(), os.getpid(),
+                                                  started))
+    finally:
+        connection.close()

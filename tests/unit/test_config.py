@@ -9,6 +9,7 @@ import pytest
 
 from common import config, db, redaction
 from common.config import EX_CONFIG, OPTIONS, ConfigError, build_parser, parse_args
+from supervisor.cli import processor_settings
 
 PASSWORD = "s3cr3t-pw"
 
@@ -215,3 +216,21 @@ def test_one_config_file_serves_every_command(capsys, tmp_path: Path):
         parse_args(build_parser("run-api", "test", ["database_url", "bind"]),
                    ["--config", str(shared)])
     assert exit_.value.code == EX_CONFIG and "--bnid" in capsys.readouterr().err
+
+
+def test_wake_ups_listen_on_the_queue_a_direct_url_or_nowhere(monkeypatch):
+    queue = "postgresql://app@pgbouncer:6432/app"
+    direct = "postgresql://app@db:5432/app"
+    default = processor_settings(parse("--database-url", queue), "p")
+    assert default.wake_up_url == queue
+    separate = processor_settings(parse("--database-url", queue,
+                                        "--listen-database-url", direct), "p")
+    assert separate.wake_up_url == direct
+    monkeypatch.setenv("TASK_PROCESSOR_LISTEN_DATABASE_URL", "None")
+    poll_only = processor_settings(parse("--database-url", queue), "p")
+    assert poll_only.wake_up_url is None and poll_only.database_url == queue
+
+
+def test_a_listen_url_that_is_neither_a_url_nor_none_exits_78(capsys):
+    message = refused(capsys, "--listen-database-url", "off")
+    assert "--listen-database-url" in message and "postgresql://" in message
