@@ -18,6 +18,7 @@ import psycopg2.extensions
 from common.config import ConfigError, validate_database_url
 
 Connection = psycopg2.extensions.connection
+Cursor = psycopg2.extensions.cursor
 
 CONNECT_TIMEOUT_SECONDS = 5
 

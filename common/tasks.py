@@ -22,7 +22,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from common import queue, registry
+from common import control, db, queue, registry
 from common.config import ConfigError
 from common.db import Connection
 from common.serialization import serialize_arguments
@@ -240,6 +240,24 @@ def register_task_handler(task_name: str | None = None,
         return handler
 
     return decorator
+
+
+def cancel_task(task_id: int, connection: Connection | None = None) -> bool:
+    """Cancel a waiting task: it will not run. True if cancelled; False if it is not waiting
+    (running, finished, already cancelled) or does not exist.
+
+    On ``connection`` the change is part of the caller's transaction; without it, it is
+    committed at once on a connection of its own.
+    """
+    if connection is not None:
+        with connection.cursor() as cursor:
+            return bool(control.cancel(cursor, [task_id]))
+    own = db.connect(db.queue_database_url(), "enqueue")
+    try:
+        with own.cursor() as cursor:
+            return bool(control.cancel(cursor, [task_id]))
+    finally:
+        own.close()
 
 
 from common.recurring import register_recurring_task  # noqa: E402,F401 - public API
