@@ -206,18 +206,3 @@ def test_a_database_that_stops_answering_never_hangs_a_request(database_url):
     finally:
         pool.close()
         proxy.cut()
-
-
-def test_malformed_requests_get_json_errors_too(database_url):
-    import socket
-    from urllib.parse import urlsplit
-
-    with api_server(database_url) as server:
-        address = urlsplit(server.base)
-        with socket.create_connection((address.hostname, address.port), timeout=10) as raw:
-            # A request line too long for the server: refused before the application runs.
-            raw.sendall(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n")
-            answer = raw.makefile("rb").read().decode()
-    head, _, body = answer.partition("\r\n\r\n")
-    assert " 414 " in head.splitlines()[0] and "Content-Type: application/json" in head
-    assert json.loads(body)["error"].startswith("414")
