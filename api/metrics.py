@@ -62,8 +62,10 @@ def _task_metrics(snapshot: Snapshot) -> Iterator["Metric"]:
         labels=["task_identifier"])
     for row in snapshot.tasks:
         identifier = row["identifier"]
+        counts = {"waiting": row["due"] + row["scheduled"], "running": row["running"],
+                  "dead": row["dead"]}
         for state in TASK_STATES:
-            tasks.add_metric([state, identifier], row[state])
+            tasks.add_metric([state, identifier], counts[state])
         due.add_metric([identifier], row["due"])
         oldest.add_metric([identifier], row["oldest_due_seconds"])
     yield from (tasks, due, oldest)

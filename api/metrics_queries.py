@@ -13,24 +13,37 @@ from typing import Any
 
 from api.pool import Cursor
 
-# Grouped by identifier: counts per state, due tasks, and how long the oldest due task has
-# waited. Processors that have not stopped, each with its heartbeat judged by its own grace
-# period ("silent": not stopped, yet no beat within the grace period). Their workers' rows.
-SNAPSHOT = """
+# The tasks in the bounded states, one branch per state so that each uses its partial index
+# (a single ``state IN (...)`` would not match any of them and scans the whole table).
+LIVE_TASKS = """
+SELECT identifier, state, scheduled_for FROM task_processor.tasks WHERE state = 'waiting'
+UNION ALL
+SELECT identifier, state, scheduled_for FROM task_processor.tasks WHERE state = 'running'
+UNION ALL
+SELECT identifier, state, scheduled_for FROM task_processor.tasks WHERE state = 'dead'
+"""
+
+# Per identifier: due and later waiting tasks, running, dead, and how long the oldest due task
+# has waited. Shared with the dashboard.
+TASKS_BY_IDENTIFIER = f"""
+SELECT identifier,
+       count(*) FILTER (WHERE state = 'waiting' AND scheduled_for <= now()) AS due,
+       count(*) FILTER (WHERE state = 'waiting' AND scheduled_for > now()) AS scheduled,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state = 'dead') AS dead,
+       coalesce(extract(epoch FROM now() - min(scheduled_for)
+                FILTER (WHERE state = 'waiting' AND scheduled_for <= now())), 0)::float8
+           AS oldest_due_seconds
+FROM ({LIVE_TASKS}) AS live
+GROUP BY identifier
+ORDER BY identifier
+"""
+
+# The above; processors that have not stopped, each with its heartbeat judged by its own grace
+# period ("silent": not stopped, yet no beat within the grace period); their workers' rows.
+SNAPSHOT = f"""
 SELECT
-    (SELECT coalesce(json_agg(t), '[]') FROM (
-        SELECT identifier,
-               count(*) FILTER (WHERE state = 'waiting') AS waiting,
-               count(*) FILTER (WHERE state = 'running') AS running,
-               count(*) FILTER (WHERE state = 'dead') AS dead,
-               count(*) FILTER (WHERE state = 'waiting' AND scheduled_for <= now()) AS due,
-               coalesce(extract(epoch FROM now() - min(scheduled_for)
-                        FILTER (WHERE state = 'waiting' AND scheduled_for <= now())), 0)::float8
-                   AS oldest_due_seconds
-        FROM task_processor.tasks
-        WHERE state IN ('waiting', 'running', 'dead')
-        GROUP BY identifier
-    ) AS t) AS tasks,
+    (SELECT coalesce(json_agg(t), '[]') FROM ({TASKS_BY_IDENTIFIER}) AS t) AS tasks,
     (SELECT coalesce(json_agg(p), '[]') FROM (
         SELECT id, host,
                CASE WHEN now() - last_beat_at > make_interval(secs => grace_period_ms / 1000.0)

@@ -65,7 +65,7 @@ def test_the_cluster_metrics_are_the_ones_listed():
     from api.metrics_queries import Snapshot
 
     snapshot = Snapshot(
-        tasks=[{"identifier": "a", "waiting": 1, "running": 0, "dead": 0, "due": 1,
+        tasks=[{"identifier": "a", "due": 1, "scheduled": 0, "running": 0, "dead": 0,
                 "oldest_due_seconds": 2.0}],
         processors=[{"id": "p", "host": "h", "state": "running", "beat_age_seconds": 0.1}],
         workers=[{"processor_id": "p", "slot": 0, "state": "idle", "beat_age_seconds": 0.2}])

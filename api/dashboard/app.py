@@ -152,9 +152,7 @@ class Dashboard:
     def get(self, request: Request, ctx: pages.Context) -> None:
         path = request.path.rstrip("/") or "/"
         if path == "/":
-            page = self.pool.run(lambda cursor: pages.overview(
-                ctx, queries.overview(cursor), queries.by_identifier(cursor),
-                queries.throughput(cursor), queries.processors(cursor)))
+            page = self.pool.run(lambda cursor: self.overview(ctx, cursor))
         elif path == "/tasks":
             page = self.task_list(request, ctx)
         elif path == "/tasks/lookup":
@@ -175,6 +173,12 @@ class Dashboard:
             raise self._page(HTTPStatus.NOT_FOUND, pages.error_page(
                 ctx, "Not found", f"The dashboard has no page {path}."))
         raise self._page(HTTPStatus.OK, page)
+
+    @staticmethod
+    def overview(ctx: pages.Context, cursor: Any) -> Markup:
+        identifiers = queries.by_identifier(cursor)
+        return pages.overview(ctx, queries.overview(cursor, identifiers), identifiers,
+                              queries.throughput(cursor), queries.processors(cursor))
 
     def task_list(self, request: Request, ctx: pages.Context, not_found: int | None = None
                   ) -> Markup:

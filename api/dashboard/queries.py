@@ -1,11 +1,13 @@
 """The dashboard's SQL, every statement parameterised. Reads touch the bounded states (waiting,
-running, dead) through their partial indexes, and finished tasks and attempts only for the last
-hour; nothing scans the whole history. Requeueing dead tasks is the admin command's statement."""
+running, dead) through their partial indexes (the statement shared with /metrics), and finished
+tasks and attempts only for the last hour; nothing scans the whole history. Requeueing dead
+tasks is the admin command's statement."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from api.metrics_queries import TASKS_BY_IDENTIFIER
 from api.pool import Cursor
 from common import admin_sql, control
 
@@ -15,37 +17,11 @@ PAGE_SIZE = 50
 STATES = ("waiting", "running", "succeeded", "dead", "cancelled")
 KILLED = ("timeout", "worker_lost")
 
-_OVERVIEW = """
-SELECT count(*) FILTER (WHERE state = 'waiting' AND scheduled_for <= now()) AS due,
-       count(*) FILTER (WHERE state = 'waiting' AND scheduled_for > now()) AS scheduled,
-       count(*) FILTER (WHERE state = 'running') AS running,
-       count(*) FILTER (WHERE state = 'dead') AS dead,
-       coalesce(extract(epoch FROM now() - min(scheduled_for)
-                FILTER (WHERE state = 'waiting' AND scheduled_for <= now())), 0)::float8
-           AS oldest_due_seconds,
-       (SELECT count(*) FROM task_processor.tasks
-        WHERE state = 'succeeded' AND finished_at > now() - interval '1 hour')
-           AS succeeded_last_hour,
-       (SELECT count(*) FROM task_processor.tasks
-        WHERE state = 'cancelled' AND finished_at > now() - interval '1 hour')
-           AS cancelled_last_hour
+_FINISHED_LAST_HOUR = """
+SELECT count(*) FILTER (WHERE state = 'succeeded') AS succeeded_last_hour,
+       count(*) FILTER (WHERE state = 'cancelled') AS cancelled_last_hour
 FROM task_processor.tasks
-WHERE state IN ('waiting', 'running', 'dead')
-"""
-
-_BY_IDENTIFIER = """
-SELECT identifier,
-       count(*) FILTER (WHERE state = 'waiting' AND scheduled_for <= now()) AS due,
-       count(*) FILTER (WHERE state = 'waiting' AND scheduled_for > now()) AS scheduled,
-       count(*) FILTER (WHERE state = 'running') AS running,
-       count(*) FILTER (WHERE state = 'dead') AS dead,
-       coalesce(extract(epoch FROM now() - min(scheduled_for)
-                FILTER (WHERE state = 'waiting' AND scheduled_for <= now())), 0)::float8
-           AS oldest_due_seconds
-FROM task_processor.tasks
-WHERE state IN ('waiting', 'running', 'dead')
-GROUP BY identifier
-ORDER BY identifier
+WHERE state IN ('succeeded', 'cancelled') AND finished_at > now() - interval '1 hour'
 """
 
 # Attempts per minute over the last hour: minute 0 is the current one.
@@ -142,13 +118,19 @@ def _rows(cursor: Cursor, sql: str, params: Any = None) -> list[Row]:
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
-def overview(cursor: Cursor) -> Row:
-    """Counts by state and the oldest due task's age."""
-    return _rows(cursor, _OVERVIEW)[0]
-
-
 def by_identifier(cursor: Cursor) -> list[Row]:
-    return _rows(cursor, _BY_IDENTIFIER)
+    """Per identifier: due, scheduled, running and dead tasks, and the oldest due one's age."""
+    return _rows(cursor, TASKS_BY_IDENTIFIER)
+
+
+def overview(cursor: Cursor, identifiers: list[Row]) -> Row:
+    """The totals of ``identifiers``, and the tasks that succeeded or were cancelled in the
+    last hour."""
+    totals: Row = {key: sum(row[key] for row in identifiers)
+                   for key in ("due", "scheduled", "running", "dead")}
+    totals["oldest_due_seconds"] = max((row["oldest_due_seconds"] for row in identifiers),
+                                       default=0.0)
+    return totals | _rows(cursor, _FINISHED_LAST_HOUR)[0]
 
 
 def throughput(cursor: Cursor) -> list[Row]:
