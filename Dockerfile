@@ -28,7 +28,7 @@ COPY common ./common
 COPY supervisor ./supervisor
 COPY worker ./worker
 COPY api ./api
-RUN /opt/task-processor/venv/bin/pip install .
+RUN /opt/task-processor/venv/bin/pip install '.[metrics]'
 
 # -- runtime: the virtualenv, a non-root user and nothing else ---------------------------------
 FROM ${PYTHON_IMAGE}

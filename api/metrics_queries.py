@@ -71,4 +71,5 @@ class Snapshot:
 
 def snapshot(cursor: Cursor) -> Snapshot:
     cursor.execute(SNAPSHOT)
-    return Snapshot(*cursor.fetchone())
+    tasks, processors, workers = cursor.fetchone() or ([], [], [])
+    return Snapshot(tasks, processors, workers)

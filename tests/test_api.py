@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -175,6 +176,13 @@ def test_mount_serves_the_api_beside_another_application(database_url):
             assert response.read() == b'{"database": "working"}\n'
         with urllib.request.urlopen(base + "/other/page", timeout=30) as response:
             assert response.read() == b"host:/other/page"
+        with urllib.request.urlopen(base + "/tasks/metrics", timeout=30) as response:
+            assert b"task_processor_processors" in response.read()
+        # Mounted, the API cannot know who reaches it: without a token the dashboard is shut.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + "/tasks/dashboard/", timeout=30)
+        assert refused.value.code == 403
+        assert b"TASK_PROCESSOR_DASHBOARD_TOKEN" in refused.value.read()
     finally:
         server.shutdown()
         server.server_close()

@@ -64,7 +64,7 @@ def text_of(driver, css: str) -> str:
 
 def no_alert(driver) -> bool:
     try:
-        driver.switch_to.alert
+        _ = driver.switch_to.alert
     except NoAlertPresentException:
         return True
     return False

@@ -222,31 +222,37 @@ class Dashboard:
             raise self._page(HTTPStatus.FORBIDDEN, pages.error_page(
                 ctx, "Read-only", "This session may only read: log in with "
                                   "TASK_PROCESSOR_DASHBOARD_TOKEN to act."))
-        task_id = _int(form.get("task_id"))
-        identifier = form.get("identifier") or None
-        actions = {
-            "/actions/requeue": ("requeued", lambda c: queries.requeue_dead(c, task_id=task_id)),
-            "/actions/requeue-identifier": (
-                "requeued", lambda c: queries.requeue_dead(c, identifier=identifier)),
-            "/actions/cancel": ("cancelled", lambda c: queries.cancel(c, task_id)),
-            "/actions/run-now": ("ran-now", lambda c: queries.run_now(c, task_id)),
-        }
-        if request.path not in actions:
-            raise self._page(HTTPStatus.NOT_FOUND, pages.error_page(
-                ctx, "Not found", f"There is no action {request.path}."))
-        needs = "identifier" if request.path == "/actions/requeue-identifier" else "task_id"
-        if (identifier if needs == "identifier" else task_id) is None:
-            raise self._page(HTTPStatus.BAD_REQUEST, pages.error_page(
-                ctx, "Bad request", f"The form lacks a valid {needs}."))
-        done, work = actions[request.path]
+        done, work, target_of = self._action(ctx, request.path, form)
         changed = self.pool.run(work)
-        logger.info("dashboard: %s %s (%s)", done, changed or "nothing",
-                    identifier or task_id)
+        logger.info("dashboard: %s %s (%s)", done, changed or "nothing", target_of)
         target = form.get("next", "")
         if not target.startswith(request.base + "/") or "//" in target[1:]:
             target = ctx.url("/")
         separator = "&" if "?" in target else "?"
         raise _redirect(f"{target}{separator}done={done}&n={len(changed)}")
+
+    def _action(self, ctx: pages.Context, path: str, form: dict[str, str]
+                ) -> tuple[str, Callable[[Any], list[int]], object]:
+        """(what it does, the work, its target) of an action form; 404 or 400 if invalid."""
+        if path == "/actions/requeue-identifier":
+            identifier = form.get("identifier") or None
+            if identifier is None:
+                raise self._page(HTTPStatus.BAD_REQUEST, pages.error_page(
+                    ctx, "Bad request", "The form lacks an identifier."))
+            return ("requeued", lambda c: queries.requeue_dead(c, identifier=identifier),
+                    identifier)
+        by_id = {"/actions/requeue": ("requeued", queries.requeue_dead),
+                 "/actions/cancel": ("cancelled", queries.cancel),
+                 "/actions/run-now": ("ran-now", queries.run_now)}
+        if path not in by_id:
+            raise self._page(HTTPStatus.NOT_FOUND, pages.error_page(
+                ctx, "Not found", f"There is no action {path}."))
+        task_id = _int(form.get("task_id"))
+        if task_id is None:
+            raise self._page(HTTPStatus.BAD_REQUEST, pages.error_page(
+                ctx, "Bad request", "The form lacks a valid task_id."))
+        done, run = by_id[path]
+        return done, lambda c: run(c, task_id), task_id
 
     # -- login and static files -------------------------------------------------------------
 

@@ -138,7 +138,7 @@ def layout(ctx: Context, title: str, content: Markup, active: str = "") -> Marku
                                           checked=True), " auto-refresh"),
                    el("span", "", id="updated", class_="muted"), class_="refresh"))
     flash = el("p", ctx.message, class_="flash", role="status") if ctx.message else None
-    return Markup("<!DOCTYPE html>\n") + el(
+    return Markup("<!DOCTYPE html>\n" + el(
         "html",
         el("head",
            el("meta", charset="utf-8"),
@@ -148,7 +148,7 @@ def layout(ctx: Context, title: str, content: Markup, active: str = "") -> Marku
            el("link", rel="stylesheet", href=ctx.url("/static/dashboard.css")),
            el("script", "", src=ctx.url("/static/dashboard.js"), defer=True)),
         el("body", header, el("main", flash, el("h1", title), content, id="main")),
-        lang="en")
+        lang="en"))
 
 
 # -- pages --------------------------------------------------------------------------------------

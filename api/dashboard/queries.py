@@ -114,8 +114,8 @@ ORDER BY s.identifier
 
 def _rows(cursor: Cursor, sql: str, params: Any = None) -> list[Row]:
     cursor.execute(sql, params)
-    names = [column.name for column in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    names = [column.name for column in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def by_identifier(cursor: Cursor) -> list[Row]:
