@@ -15,7 +15,8 @@ from dashboard_support import DASHBOARD_TOKEN, add_task, state_of
 from harness import wait_for
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoAlertPresentException, StaleElementReferenceException)
 from selenium.webdriver.common.by import By  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -59,7 +60,11 @@ def screenshot(driver, name: str) -> None:
 
 
 def text_of(driver, css: str) -> str:
-    return driver.find_element(By.CSS_SELECTOR, css).text
+    """The element's text; empty while a refresh is replacing it."""
+    try:
+        return driver.find_element(By.CSS_SELECTOR, css).text
+    except StaleElementReferenceException:
+        return ""
 
 
 def no_alert(driver) -> bool:
@@ -103,6 +108,9 @@ def test_log_in_read_the_counts_see_the_chart_and_act(browser, conn, database_ur
         browser.find_element(By.ID, "login").click()
         wait_for(lambda: browser.title.startswith("Overview"), timeout=20)
         assert text_of(browser, "#access-mode") == "full access"
+        # Held elements must not be replaced under the test: refresh off (remembered across
+        # pages) until the refresh itself is tested below.
+        browser.find_element(By.ID, "auto-refresh").click()
 
         # The counts.
         assert text_of(browser, "#count-dead") == "2"
@@ -160,6 +168,8 @@ def test_log_in_read_the_counts_see_the_chart_and_act(browser, conn, database_ur
 
         # The overview refreshes itself: a task of a new identifier shows up without a reload.
         browser.get(server.base + "/dashboard/")
+        assert not browser.find_element(By.ID, "auto-refresh").is_selected()
+        browser.find_element(By.ID, "auto-refresh").click()
         browser.execute_script("window.notReloaded = true")
         add_task(conn, "refresh.check", "dead")
         wait_for(lambda: "refresh.check" in text_of(browser, "#identifiers"), timeout=30,

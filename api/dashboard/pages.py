@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
@@ -61,8 +61,8 @@ def age(seconds: float | None) -> str:
 def when(value: datetime | None) -> Markup:
     if value is None:
         return el("span", "—", class_="muted")
-    return el("time", value.isoformat(sep=" ", timespec="seconds"),
-              datetime=value.isoformat())
+    utc = value.astimezone(timezone.utc)
+    return el("time", f"{utc:%Y-%m-%d %H:%M:%S}", datetime=utc.isoformat(), title="UTC")
 
 
 def first_line(text: str | None, width: int = 90) -> str:
@@ -147,7 +147,8 @@ def layout(ctx: Context, title: str, content: Markup, active: str = "") -> Marku
            el("title", f"{title} · task-processor"),
            el("link", rel="stylesheet", href=ctx.url("/static/dashboard.css")),
            el("script", "", src=ctx.url("/static/dashboard.js"), defer=True)),
-        el("body", header, el("main", flash, el("h1", title), content, id="main")),
+        el("body", header, el("main", flash, el("h1", title), content, id="main"),
+           el("footer", "Times are UTC.", class_="muted")),
         lang="en"))
 
 
@@ -329,7 +330,7 @@ def task_page(ctx: Context, task: Row) -> Markup:
         if task["last_error"] else None,
         el("section", el("h2", f"Attempts ({len(task['runs'])})"),
            table(["#", "Result", "Started", "Took", "Worker", "Error"], runs,
-                 "Not run yet.", numeric=(0, 3), id="runs"), class_="panel"),
+                 "No attempt recorded.", numeric=(0, 3), id="runs"), class_="panel"),
     ), active="tasks")
 
 

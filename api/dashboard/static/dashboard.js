@@ -7,7 +7,7 @@ const REFRESH_MS = 5000;
 function busy() {
   // Never replace what the user is typing into or has opened.
   const active = document.activeElement;
-  if (active && ["INPUT", "SELECT", "TEXTAREA"].includes(active.tagName)) return true;
+  if (active && active.matches("input:not([type=checkbox]), select, textarea")) return true;
   return document.querySelector("main details[open]") !== null;
 }
 
