@@ -31,7 +31,7 @@ COPY health ./health
 COPY supervisor ./supervisor
 COPY worker ./worker
 COPY api ./api
-RUN /opt/task-processor/venv/bin/pip install .
+RUN /opt/task-processor/venv/bin/pip install '.[metrics]'
 
 # -- runtime: the virtualenv, a non-root user and nothing else ---------------------------------
 FROM ${PYTHON_IMAGE}

@@ -1,4 +1,4 @@
-"""task-processor: the operator's command: migrate the schema, inspect and requeue tasks.
+"""task-processor: the operator's command: migrate the schema, inspect, requeue and cancel tasks.
 
 Exit status: 0 on success, 1 when the work could not be done (database down, schema not
 current, unknown or non-dead task), 78 for a configuration or usage error.
@@ -14,10 +14,10 @@ from typing import Any, Callable, Sequence
 
 import psycopg2
 
+from admin import move_queue as moving
 from admin import queries
 from builtin_tasks import BUILTIN_TASK_MODULES
-from admin import move_queue as moving
-from common import db, embedded_postgres, migrations, move_queue, redaction, registry
+from common import control, db, embedded_postgres, migrations, move_queue, redaction, registry
 from common.logs import one_line
 from common.config import (ConfigError, bounded_int, build_parser, exit_config_error,
                            parse_args)
@@ -25,7 +25,7 @@ from common.tasks import NO_TIME_LIMIT_MS
 from common.unrunnable_sql import waiting_unrunnable
 
 PROG = "task-processor"
-STATES = ("waiting", "running", "succeeded", "dead")
+STATES = ("waiting", "running", "succeeded", "dead", "cancelled")
 TASK_ID = bounded_int(1, 2**63 - 1)  # a bigserial
 
 Command = Callable[[argparse.Namespace], int]
@@ -215,6 +215,24 @@ def cmd_move_queue(args: argparse.Namespace) -> int:
         print(f"{rest.dead} dead tasks stay there; to move them, requeue them there first "
               f"(task-processor --task-processor-database-url OLD_URL requeue --dead)")
     return 0
+def cmd_cancel(args: argparse.Namespace) -> int:
+    connection = _connect(args)
+    try:
+        migrations.check_current(connection)
+        with connection.cursor() as cursor:
+            cancelled = control.cancel(cursor, args.ids)
+            missed = sorted(set(args.ids) - set(cancelled))
+            cursor.execute(queries.STATES_OF, (missed,))
+            states = dict(cursor.fetchall())
+    finally:
+        connection.close()
+    print(f"cancelled {len(cancelled)} waiting task{'s' if len(cancelled) != 1 else ''}"
+          + (f": {', '.join(map(str, cancelled))}" if cancelled else ""))
+    for task_id in missed:
+        state = states.get(task_id)
+        reason = f"is {state}, not waiting" if state else "does not exist"
+        print(f"task {task_id} {reason}: left as it is", file=sys.stderr)
+    return 1 if missed else 0
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -279,6 +297,8 @@ def build() -> argparse.ArgumentParser:
     requeue.add_argument("--identifier", help="with --dead: only tasks of this identifier")
     add("move-queue", cmd_move_queue,
         "move the waiting tasks of DATABASE_URL's queue into TASK_PROCESSOR_DATABASE_URL's")
+    cancel = add("cancel", cmd_cancel, "waiting tasks to cancelled: they will not run")
+    cancel.add_argument("ids", type=TASK_ID, nargs="+", metavar="ID", help="task ids")
     tasks = add("tasks", cmd_tasks, "the task identifiers that the given modules register")
     tasks.add_argument("--tasks", action="append", metavar="MODULE", default=argparse.SUPPRESS,
                        help="module that defines tasks; repeat for several")

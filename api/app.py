@@ -1,8 +1,10 @@
-"""The HTTP API as a plain WSGI application: ``/health`` and ``/processor/monitoring``.
+"""The HTTP API as a plain WSGI application: ``/health``, ``/processor/monitoring``,
+``/metrics`` (Prometheus) and the dashboard under ``/dashboard/``.
 
 Serve it with ``run-api``, any WSGI server (``gunicorn api.app:application``), or mount it in a
-Django or Flask application with :func:`mount`. Every response is JSON, errors included; a
-failure never shows a traceback to the client (it goes to the log).
+Django or Flask application with :func:`mount`. Every response but the metrics and the
+dashboard's pages is JSON, errors included; a failure never shows a traceback to the client (it
+goes to the log).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import json
 import logging
 import threading
 from http import HTTPStatus
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
 
 import psycopg2
 
-from api import queries
+from api import metrics, metrics_queries, queries
+from api.dashboard.app import Dashboard
 from api.pool import ConnectionPool
 from api.probe import WORKING, RoundTripProbe
 from api.settings import ApiSettings
@@ -30,7 +34,8 @@ logger = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict, StartResponse], Iterable[bytes]]
 
-ROUTES = ("/health", "/processor/monitoring")
+ROUTES = ("/health", "/processor/monitoring", "/metrics")
+DASHBOARD = "/dashboard"
 
 # Errors that mean "the database cannot answer this" rather than a bug in this code.
 DATABASE_ERRORS = (psycopg2.Error, db.DatabaseUnavailable, migrations.SchemaOutdated)
@@ -44,6 +49,14 @@ class HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.headers = headers or []
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A response body that is not JSON."""
+
+    content_type: str
+    data: bytes
 
 
 def _query(environ: dict) -> dict[str, str]:
@@ -77,9 +90,13 @@ class Api:
         self.pool = ConnectionPool(settings.database_url)
         self.probe = RoundTripProbe(self.pool, settings.round_trip_timeout_seconds)
         self._schema_checked = False
-        self._routes = {"/health": self.health, "/processor/monitoring": self.monitoring}
+        self._routes = {"/health": self.health, "/processor/monitoring": self.monitoring,
+                        "/metrics": self.metrics}
+        self.dashboard = Dashboard(settings, self.pool, self._ensure_schema)
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if is_dashboard_path(environ.get("PATH_INFO", "")):
+            return self.dashboard(environ, start_response)
         try:
             status, body, headers = self._dispatch(environ)
         except HttpError as error:
@@ -128,6 +145,19 @@ class Api:
         except DATABASE_ERRORS as error:
             raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, one_line(error)) from None
 
+    def metrics(self, environ: dict, query: dict[str, str]) -> tuple[HTTPStatus, Raw]:
+        """The cluster's gauges for Prometheus, behind the monitoring token like the above."""
+        self._authorize(environ)
+        if not metrics.available():
+            raise HttpError(HTTPStatus.NOT_IMPLEMENTED, metrics.INSTALL_HINT)
+        try:
+            self._ensure_schema()
+            content_type, data = metrics.render(
+                lambda: self.pool.run(metrics_queries.snapshot))
+        except DATABASE_ERRORS as error:
+            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, _one_line(error)) from None
+        return HTTPStatus.OK, Raw(content_type, data)
+
     def _authorize(self, environ: dict) -> None:
         expected = self.settings.monitoring_token
         if expected is None:
@@ -164,11 +194,19 @@ class Api:
         self.pool.close()
 
 
+def is_dashboard_path(path: str) -> bool:
+    return path == DASHBOARD or path.startswith(DASHBOARD + "/")
+
+
 def _respond(start_response: StartResponse, status: HTTPStatus, body: Any,
              headers: list[tuple[str, str]]) -> list[bytes]:
-    payload = json.dumps(redaction.scrub_data(body), sort_keys=True).encode("utf-8") + b"\n"
+    if isinstance(body, Raw):
+        content_type, payload = body.content_type, body.data
+    else:
+        content_type = "application/json"
+        payload = json.dumps(redaction.scrub_data(body), sort_keys=True).encode("utf-8") + b"\n"
     start_response(f"{status.value} {status.phrase}", [
-        ("Content-Type", "application/json"),
+        ("Content-Type", content_type),
         ("Content-Length", str(len(payload))),
         ("Cache-Control", "no-store"),
         *headers,
@@ -200,18 +238,19 @@ def application(environ: dict, start_response: StartResponse) -> Iterable[bytes]
 
 
 def mount(other: WsgiApp, prefix: str = "", api: WsgiApp = application) -> WsgiApp:
-    """A WSGI app that sends ``prefix + /health`` and ``prefix + /processor/monitoring`` to
-    ``api`` and every other path to ``other`` (a Django or Flask application)."""
+    """A WSGI app that sends ``prefix + /health``, ``/processor/monitoring``, ``/metrics`` and
+    ``/dashboard/...`` to ``api`` and every other path to ``other`` (a Django or Flask
+    application)."""
     prefix = prefix.rstrip("/")
 
     def dispatch(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        for route in ROUTES:
-            full = prefix + route
-            if path.rstrip("/") == full:
-                environ = {**environ, "SCRIPT_NAME": environ.get("SCRIPT_NAME", "") + prefix,
-                           "PATH_INFO": path[len(prefix):]}
-                return api(environ, start_response)
+        own = path.startswith(prefix) and (
+            path[len(prefix):].rstrip("/") in ROUTES or is_dashboard_path(path[len(prefix):]))
+        if own:
+            environ = {**environ, "SCRIPT_NAME": environ.get("SCRIPT_NAME", "") + prefix,
+                       "PATH_INFO": path[len(prefix):]}
+            return api(environ, start_response)
         return other(environ, start_response)
 
     return dispatch

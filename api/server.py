@@ -1,23 +1,20 @@
-"""``run-api --bind HOST:PORT``: serve the API with the standard library's WSGI server.
+"""``run-api --bind HOST:PORT``: serve the API with gunicorn.
 
-wsgiref parses HTTP; :class:`socketserver.ThreadingMixIn` gives each request a thread, so a
-slow round-trip probe never blocks the monitoring endpoint. For more traffic, serve
-``api.app:application`` with gunicorn or any other WSGI server instead.
+gunicorn pre-forks ``--workers`` processes with ``--threads`` threads each (see
+:mod:`api.http_server`), so a slow round-trip probe never blocks the other endpoints, a burst of
+requests waits in a large listen backlog instead of being refused, and a client that stops
+sending is cut off after ``--request-timeout``. The application itself stays a plain WSGI
+callable, ``api.app:application``, that any WSGI server can serve.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import socket
-import socketserver
-import sys
-import threading
 from typing import Sequence
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from api.app import Api
+from api.http_server import GunicornServer, ServerSettings
 from api.settings import ApiSettings
 from common import db, logs, migrations, sentry
 from common.config import ConfigError, build_parser, exit_config_error, parse_args
@@ -25,36 +22,16 @@ from common.config import ConfigError, build_parser, exit_config_error, parse_ar
 logger = logging.getLogger(__name__)
 
 
-
-class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a hung client must not keep the process from stopping
-
-
-class ThreadingWSGIServer6(ThreadingWSGIServer):
-    address_family = socket.AF_INET6
-
-
-class LoggingRequestHandler(WSGIRequestHandler):
-    """Access lines go to the log, not raw to stderr; requests the server refuses before the
-    application sees them (a malformed request line, huge headers) are answered in JSON too."""
-
-    error_content_type = "application/json"
-    error_message_format = '{"error": "%(code)d %(message)s"}\n'
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-        logging.getLogger("api.access").info("%s %s", self.address_string(), format % args)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = build_parser(
+    return build_parser(
         "run-api",
-        "Serve the task processor's HTTP API: GET /health?format=json and "
-        "GET /processor/monitoring.\n\nSettings read from the environment: "
-        "ENABLE_TASK_PROCESSOR_HEALTH_CHECK, TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT, "
-        "TASK_PROCESSOR_MONITORING_TOKEN.",
+        "Serve the task processor's HTTP API: GET /health?format=json, "
+        "GET /processor/monitoring, GET /metrics and the dashboard at /dashboard/.\n\n"
+        "Settings read from the environment: ENABLE_TASK_PROCESSOR_HEALTH_CHECK, "
+        "TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT, TASK_PROCESSOR_MONITORING_TOKEN, "
+        "TASK_PROCESSOR_DASHBOARD_TOKEN, TASK_PROCESSOR_DASHBOARD_ACTION_TOKEN.",
         ["database_url", "task_processor_database_url", "data_dir", "log_level", "log_format",
-         "sentry_dsn", "bind"])
-    return parser
+         "sentry_dsn", "bind", "api_workers", "api_threads", "api_request_timeout"])
 
 
 def _check_schema(api: Api) -> None:
@@ -69,16 +46,6 @@ def _check_schema(api: Api) -> None:
         logger.warning("serving, but the database is unavailable: %s", error)
 
 
-def _stop_on_signals(server: WSGIServer) -> None:
-    def stop(signum: int, _frame) -> None:
-        logger.info("received %s: stopping", signal.Signals(signum).name)
-        # shutdown() waits for serve_forever() to return, so it cannot run in this thread.
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_args(_parser(), argv)
     logs.configure(arguments.log_level, arguments.log_format, role="api")
@@ -86,30 +53,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = ApiSettings.from_environment(arguments.database_url,
                                                 arguments.task_processor_database_url,
-                                                arguments.data_dir)
+                                                arguments.data_dir,
+                                                bind_host=arguments.bind[0])
     except ConfigError as error:
         exit_config_error("run-api", str(error))
     api = Api(settings)
     _check_schema(api)
     host, port = arguments.bind
-    server_class = ThreadingWSGIServer6 if ":" in host else ThreadingWSGIServer
+    server = ServerSettings(host, port, workers=arguments.api_workers,
+                            threads=arguments.api_threads,
+                            request_timeout=arguments.api_request_timeout)
+
+    def ready(address: str) -> None:
+        logger.info("listening on %s for %s (%d workers x %d threads, round-trip check %s, "
+                    "monitoring token %s)", address, db.describe(settings.database_url),
+                    server.workers, server.threads,
+                    "on" if settings.round_trip_enabled else "off",
+                    "required" if settings.monitoring_token else "not required")
+
     try:
-        server = make_server(host, port, api, server_class=server_class,
-                             handler_class=LoggingRequestHandler)
-    except OSError as error:
-        print(f"run-api: cannot listen on {host}:{port}: {error.strerror or error}",
-              file=sys.stderr)
-        return 1
-    bound_host, bound_port = server.server_address[:2]
-    shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    logger.info("listening on http://%s:%d for %s (round-trip check %s, monitoring token %s)",
-                shown_host, bound_port, db.describe(settings.database_url),
-                "on" if settings.round_trip_enabled else "off",
-                "required" if settings.monitoring_token else "not required")
-    _stop_on_signals(server)
-    try:
-        server.serve_forever(poll_interval=0.5)
+        GunicornServer(api, server, on_ready=ready).run()
     finally:
-        server.server_close()
         api.close()
     return 0

@@ -36,7 +36,7 @@ DELETE FROM task_processor.tasks WHERE id = %s AND identifier = %s AND state = '
 # finished a moment ago, are left to their worker, which may still be recording the attempt.
 _DELETE_FINISHED_TASKS = """
 DELETE FROM task_processor.tasks
-WHERE identifier = %s AND state IN ('succeeded', 'dead')
+WHERE identifier = %s AND state IN ('succeeded', 'dead', 'cancelled')
   AND finished_at < now() - interval '1 minute'
 """
 _DELETE_ABANDONED_PROBES = """

@@ -1,6 +1,6 @@
 """The retention clean-up: a recurring task every processor runs.
 
-Succeeded tasks (and their runs) go after ``--retention-days``, dead ones after the longer
+Succeeded and cancelled tasks (and their runs) go after ``--retention-days``, dead ones after the longer
 ``--dead-retention-days`` (they are kept to be looked at and requeued), processor and worker
 rows once their processor has been stopped or silent for ``--retention-days``. Deletes go in
 small batches, each its own short transaction, so the queue never waits on the clean-up.
@@ -46,6 +46,9 @@ def clean_up(connection: db.Connection, retention_days: int, dead_retention_days
         "dead tasks": delete_in_batches(
             connection, retention_queries.DELETE_FINISHED_TASKS,
             {"state": "dead", "days": dead_retention_days}, batch_size),
+        "cancelled tasks": delete_in_batches(
+            connection, retention_queries.DELETE_FINISHED_TASKS,
+            {"state": "cancelled", "days": days}, batch_size),
         "processors": delete_in_batches(
             connection, retention_queries.DELETE_OLD_PROCESSORS, {"days": days}, batch_size),
         "workers": delete_in_batches(

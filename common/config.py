@@ -222,6 +222,23 @@ OPTIONS: dict[str, Option] = {
             help="address the HTTP API listens on; port 0 picks a free one "
                  "(default 127.0.0.1:8000)",
         ),
+        Option(
+            ("--workers",), "api_workers", env="TASK_PROCESSOR_API_WORKERS", default=2,
+            type=bounded_int(1, 64), metavar="N",
+            help="HTTP server processes (default 2)",
+        ),
+        Option(
+            ("--threads",), "api_threads", env="TASK_PROCESSOR_API_THREADS", default=8,
+            type=bounded_int(1, 256), metavar="N",
+            help="request threads per HTTP server process (default 8)",
+        ),
+        Option(
+            ("--request-timeout",), "api_request_timeout",
+            env="TASK_PROCESSOR_API_REQUEST_TIMEOUT", default=10, type=bounded_int(1, 3600),
+            metavar="SECONDS",
+            help="close a connection whose client sends or reads nothing for this long "
+                 "(default 10)",
+        ),
         # -- run-task-processor ---------------------------------------------------------------
         Option(
             ("--tasks",), "tasks", env="TASK_PROCESSOR_TASKS", action="append", metavar="MODULE",

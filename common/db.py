@@ -23,6 +23,7 @@ from common.logs import one_line
 from common.settings import processor_settings
 
 Connection = psycopg2.extensions.connection
+Cursor = psycopg2.extensions.cursor
 
 CONNECT_TIMEOUT_SECONDS = 5
 

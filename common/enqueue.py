@@ -19,6 +19,7 @@ import psycopg2
 import psycopg2.errors
 
 from common import db
+from common.enqueue_metrics import count_enqueued
 from common.migrations import SchemaOutdated
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,10 @@ def insert(cursor, kind: TaskKind, tasks: Sequence[NewTask]) -> list[int | None]
             "scheduled_for": [task.scheduled_for for task in tasks],
             "capacity": capacity,
         })
-        for index, (task_id,) in enumerate(cursor.fetchall()):
+        inserted = cursor.fetchall()
+        for index, (task_id,) in enumerate(inserted):
             ids[index] = task_id
+        count_enqueued(kind.identifier, len(inserted))
     return ids
 
 

@@ -2,9 +2,10 @@
 
 A task is *waiting* until a worker claims it (*running*, under a lease); an attempt ends it
 *succeeded*, or sends it back to *waiting* with a retry time, or makes it *dead* once it is out
-of attempts. The worker, the supervisor and the admin command all change states with
-statements built from the fragments below, so that a change of the retry policy, of what
-"out of attempts" means or of how idle workers are woken is one edit here.
+of attempts; an operator may cancel a waiting task (*cancelled*) or requeue a dead one. The
+worker, the supervisor, the admin command and the dashboard all change states with statements
+built from the fragments below, so that a change of the retry policy, of what "out of
+attempts" means or of how idle workers are woken is one edit here.
 
 The fragments are unqualified column expressions of ``task_processor.tasks``: they can stand
 in the ``SET`` and ``WHERE`` clauses of any ``UPDATE`` of that table whose ``FROM`` list
@@ -21,6 +22,7 @@ class TaskState(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     DEAD = "dead"
+    CANCELLED = "cancelled"  # by an operator, while it waited: it will not run
 
 
 class RunResult(enum.StrEnum):
@@ -75,6 +77,9 @@ GIVE_BACK_UNSTARTED = ("state = 'waiting', attempts = attempts - 1, lease_owner 
                        "lease_expires_at = NULL")
 
 LEASE_FREED = "lease_owner = NULL, lease_expires_at = NULL"
+
+# A waiting task cancelled by an operator: final, it will not run.
+CANCEL = "state = 'cancelled', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL"
 
 # A dead task requeued by an operator: due now, with a fresh budget of attempts. The last error
 # stays for reference; the runs keep the history.

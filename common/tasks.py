@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from datetime import time as time_of_day
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from common import enqueue, recurring, registry
+from common import control, db, enqueue, recurring, registry
 from common.config import ConfigError
 from common.db import Connection
 from common.errors import TaskBackoffError, TaskQueueFullError
@@ -326,3 +326,20 @@ def register_recurring_task(run_every: timedelta,
         return handler
 
     return decorator
+def cancel_task(task_id: int, connection: Connection | None = None) -> bool:
+    """Cancel a waiting task: it will not run. True if cancelled; False if it is not waiting
+    (running, finished, already cancelled) or does not exist.
+
+    On ``connection`` the change is part of the caller's transaction; without it, it is
+    committed at once on a connection of its own.
+    """
+    if connection is not None:
+        with connection.cursor() as cursor:
+            return bool(control.cancel(cursor, [task_id]))
+    own = db.connect(db.queue_database_url(), "enqueue")
+    try:
+        with own.cursor() as cursor:
+            return bool(control.cancel(cursor, [task_id]))
+    finally:
+        own.close()
+

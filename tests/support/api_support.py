@@ -74,9 +74,9 @@ def processor_id(database_url: str, pid: int) -> str:
 class ApiServer:
     """A ``run-api`` process on a free port, and requests to it over real HTTP."""
 
-    def __init__(self, database_url: str, **settings: str) -> None:
+    def __init__(self, database_url: str, bind: str = "127.0.0.1:0", **settings: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(BIN / "run-api"), "--bind", "127.0.0.1:0"],
+            [sys.executable, str(BIN / "run-api"), "--bind", bind],
             env=environment(database_url, **settings), start_new_session=True,
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.log: list[str] = []
@@ -101,22 +101,36 @@ class ApiServer:
     def get(self, path: str, headers: dict[str, str] | None = None,
             method: str = "GET") -> tuple[int, dict[str, str], Any]:
         """(status, headers, JSON body) of a request; errors are answers too."""
-        request = urllib.request.Request(self.base + path, headers=headers or {},
-                                         method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                status, head, raw = response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            status, head, raw = error.code, dict(error.headers), error.read()
+        status, head, raw = self.raw(path, headers, method)
         return status, head, json.loads(raw) if raw else None
+
+    def raw(self, path: str, headers: dict[str, str] | None = None, method: str = "GET",
+            data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body bytes) of a request, redirects not followed."""
+        request = urllib.request.Request(self.base + path, headers=headers or {},
+                                         method=method, data=data)
+        try:
+            with _NO_REDIRECTS.open(request, timeout=30) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read()
 
     def close(self) -> None:
         stop_group(self.process)
 
 
+class _KeepRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a 303 is an answer to look at, not to follow
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_KeepRedirects)
+
+
 @contextmanager
-def api_server(database_url: str, **settings: str) -> Iterator[ApiServer]:
-    server = ApiServer(database_url, **settings)
+def api_server(database_url: str, bind: str = "127.0.0.1:0", **settings: str
+               ) -> Iterator[ApiServer]:
+    server = ApiServer(database_url, bind, **settings)
     try:
         yield server
     finally:

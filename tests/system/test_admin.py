@@ -45,11 +45,13 @@ def test_status_counts_tasks_per_state_and_the_oldest_waiting(conn):
         result = admin(command)
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
-        assert lines[:4] == ["waiting    3", "running    0", "succeeded  1", "dead       1"]
-        assert lines[4].startswith("waiting now 2, scheduled later 1, oldest waiting for 2h 0")
+        assert lines[:5] == ["waiting    3", "running    0", "succeeded  1", "dead       1",
+                             "cancelled  0"]
+        assert lines[5].startswith("waiting now 2, scheduled later 1, oldest waiting for 2h 0")
 
     summary = json.loads(admin("status", "--json").stdout)
-    assert summary["states"] == {"waiting": 3, "running": 0, "succeeded": 1, "dead": 1}
+    assert summary["states"] == {"waiting": 3, "running": 0, "succeeded": 1, "dead": 1,
+                                 "cancelled": 0}
     assert (summary["waiting_due"], summary["waiting_scheduled"]) == (2, 1)
     assert 7200 <= summary["oldest_due_seconds"] < 7200 + 600
 

@@ -154,7 +154,7 @@ def test_the_build_copies_every_package_and_installs_it():
     readme = setup_cfg()["metadata"]["long_description"].removeprefix("file:").strip()
     needed = packages | {"setup.py", "setup.cfg", readme}
     assert needed <= copied, f"the build never copies {sorted(needed - copied)}"
-    assert any(kw == "RUN" and re.search(r"pip install( --\S+)* \.$", arguments)
+    assert any(kw == "RUN" and re.search(r"pip install( --\S+)* '?\.(\[metrics\])?'?$", arguments)
                for kw, arguments in instructions), "the package is never pip-installed"
     assert one(final_stage(), "WORKDIR") == "/app"
     environment = " ".join(arguments for kw, arguments in final_stage() if kw == "ENV")

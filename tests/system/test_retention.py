@@ -72,16 +72,20 @@ def test_old_finished_tasks_go_in_batches_and_the_rest_stays(conn):
     recent_succeeded = add_tasks(conn, 2, "succeeded", 29)
     dead_kept = add_tasks(conn, 2, "dead", 31)
     old_dead = add_tasks(conn, 4, "dead", 91)
+    old_cancelled = add_tasks(conn, 2, "cancelled", 31)
+    recent_cancelled = add_tasks(conn, 1, "cancelled", 29)
     waiting = add_tasks(conn, 1, "waiting", None)
     running = add_tasks(conn, 1, "running", None)
 
     counts = retention.clean_up(conn, 30, 90, batch_size=3)
 
     assert counts["succeeded tasks"] == 7 and counts["dead tasks"] == 4
-    kept = set(recent_succeeded + dead_kept + waiting + running)
+    assert counts["cancelled tasks"] == 2
+    kept = set(recent_succeeded + dead_kept + recent_cancelled + waiting + running)
     assert remaining(conn, "tasks") == kept
     assert remaining(conn, "runs", "task_id") == kept  # the runs went with their tasks
-    assert set(old_succeeded + old_dead).isdisjoint(remaining(conn, "runs", "task_id"))
+    assert set(old_succeeded + old_dead + old_cancelled).isdisjoint(
+        remaining(conn, "runs", "task_id"))
 
 
 def test_old_processor_rows_go_with_their_workers_and_what_they_knew(conn):
