@@ -15,6 +15,7 @@ import psycopg2
 
 from common import db, migrations
 from supervisor import queries
+from worker import fence
 from worker.process import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class SupervisorDatabase:
         self.next_beat = 0.0
         self.next_requeue = 0.0
         self.last_renewal = time.monotonic()
+        self.renewed_at = fence.now()  # the start of the last renewal, on the fence's clock
         self.lapsed = False
         self.duties: list[Duty] = []
         self.duties_paused_until = 0.0
@@ -97,7 +99,7 @@ class SupervisorDatabase:
                     with db.Deadline(self.connection, DUTY_STATEMENTS * self.statement_deadline):
                         duty.start(self.connection)
                 self.duties = duties
-                self.last_renewal = time.monotonic()
+                self.last_renewal, self.renewed_at = time.monotonic(), fence.now()
                 return True
             except (psycopg2.OperationalError, psycopg2.InterfaceError,
                     db.DatabaseUnavailable) as error:
@@ -219,7 +221,7 @@ class SupervisorDatabase:
         """Renew the leases. The database dates them from the statement's start, and so does
         this: a renewal that comes after most of a lease went by (the supervisor was paused or
         blocked) may be too late, and says so through :meth:`take_lapse`."""
-        started = time.monotonic()
+        started, fence_started = time.monotonic(), fence.now()
         late = started - self.last_renewal > self.settings.lease_seconds * LAPSE_FRACTION
         self._execute(queries.BEAT, {
             "processor_id": self.settings.processor_id, **self.identity,
@@ -227,7 +229,7 @@ class SupervisorDatabase:
             "grace_period_ms": int(self.settings.grace_period * 1000),
             "state": self.state, "lease_seconds": self.settings.lease_seconds,
             "own_owners": own_owners})
-        self.last_renewal = started
+        self.last_renewal, self.renewed_at = started, fence_started
         self.lapsed |= late
 
     def _flush_releases(self, everything: bool = False) -> None:
@@ -235,7 +237,7 @@ class SupervisorDatabase:
         for release in [r for r in self.pending if everything or r.not_before <= now]:
             self._execute(queries.RELEASE_WORKER, {
                 "owner": release.owner, "task_id": release.task_id, "reason": release.reason,
-                "result": release.result, "backoff": release.result == "timeout",
+                "result": release.result, "backoff": release.result in ("timeout", "failure"),
                 "running_seconds": release.running_seconds,
                 "backoff_seconds": self.settings.backoff_seconds,
                 "max_backoff_seconds": self.settings.max_backoff_seconds})
