@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, tzinfo
 
-import pytest
-
 import processor_tasks
-from common import recurring_sql
-from common.serialization import MAX_NESTING, ArgumentError
+import pytest
 from harness import query, wait_for
-from test_tasks_api import count_tasks, define, run_method  # noqa: F401 - fixtures
+
+from common import recurring_sql, tasks
+from common.serialization import MAX_NESTING, ArgumentError
 
 # Every JSON type, and the values that jsonb would change: floats that it gives back as
 # integers (1e20, 1.5e300), the sign of -0.0, and the order of object keys.
@@ -19,6 +18,16 @@ EVERY_JSON_TYPE = (1e20, 1.5e300, -0.0, 0.0, 0.1, 5e-324, 1e-7, 2.5, 2**70, -(2*
                    False, None, "", "ü ☃ \U0001F600 \"quoted\" \\", [], {},
                    [1, [2.0, {"z": 1, "a": -0.0}]], {"beta": 1, "a": 2})
 EVERY_JSON_KWARGS = {"alpha": 1e16, "b": {"yy": -1.0, "x": [False]}}
+
+
+@pytest.fixture
+def run_method(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(tasks, "_in_processor", False)
+    return lambda method: monkeypatch.setenv("TASK_RUN_METHOD", method)
+
+
+def _queued(url: str) -> int:
+    return query(url, "SELECT count(*) FROM task_processor.tasks")[0][0]
 
 
 def _received(url: str, key: str) -> str:
@@ -39,7 +48,7 @@ def test_the_processor_passes_every_json_type_unchanged(database_url, start_proc
     assert _received(database_url, "processor") == _expected("processor")
 
 
-def test_a_recurring_task_keeps_its_arguments_unchanged(database_url, conn):
+def test_a_recurring_task_keeps_its_arguments_unchanged(database_url):
     """A recurring definition stores its arguments' text too, and its runs copy it."""
     query(database_url, """
         INSERT INTO task_processor.recurring_tasks (identifier, run_every_us, grid_origin,
@@ -106,21 +115,21 @@ REFUSED = [
 
 @pytest.mark.parametrize(("call", "error", "message"), REFUSED)
 @pytest.mark.parametrize("method", ["TASK_PROCESSOR", "SYNCHRONOUSLY"])
-def test_what_cannot_be_carried_is_refused_at_delay(define, run_method, conn, call, error,
-                                                    message, method):
+def test_what_cannot_be_carried_is_refused_at_delay(database_url, run_method, results, call,
+                                                    error, message, method):
     run_method(method)
-    handler = define()
+    handler = processor_tasks.records_what_it_got
     with pytest.raises(error, match=message.replace("{task}", handler.identifier)):
         call(handler)
-    assert count_tasks(conn, handler.identifier) == 0
-    assert handler.function.calls.empty()
+    assert _queued(database_url) == 0
+    assert query(database_url, "SELECT count(*) FROM test_results") == [(0,)]  # nothing ran
 
 
-def test_the_nesting_limit_is_exact(define, run_method, conn):
+def test_the_nesting_limit_is_exact(database_url, run_method):
     run_method("TASK_PROCESSOR")
-    handler = define()
-    assert handler.delay(args=(_nested(MAX_NESTING - 1),),
+    handler = processor_tasks.records_what_it_got
+    assert handler.delay(args=("deep", _nested(MAX_NESTING - 1)),
                          delay_until=datetime.now().astimezone() + timedelta(hours=1))
     with pytest.raises(ArgumentError, match="nested more than"):
-        handler.delay(args=(_nested(MAX_NESTING),))
-    assert count_tasks(conn, handler.identifier) == 1
+        handler.delay(args=("deeper", _nested(MAX_NESTING)))
+    assert _queued(database_url) == 1

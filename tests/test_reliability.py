@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-
-import psutil
-import pytest
+from itertools import pairwise
 
 import processor_tasks
+import psutil
+import pytest
 from harness import query, wait_for
 
 
@@ -65,7 +64,7 @@ def test_a_paused_supervisor_never_lets_a_task_run_twice_at_once(database_url, s
         first.signal(signal.SIGCONT)
     assert _final(database_url, task_id, timeout=60) == "succeeded"
     spans = sorted(_spans(database_url, "span").values())
-    for (_, earlier_end), (later_start, _) in zip(spans, spans[1:]):
+    for (_, earlier_end), (later_start, _) in pairwise(spans):
         assert earlier_end < later_start, f"two attempts ran at once: {spans}"
     assert "killed by its lease fence" in first.log_text()
     assert first.process.poll() is None
@@ -122,7 +121,7 @@ def test_a_task_that_kills_its_worker_goes_dead_and_is_no_crash_loop(database_ur
     fine = processor_tasks.record.delay_many([{"args": (f"k{i}",)} for i in range(5)])
     for task_id in crashing:
         assert _final(database_url, task_id, timeout=60) == "dead"
-        state, attempts, error = _task(database_url, task_id)
+        _, attempts, error = _task(database_url, task_id)
         assert attempts == 3 and "SIGSEGV" in error
         assert _results(database_url, task_id) == ["worker_lost"] * 3
     assert all(_final(database_url, task_id) == "succeeded" for task_id in fine)
