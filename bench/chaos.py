@@ -174,6 +174,12 @@ class Chaos:
             server.restart()
             self.figures.database_restarts += 1
 
+    def fenced_workers(self) -> int:
+        """How many workers the lease fence killed, as their supervisors logged it."""
+        self.log.flush()
+        text = Path(self.log.name).read_text(errors="replace")
+        return text.count("killed by its lease fence")
+
     def stop(self) -> None:
         for process in self.processors:
             if process is not None:
@@ -282,7 +288,7 @@ def main() -> int:
               f"worker SIGSTOP/SIGCONT, {figures.supervisor_stops} supervisor SIGSTOP/SIGCONT, "
               f"{figures.supervisor_kills} supervisor SIGKILLs (restarted), "
               f"{figures.database_restarts} PostgreSQL restarts, {figures.enqueue_retries} "
-              f"enqueue retries")
+              f"enqueue retries; {chaos.fenced_workers()} workers killed by their lease fence")
         print(f"tasks enqueued: {len(figures.keys)}; in the queue: {len(stored_keys)}; "
               f"states: {states}")
         print(f"attempts started: {attempts[0]}, ran to their end: {attempts[1]}; "
