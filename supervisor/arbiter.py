@@ -243,7 +243,7 @@ class Supervisor:
         if pid == 0:
             try:
                 Worker(settings, self.slots, slot, history.generation, self.pid, mask,
-                       self.fence).run()
+                       fence_board=self.fence).run()
             finally:
                 os._exit(1)  # never back into the supervisor's loop
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

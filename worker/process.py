@@ -65,8 +65,8 @@ def worker_id(processor_id: str, slot: int, generation: int) -> str:
 
 class Worker:
     def __init__(self, settings: WorkerSettings, slots: Slots, slot: int, generation: int,
-                 parent_pid: int, signal_mask: set[int] | None = None,
-                 fence_board: FenceBoard | None = None) -> None:
+                 parent_pid: int, signal_mask: set[int] | None = None, *,
+                 fence_board: FenceBoard) -> None:
         self.settings = settings
         self.slots = slots
         self.slot = slot
@@ -125,8 +125,7 @@ class Worker:
     def _arm_fence(self) -> None:
         """Die by the kernel's hand before this processor's leases can expire (see
         worker/fence.py), whatever the supervisor does."""
-        if self.fence_board is not None:
-            Fence(self.fence_board, min(1.0, self.settings.lease_seconds / 20)).start()
+        Fence(self.fence_board, min(1.0, self.settings.lease_seconds / 20)).start()
 
     def _lead_process_group(self) -> None:
         """Lead a process group of its own, which the processes that tasks start join: the
