@@ -125,6 +125,8 @@ class Fence:
         threading.Thread(target=self._keep_following, name="lease fence", daemon=True).start()
 
     def _keep_following(self) -> None:
+        # Signals are the main thread's business (the task runs there): none lands here.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         while True:
             time.sleep(self.interval)
             self._follow()
