@@ -20,7 +20,8 @@ TAKE_WAITING = """
 DELETE FROM task_processor.tasks
 WHERE id IN (SELECT id FROM task_processor.tasks WHERE state = 'waiting'
              ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING identifier, args::text, kwargs::text, priority, scheduled_for, attempts,
+RETURNING identifier, coalesce(args_exact::text, args::text),
+          coalesce(kwargs_exact::text, kwargs::text), priority, scheduled_for, attempts,
           max_attempts, timeout_ms, created_at, last_error, recurring_identifier,
           recurring_slot
 """
@@ -29,14 +30,19 @@ RETURNING identifier, args::text, kwargs::text, priority, scheduled_for, attempt
 # already has is not copied twice. The insert trigger wakes the new queue's idle workers.
 PUT_WAITING = """
 INSERT INTO task_processor.tasks
-    (identifier, args, kwargs, priority, scheduled_for, attempts, max_attempts, timeout_ms,
-     created_at, last_error, recurring_identifier, recurring_slot)
-SELECT * FROM unnest(%(identifier)s::text[], %(args)s::jsonb[], %(kwargs)s::jsonb[],
+    (identifier, args, kwargs, args_exact, kwargs_exact, priority, scheduled_for, attempts,
+     max_attempts, timeout_ms, created_at, last_error, recurring_identifier, recurring_slot)
+SELECT identifier, args::jsonb, kwargs::jsonb, args::json, kwargs::json, priority, scheduled_for,
+       attempts, max_attempts, timeout_ms, created_at, last_error, recurring_identifier,
+       recurring_slot
+FROM unnest(%(identifier)s::text[], %(args)s::text[], %(kwargs)s::text[],
                      %(priority)s::smallint[], %(scheduled_for)s::timestamptz[],
                      %(attempts)s::integer[], %(max_attempts)s::integer[],
                      %(timeout_ms)s::integer[], %(created_at)s::timestamptz[],
                      %(last_error)s::text[], %(recurring_identifier)s::text[],
                      %(recurring_slot)s::timestamptz[])
+     AS moved(identifier, args, kwargs, priority, scheduled_for, attempts, max_attempts,
+              timeout_ms, created_at, last_error, recurring_identifier, recurring_slot)
 ON CONFLICT (recurring_identifier, recurring_slot) WHERE recurring_identifier IS NOT NULL
 DO NOTHING
 """

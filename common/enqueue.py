@@ -29,10 +29,11 @@ NOTIFY_CHANNEL = "task_processor"
 
 _INSERT = """
 INSERT INTO task_processor.tasks
-    (identifier, args, kwargs, priority, scheduled_for, max_attempts, timeout_ms)
-SELECT %(identifier)s, a.args, a.kwargs, %(priority)s, coalesce(a.scheduled_for, now()),
-       %(max_attempts)s, %(timeout_ms)s
-FROM unnest(%(args)s::jsonb[], %(kwargs)s::jsonb[], %(scheduled_for)s::timestamptz[])
+    (identifier, args, kwargs, args_exact, kwargs_exact, priority, scheduled_for, max_attempts,
+     timeout_ms)
+SELECT %(identifier)s, a.args::jsonb, a.kwargs::jsonb, a.args::json, a.kwargs::json,
+       %(priority)s, coalesce(a.scheduled_for, now()), %(max_attempts)s, %(timeout_ms)s
+FROM unnest(%(args)s::text[], %(kwargs)s::text[], %(scheduled_for)s::timestamptz[])
      WITH ORDINALITY AS a(args, kwargs, scheduled_for, position)
 WHERE a.position <= %(capacity)s
 ORDER BY a.position

@@ -3,7 +3,11 @@
 Python's ``json`` module converts silently where it should not (integer dictionary keys become
 strings, NaN becomes a non-standard token), and unknown objects only fail once a worker reads
 them. :func:`serialize_arguments` accepts exactly what survives a round trip, plus tuples, which
-travel as JSON arrays and arrive as lists.
+travel as JSON arrays and arrive as lists. The text it returns is what the task is called with
+(the database keeps it as written, in a ``json`` column), so floats stay floats, -0.0 stays
+-0.0 and dictionaries keep their order. Arguments nested deeper than :data:`MAX_NESTING`, or
+integers with more digits than Python converts to text, are refused: a worker could not decode
+them.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import argparse
 import json
 import math
 import os
+import sys
 from typing import Any, Mapping, Sequence
 
 from common.config import ConfigError, bounded_int
 from common.errors import InvalidArgumentsError
 
 DEFAULT_MAX_ARGUMENT_BYTES = 1024 * 1024
+MAX_NESTING = 100  # lists and dicts inside each other; far below any decoder's recursion limit
 _positive_bytes = bounded_int(1, 1024 * 1024 * 1024)
 
 
@@ -36,7 +42,7 @@ def max_argument_bytes() -> int:
         raise ConfigError(f"TASK_PROCESSOR_MAX_ARGUMENT_BYTES: {error}") from None
 
 
-def _check(value: Any, path: str) -> None:
+def _check(value: Any, path: str, depth: int = 0) -> None:
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -48,16 +54,23 @@ def _check(value: Any, path: str) -> None:
             raise ArgumentError(f"{path} contains a NUL character, which PostgreSQL's jsonb "
                                 f"cannot store; remove it or encode the text (e.g. base64)")
         return
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        _check_digits(value, path)
         return
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ArgumentError(f"{path} is {value!r}, which JSON cannot carry; pass a finite "
                                 f"number or None")
         return
+    if isinstance(value, (list, tuple, dict)) and depth >= MAX_NESTING:
+        where = path.split("[", 1)[0] + "[" + path.split("[", 1)[1][:40] + "...]"
+        raise ArgumentError(f"{where} is nested more than {MAX_NESTING} lists or dicts deep; "
+                            f"flatten it, or pass a reference (an id) to the data instead")
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _check(item, f"{path}[{index}]")
+            _check(item, f"{path}[{index}]", depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
@@ -65,12 +78,25 @@ def _check(value: Any, path: str) -> None:
                 raise ArgumentError(f"{path} has the key {key!r} ({type(key).__name__}); JSON "
                                     f"object keys must be strings")
             _check(key, f"{path} key {key!r}")
-            _check(item, f"{path}[{key!r}]")
+            _check(item, f"{path}[{key!r}]", depth + 1)
         return
     raise ArgumentError(
         f"{path} has type {type(value).__name__} ({_preview(value)}), which JSON cannot carry; "
         f"pass str, int, float, bool, None, list or dict (for example an id instead of an object)"
     )
+
+
+def _check_digits(value: int, path: str) -> None:
+    """Python refuses to write (and to read) integers longer than its digit limit."""
+    limit = sys.get_int_max_str_digits()
+    # bit_length bounds the digits from above: only near the limit is the conversion tried
+    if not limit or value.bit_length() * 0.30103 < limit - 1:
+        return
+    try:
+        str(value)
+    except ValueError:
+        raise ArgumentError(f"{path} is an integer of more than {limit} digits, which cannot "
+                            f"be carried as JSON text; pass it as a string") from None
 
 
 def _preview(value: Any) -> str:

@@ -183,8 +183,10 @@ class TaskHandler:
         ``queue_size`` tasks already wait, None (and a warning), or with ``raise_if_full``
         a :class:`TaskQueueFullError`.
         """
-        calls = [{"args": args, "kwargs": kwargs, "delay_until": delay_until}]
-        task_id = self.delay_many(calls, connection=connection)[0]
+        _check_connection(self.identifier, connection)
+        new_task = self._new_task({"args": args, "kwargs": kwargs, "delay_until": delay_until},
+                                  self.identifier)
+        task_id = self._enqueue([new_task], connection)[0]
         if task_id is None and raise_if_full and run_method() is TaskRunMethod.TASK_PROCESSOR:
             raise TaskQueueFullError(self.identifier, self.queue_size or 0)
         return task_id
@@ -192,8 +194,24 @@ class TaskHandler:
     def delay_many(self, calls: Iterable[Mapping[str, Any]],
                    connection: Connection | None = None) -> list[int | None]:
         """Enqueue many calls in one round trip; each call is a dict with optional keys
-        ``args``, ``kwargs`` and ``delay_until``. Returns one id (or None) per call."""
-        new_tasks = [self._new_task(call) for call in calls]
+        ``args``, ``kwargs`` and ``delay_until``. Returns one id (or None) per call. A bad
+        call refuses them all, naming its index."""
+        if isinstance(calls, (Mapping, str, bytes)):
+            raise TypeError(f"{self.identifier}: delay_many takes a list of calls (dicts with "
+                            f"args, kwargs and delay_until), got a {type(calls).__name__}; for "
+                            f"one call use .delay() or wrap it in a list")
+        _check_connection(self.identifier, connection)
+        new_tasks = []
+        for index, call in enumerate(calls):
+            label = f"{self.identifier} calls[{index}]"
+            if not isinstance(call, Mapping):
+                raise TypeError(f"{label}: a call must be a dict with args, kwargs and "
+                                f"delay_until, got {type(call).__name__}")
+            new_tasks.append(self._new_task(call, label))
+        return self._enqueue(new_tasks, connection)
+
+    def _enqueue(self, new_tasks: list[enqueue.NewTask],
+                 connection: Connection | None) -> list[int | None]:
         method = run_method()
         if method is not TaskRunMethod.TASK_PROCESSOR:
             for task in new_tasks:
@@ -206,21 +224,23 @@ class TaskHandler:
                            self.identifier, self.queue_size, refused, len(ids))
         return ids
 
-    def _new_task(self, call: Mapping[str, Any]) -> enqueue.NewTask:
+    def _new_task(self, call: Mapping[str, Any], label: str) -> enqueue.NewTask:
+        """One call as a row to insert; ``label`` names the call in errors."""
         unknown = set(call) - {"args", "kwargs", "delay_until"}
         if unknown:
-            raise TypeError(f"{self.identifier}: unknown keys in a call: {sorted(unknown)}; "
+            raise TypeError(f"{label}: unknown keys in a call: {sorted(unknown)}; "
                             f"use args, kwargs and delay_until")
         args_json, kwargs_json = serialize_arguments(
-            self.identifier, _none_as(call.get("args"), ()), call.get("kwargs"))
+            label, _none_as(call.get("args"), ()), call.get("kwargs"))
         delay_until = call.get("delay_until")
         if delay_until is not None:
             if not isinstance(delay_until, datetime):
-                raise TypeError(f"{self.identifier}: delay_until must be a datetime, got "
+                raise TypeError(f"{label}: delay_until must be a datetime, got "
                                 f"{type(delay_until).__name__}")
-            if delay_until.tzinfo is None:
-                raise ValueError(f"{self.identifier}: delay_until must be timezone-aware "
-                                 f"(e.g. datetime.now(timezone.utc) + timedelta(hours=1))")
+            if delay_until.utcoffset() is None:  # naive, or a tzinfo that gives no offset
+                raise ValueError(f"{label}: delay_until must be timezone-aware, with a tzinfo "
+                                 f"that gives its UTC offset (e.g. datetime.now(timezone.utc) "
+                                 f"+ timedelta(hours=1))")
         return enqueue.NewTask(args_json, kwargs_json, delay_until)
 
     def _run_here(self, method: TaskRunMethod, task: enqueue.NewTask) -> None:
@@ -257,6 +277,15 @@ class TaskHandler:
             name=f"task {self.identifier}", daemon=True)
         self._start_thread(thread)
         return thread
+
+
+def _check_connection(identifier: str, connection: Any) -> None:
+    """``connection=`` must be a psycopg2 connection: anything else would fail later, or
+    worse, be ignored."""
+    if connection is not None and not isinstance(connection, Connection):
+        raise TypeError(f"{identifier}: connection= must be an open psycopg2 connection (the "
+                        f"one whose transaction the task joins) or None, got "
+                        f"{type(connection).__name__}")
 
 
 def _none_as(value: Any, default: Any) -> Any:

@@ -23,8 +23,9 @@ from common import db
 from common.lifecycle import RunResult, lease_owner
 from common.settings import ProcessorSettings, enter_processor
 from supervisor.database import Duty, SupervisorDatabase
-from supervisor.procfs import is_stopped
+from supervisor.procfs import is_stopped, resident_mb
 from supervisor.systemd import Notifier
+from worker import fence
 from worker.heartbeat import Beat, Slots, WorkerState
 from worker.process import Worker
 
@@ -88,6 +89,7 @@ class Supervisor:
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.slots = Slots(MAX_WORKERS)
+        self.fence = fence.FenceBoard()
         self.history = [SlotHistory() for _ in range(MAX_WORKERS)]
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.notifier = Notifier()
@@ -107,6 +109,7 @@ class Supervisor:
         if not self.database.start(self.num_workers, self._signal_pending, self.duties,
                                    self.migrate):
             return self.exit_code  # stopped by a signal while waiting for the database
+        self._publish_fence()
         logger.info("processor %s starting %d workers on %s", self.settings.processor_id,
                     self.num_workers, db.describe(self.settings.database_url))
         try:
@@ -242,7 +245,8 @@ class Supervisor:
             return
         if pid == 0:
             try:
-                Worker(settings, self.slots, slot, history.generation, self.pid, mask).run()
+                Worker(settings, self.slots, slot, history.generation, self.pid, mask,
+                       fence_board=self.fence).run()
             finally:
                 os._exit(1)  # never back into the supervisor's loop
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -253,12 +257,16 @@ class Supervisor:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if exited is None:
                 return
+            pid = exited.si_pid
             process = next((p for p in self.workers.values() if p.pid == pid), None)
+            if process is not None:
+                _kill_leftovers(pid)
+            _, status = os.waitpid(pid, 0)
             if process is None:
                 logger.debug("reaped pid %d, not a worker", pid)  # orphans when PID 1
                 continue
@@ -273,10 +281,14 @@ class Supervisor:
         beat = self._read_beat(process)  # the slot outlives its writer
         self.slots.clear(process.slot)
         task_id = beat.task_id if beat and beat.state == WorkerState.BUSY else 0
+        if not process.kill_reason and self._fenced(status):
+            process.kill_reason = (f"worker {process.slot} (pid {process.pid}) was killed by its "
+                                   f"lease fence: its leases were not renewed in time")
+            logger.error("%s", process.kill_reason)
         if process.kill_reason:
             reason, result = process.kill_reason, process.kill_result
             killed_for = process.kill_beat.task_id if process.kill_beat else 0
-            if result == RunResult.TIMEOUT and task_id != killed_for:  # it moved on as it was killed
+            if result != RunResult.WORKER_LOST and task_id != killed_for:  # it moved on meanwhile
                 result = RunResult.WORKER_LOST
         elif clean:
             reason, result = "worker stopped", RunResult.WORKER_LOST
@@ -323,6 +335,21 @@ class Supervisor:
             elif (verdict := stuck(beat, process.started, now, grace, process.slot)) is not None:
                 reason, result = verdict
                 self._kill(process, reason, result, cancellable=True)
+            elif (beat is not None and beat.state == WorkerState.BUSY
+                  and (grown := self._over_memory(process)) is not None):
+                self._kill(process, f"task {beat.task_id} grew past the worker memory limit "
+                                    f"({grown:.0f} MiB > {process.settings.max_memory_mb} MiB)",
+                           RunResult.FAILURE)
+
+    def _over_memory(self, process: WorkerProcess) -> float | None:
+        """The resident MiB of a busy worker over ``--max-worker-memory-mb``, else None. The
+        worker checks its own size between tasks; a single task that keeps growing is stopped
+        here, while it runs."""
+        limit = process.settings.max_memory_mb
+        if not limit:
+            return None
+        rss_mb = resident_mb(process.pid)
+        return rss_mb if rss_mb is not None and rss_mb > limit else None
 
     def _stopped_too_long(self, process: WorkerProcess, now: float) -> bool:
         """A busy worker does not beat until its task ends, so a stopped one (SIGSTOP, a
@@ -391,6 +418,7 @@ class Supervisor:
         and an attempt must never run while its retry does."""
         owners = [p.owner for p in self.workers.values()]
         self.database.tend(self.num_workers, owners)
+        self._publish_fence()
         lapsed = self.database.take_lapse()
         if lapsed or self.database.lease_at_risk():
             why = "renewed too late" if lapsed else "could not be renewed (database unreachable)"
@@ -398,6 +426,21 @@ class Supervisor:
                 if not process.kill_reason:
                     self._kill(process, f"its lease {why}; stopped so that no other processor "
                                         f"runs its tasks twice", RunResult.WORKER_LOST)
+
+    def _publish_fence(self) -> None:
+        """Tell the workers until when their leases are known to be held: a part of the
+        shortest lease (workers of an older configuration may hold shorter ones) after the
+        start of the last successful renewal. Each worker is killed by its own kernel timer at
+        that time unless a later renewal moves it (see worker/fence.py)."""
+        lease = min([self.settings.lease_seconds]
+                    + [p.settings.lease_seconds for p in self.workers.values()])
+        self.fence.publish(self.database.renewed_at + fence.FENCE_FRACTION * lease)
+
+    def _fenced(self, status: int) -> bool:
+        """Did the lease fence kill this worker (SIGKILL once the published deadline passed)?"""
+        deadline = self.fence.read()
+        return (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+                and deadline is not None and fence.now() >= deadline)
 
     def _talk_to_systemd(self) -> None:
         now = time.monotonic()
@@ -438,6 +481,8 @@ class Supervisor:
             _send(process.pid, signal.SIGKILL)
         for process in list(self.workers.values()):
             try:
+                os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+                _kill_leftovers(process.pid)
                 _, status = os.waitpid(process.pid, 0)
             except ChildProcessError:
                 status = 0
@@ -479,6 +524,16 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+def _kill_leftovers(pid: int) -> None:
+    """Kill whatever the tasks of exited worker ``pid`` left running: its process group (each
+    worker leads one). Called while the worker is still a zombie, so that its pid, which is the
+    group's id, cannot belong to another process yet."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _send(pid: int, signum: int) -> None:

@@ -18,6 +18,7 @@ from common.logs import one_line
 from common.settings import ProcessorSettings
 from supervisor import queries
 from supervisor.procfs import host_key, process_alive, start_ticks
+from worker import fence
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class SupervisorDatabase:
         self.next_beat = 0.0
         self.next_requeue = 0.0
         self.last_renewal = time.monotonic()
+        self.renewed_at = fence.now()  # the start of the last renewal, on the fence's clock
         self.lapsed = False
         self.duties: list[Duty] = []
         self.duties_paused_until = 0.0
@@ -103,7 +105,7 @@ class SupervisorDatabase:
                     with db.Deadline(self.connection, DUTY_STATEMENTS * self.statement_deadline):
                         duty.start(self.connection)
                 self.duties = duties
-                self.last_renewal = time.monotonic()
+                self.last_renewal, self.renewed_at = time.monotonic(), fence.now()
                 return True
             except db.DatabaseRefused:  # a configuration error: no retry will fix it
                 self._drop()
@@ -228,7 +230,7 @@ class SupervisorDatabase:
         """Renew the leases. The database dates them from the statement's start, and so does
         this: a renewal that comes after most of a lease went by (the supervisor was paused or
         blocked) may be too late, and says so through :meth:`take_lapse`."""
-        started = time.monotonic()
+        started, fence_started = time.monotonic(), fence.now()
         late = started - self.last_renewal > self.settings.lease_seconds * LAPSE_FRACTION
         self._execute(queries.BEAT, {
             "processor_id": self.settings.processor_id, **self.identity,
@@ -236,7 +238,7 @@ class SupervisorDatabase:
             "grace_period_ms": int(self.settings.grace_period * 1000),
             "state": self.state, "lease_seconds": self.settings.lease_seconds,
             "own_owners": own_owners})
-        self.last_renewal = started
+        self.last_renewal, self.renewed_at = started, fence_started
         self.lapsed |= late
 
     def _flush_releases(self, everything: bool = False) -> None:
@@ -245,7 +247,7 @@ class SupervisorDatabase:
             self._execute(queries.RELEASE_WORKER, {
                 "owner": release.owner, "task_id": release.task_id, "reason": release.reason,
                 "result": release.result.value,
-                "backoff": release.result == RunResult.TIMEOUT,
+                "backoff": release.result in (RunResult.TIMEOUT, RunResult.FAILURE),
                 "running_seconds": release.running_seconds})
             self.pending.remove(release)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
 
 def _stat_fields(pid: int) -> list[bytes]:
     """The fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces and
@@ -20,6 +22,16 @@ def is_stopped(pid: int) -> bool:
     except OSError:
         return False
     return bool(fields) and fields[0] in (b"T", b"t")
+
+
+def resident_mb(pid: int) -> float | None:
+    """The resident set size of ``pid`` in MiB (field 2 of /proc/<pid>/statm, in pages)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * _PAGE_SIZE / (1024 * 1024)
 
 
 def start_ticks(pid: int) -> int | None:

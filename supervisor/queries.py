@@ -82,8 +82,9 @@ SELECT (SELECT count(*) FROM renewed)
 """
 
 # A worker that died: the task it was running (if it is still leased to it) counts the
-# attempt and is retried (after a backoff when it overran its timeout, at once when it was
-# killed from outside); the tasks it had claimed but not started go back without an attempt.
+# attempt and is retried (after a backoff when it overran its timeout or its memory limit, at
+# once when it was killed from outside); the tasks it had claimed but not started go back
+# without an attempt.
 RELEASE_WORKER = f"""
 WITH ran AS (
     UPDATE task_processor.tasks AS t

@@ -20,15 +20,15 @@ ON CONFLICT DO NOTHING
 # keeps its place. Unset first_run_time keeps the origin of the first start.
 UPSERT_DEFINITIONS = """
 INSERT INTO task_processor.recurring_tasks AS r
-    (identifier, run_every_us, first_run_time, grid_origin, args, kwargs, next_run_at,
-     defined_at, defined_by)
+    (identifier, run_every_us, first_run_time, grid_origin, args, kwargs, args_exact,
+     kwargs_exact, next_run_at, defined_at, defined_by)
 SELECT d.identifier, d.run_every_us, d.first_run_time, coalesce(d.first_run_time, now()),
-       d.args, d.kwargs,
+       d.args::jsonb, d.kwargs::jsonb, d.args::json, d.kwargs::json,
        task_processor.recurring_slot_at_or_after(
            coalesce(d.first_run_time, now()), d.run_every_us, now()),
        now(), %(processor_id)s
 FROM unnest(%(identifiers)s::text[], %(run_every_us)s::bigint[],
-            %(first_run_times)s::timestamptz[], %(args)s::jsonb[], %(kwargs)s::jsonb[])
+            %(first_run_times)s::timestamptz[], %(args)s::text[], %(kwargs)s::text[])
      AS d(identifier, run_every_us, first_run_time, args, kwargs)
 ON CONFLICT (identifier) DO UPDATE
 SET run_every_us = excluded.run_every_us,
@@ -36,6 +36,8 @@ SET run_every_us = excluded.run_every_us,
     grid_origin = coalesce(excluded.first_run_time, r.grid_origin),
     args = excluded.args,
     kwargs = excluded.kwargs,
+    args_exact = excluded.args_exact,
+    kwargs_exact = excluded.kwargs_exact,
     next_run_at = CASE
         WHEN r.run_every_us = excluded.run_every_us
              AND r.grid_origin = coalesce(excluded.first_run_time, r.grid_origin)
@@ -71,14 +73,14 @@ WITH advanced AS (
     SET next_run_at = task_processor.recurring_slot_at_or_before(
             r.grid_origin, r.run_every_us, now()) + r.run_every_us * interval '1 microsecond'
     WHERE r.identifier = %(identifier)s AND r.next_run_at <= now()
-    RETURNING r.identifier, r.args, r.kwargs,
+    RETURNING r.identifier, r.args, r.kwargs, r.args_exact, r.kwargs_exact,
               r.next_run_at - r.run_every_us * interval '1 microsecond' AS slot
 ), inserted AS (
     INSERT INTO task_processor.tasks
-        (identifier, args, kwargs, priority, max_attempts, timeout_ms,
-         recurring_identifier, recurring_slot)
-    SELECT identifier, args, kwargs, %(priority)s, %(max_attempts)s, %(timeout_ms)s,
-           identifier, slot
+        (identifier, args, kwargs, args_exact, kwargs_exact, priority, max_attempts,
+         timeout_ms, recurring_identifier, recurring_slot)
+    SELECT identifier, args, kwargs, args_exact, kwargs_exact, %(priority)s, %(max_attempts)s,
+           %(timeout_ms)s, identifier, slot
     FROM advanced
     ON CONFLICT (recurring_identifier, recurring_slot) WHERE recurring_identifier IS NOT NULL
     DO NOTHING

@@ -17,7 +17,7 @@ from common import db, registry
 from common.lifecycle import lease_owner
 from common.settings import ProcessorSettings, acting_as_processor
 from worker import queries
-from worker.runner import ClaimedTask, run_task
+from worker.runner import ClaimedTask, UndecodableArguments, decode_arguments, run_task
 
 BATCH = 100
 LEASE_SECONDS = 300
@@ -67,11 +67,20 @@ def run_waiting_tasks(database_url: str | None = None, max_tasks: int = 1000) ->
                 outcomes = [run_task(task) for task in batch]
                 with connection.cursor() as cursor:
                     cursor.execute(queries.FINISH, queries.finish_parameters(outcomes, owner))
-                ran += [RanTask(task.id, task.identifier, task.args, task.kwargs,
-                                outcome.result, outcome.error)
+                ran += [RanTask(task.id, task.identifier, *_arguments(task), outcome.result,
+                                outcome.error)
                         for task, outcome in zip(batch, outcomes, strict=True)]
     finally:
         connection.close()
+
+
+def _arguments(task: ClaimedTask) -> tuple[list[Any], dict[str, Any]]:
+    """What the task was called with; nothing for a row it could not decode (its attempt says
+    why it failed)."""
+    try:
+        return decode_arguments(task)
+    except UndecodableArguments:
+        return [], {}
 
 
 def _claim(connection: db.Connection, owner: str) -> list[ClaimedTask]:

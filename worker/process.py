@@ -26,8 +26,9 @@ from common.lifecycle import LISTEN, NO_TIME_LIMIT_MS, lease_owner
 from common.logs import one_line
 from common.settings import ProcessorSettings, enter_processor
 from worker import queries
+from worker.fence import Fence, FenceBoard
 from worker.heartbeat import Slots, WorkerState
-from worker.runner import ClaimedTask, Outcome, run_task
+from worker.runner import ClaimedTask, Outcome, run_within_deadline
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,15 @@ _RETRY_BASE, _RETRY_CAP = 0.1, 5.0  # reconnect backoff while the database is do
 
 class Worker:
     def __init__(self, settings: ProcessorSettings, slots: Slots, slot: int, generation: int,
-                 parent_pid: int, signal_mask: set[int] | None = None) -> None:
+                 parent_pid: int, signal_mask: set[int] | None = None, *,
+                 fence_board: FenceBoard) -> None:
         self.settings = settings
         self.slots = slots
         self.slot = slot
         self.generation = generation
         self.parent_pid = parent_pid
         self.signal_mask = signal_mask if signal_mask is not None else set()
+        self.fence_board = fence_board
         self.owner = lease_owner(settings.processor_id, slot, generation)
         self.pid = os.getpid()
         self.connection: db.Connection | None = None
@@ -81,6 +84,8 @@ class Worker:
 
     def _boot(self) -> None:
         self._die_with_parent()
+        self._arm_fence()
+        self._lead_process_group()
         self._reset_signals()
         self.pid = os.getpid()
         self._beat(WorkerState.BOOTING)
@@ -100,6 +105,28 @@ class Worker:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != self.parent_pid:
             os._exit(0)
+
+    def _arm_fence(self) -> None:
+        """Die by the kernel's hand before this processor's leases can expire (see
+        worker/fence.py), whatever the supervisor does."""
+        Fence(self.fence_board, min(1.0, self.settings.lease_seconds / 20)).start()
+
+    def _lead_process_group(self) -> None:
+        """Lead a process group of its own, which the processes that tasks start join: the
+        supervisor kills the group when this worker exits, so that nothing a task left running
+        outlives it."""
+        os.setpgid(0, 0)
+
+    def _reap_children(self) -> None:
+        """Collect the processes that tasks started and that exited since, so that none stays
+        a zombie. Between tasks only: a running task may still wait for its own children."""
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
 
     def _reset_signals(self) -> None:
         """Drop the supervisor's handlers: TERM asks this worker to stop after its task; the
@@ -131,6 +158,7 @@ class Worker:
         next_poll = 0.0
         hold_until = 0.0  # after handing tasks to idle peers, let them claim first
         while not self.stopping and not self._should_recycle():
+            self._reap_children()
             now = time.monotonic()
             if (wake or now >= next_poll) and now >= hold_until:
                 batch, due_in = self._database(self._claim)
@@ -201,10 +229,11 @@ class Worker:
             if leaving or handing_off:
                 self._give_back(batch[index:])
                 return handing_off
-            self._beat(WorkerState.BUSY, task.id, _deadline(task.timeout_ms))
-            self._title(f"busy task {task.id} {task.identifier}")
             started = time.monotonic()
-            outcome = run_task(task)
+            deadline = _deadline(started, task.timeout_ms)
+            self._beat(WorkerState.BUSY, task.id, deadline)
+            self._title(f"busy task {task.id} {task.identifier}")
+            outcome = run_within_deadline(task, deadline)
             finished = time.monotonic()
             slow = finished - started > _SLOW_TASK
             if not pending:
@@ -353,11 +382,12 @@ class Worker:
         return False
 
 
-def _deadline(timeout_ms: int) -> float:
-    """When a task started now must end, on the monotonic clock; never for no time limit."""
+def _deadline(started: float, timeout_ms: int) -> float:
+    """When a task started at ``started`` must end, on the monotonic clock; never for no time
+    limit."""
     if timeout_ms == NO_TIME_LIMIT_MS:
         return math.inf
-    return time.monotonic() + timeout_ms / 1000
+    return started + timeout_ms / 1000
 
 
 class _StopRequested(Exception):

@@ -55,8 +55,12 @@ WITH orphans AS (
     SET state = 'running', attempts = t.attempts + 1, lease_owner = %(owner)s,
         lease_expires_at = now() + %(lease_seconds)s * interval '1 second'
     FROM next WHERE t.id = next.id
-    RETURNING t.id, t.identifier, t.args, t.kwargs, t.priority, t.scheduled_for, t.attempts,
-              t.max_attempts, t.timeout_ms
+    -- The arguments as the text .delay() wrote (rows written before migration 0009, or by
+    -- hand, have only jsonb), decoded by the worker task by task: a row it cannot decode
+    -- fails that task alone.
+    RETURNING t.id, t.identifier, coalesce(t.args_exact::text, t.args::text) AS args,
+              coalesce(t.kwargs_exact::text, t.kwargs::text) AS kwargs, t.priority,
+              t.scheduled_for, t.attempts, t.max_attempts, t.timeout_ms
 ), beat AS (
     INSERT INTO task_processor.workers AS w
         (processor_id, slot, pid, generation, state, task_id, task_deadline, last_beat_at)

@@ -148,3 +148,68 @@ def execution(key: str, seconds: float) -> None:
                                                   started))
     finally:
         connection.close()
+
+
+@register_task_handler(timeout=timedelta(seconds=120), max_attempts=5)
+def beats_while_running(key: str, seconds: float) -> None:
+    """Records a row with its pid every 0.2 s while it runs: two attempts that ran at the same
+    time show as overlapping spans of rows of two pids."""
+    connection = psycopg2.connect(os.environ["DATABASE_URL"])
+    connection.autocommit = True
+    try:
+        end = time.monotonic() + seconds
+        with connection.cursor() as cursor:
+            while time.monotonic() < end:
+                cursor.execute("INSERT INTO test_results (key, pid) VALUES (%s, %s)",
+                               (key, os.getpid()))
+                time.sleep(0.2)
+    finally:
+        connection.close()
+    _record(f"{key}:done")
+
+
+@register_task_handler(timeout=timedelta(seconds=2), max_attempts=2)
+def sleeps_in_libc() -> None:
+    """Blocks in C for 30 s; the supervisor's SIGUSR1 stack dump makes sleep() return early."""
+    ctypes.CDLL(None).sleep(30)
+
+
+@register_task_handler()
+def forks_and_returns(key: str) -> None:
+    """The child returns from the task function, as the parent does."""
+    if os.fork() == 0:
+        time.sleep(0.5)
+        return
+    _record(key)
+
+
+@register_task_handler()
+def leaves_a_child(key: str) -> None:
+    """Starts a process that outlives the task (it would sleep for ten minutes)."""
+    if os.fork() == 0:
+        try:
+            _record(key)
+            time.sleep(600)
+        finally:
+            os._exit(0)
+
+
+@register_task_handler(timeout=timedelta(seconds=60), max_attempts=2)
+def grows(step_mb: int, seconds: float) -> None:
+    """Grows by ``step_mb`` every 0.1 s for ``seconds`` (touching every page), then frees it."""
+    held = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        held.append(bytearray(b"\x01") * (step_mb * 1024 * 1024))
+        time.sleep(0.1)
+
+
+@register_task_handler(max_attempts=1)
+def fails_with_a_lone_surrogate() -> None:
+    raise ValueError("bytes decoded with surrogateescape: \udcff\udcfe")
+
+
+@register_task_handler()
+def records_what_it_got(key: str, *args, **kwargs) -> None:
+    """Records the repr of its arguments (types, signs and key order show in a repr)."""
+    _record(f"{key}={args!r} {kwargs!r}")

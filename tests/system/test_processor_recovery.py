@@ -243,7 +243,9 @@ def test_a_kill_for_a_timeout_never_lands_on_the_next_task(database_url, start_p
     assert [result for _, result, _ in _runs(database_url, victim)] == ["success"]
     assert len(results("victim")) == 1
     wait_for(lambda: "beat again before it was killed" in processor.log_text())
-    assert _task(database_url, overrun)[0] == "succeeded"
+    # It ended past its deadline: a timeout, whatever its code returned.
+    assert _task(database_url, overrun)[0] == "dead"
+    assert [result for _, result, _ in _runs(database_url, overrun)] == ["timeout"]
     assert processor.worker_pids() == [worker]
 
 

@@ -21,7 +21,7 @@ def backs_off() -> None:
 
 
 def _run(identifier: str):
-    return run_task(ClaimedTask(id=1, identifier=identifier, args=[], kwargs={}, attempt=1,
+    return run_task(ClaimedTask(id=1, identifier=identifier, args_json="[]", kwargs_json="{}", attempt=1,
                                 max_attempts=3, timeout_ms=1000))
 
 
