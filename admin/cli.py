@@ -21,7 +21,8 @@ from common import control, db, embedded_postgres, migrations, move_queue, redac
 from common.logs import one_line
 from common.config import (ConfigError, bounded_int, build_parser, exit_config_error,
                            parse_args)
-from common.tasks import NO_TIME_LIMIT_MS
+from common.lifecycle import NO_TIME_LIMIT_MS
+from common.tasks import TaskHandler
 from common.unrunnable_sql import waiting_unrunnable
 
 PROG = "task-processor"
@@ -100,7 +101,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             cursor.execute(queries.STATE_COUNTS)
             counts = dict.fromkeys(STATES, 0) | dict(cursor.fetchall())
             cursor.execute(queries.WAITING_SUMMARY)
-            due, scheduled, oldest = cursor.fetchone()
+            due, scheduled, oldest = cursor.fetchone() or (0, 0, None)
             cursor.execute(queries.LIVE_PROCESSORS)
             processors = cursor.fetchall()
             unrunnable = waiting_unrunnable(cursor)
@@ -237,7 +238,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     registry.load_modules([*BUILTIN_TASK_MODULES, *(args.tasks or [])])
-    handlers = [registry.get(identifier) for identifier in registry.identifiers()]
+    handlers = [handler for identifier in registry.identifiers()
+                if isinstance(handler := registry.get(identifier), TaskHandler)]
     if not handlers:
         raise CommandFailed("no tasks registered; name the module that defines them with "
                             "--tasks MODULE")

@@ -155,7 +155,7 @@ class Api:
             content_type, data = metrics.render(
                 lambda: self.pool.run(metrics_queries.snapshot))
         except DATABASE_ERRORS as error:
-            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, _one_line(error)) from None
+            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, one_line(error)) from None
         return HTTPStatus.OK, Raw(content_type, data)
 
     def _authorize(self, environ: dict) -> None:

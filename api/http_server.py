@@ -18,8 +18,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from gunicorn import glogging  # type: ignore[import-untyped]
-from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+from gunicorn import glogging
+from gunicorn.app.base import BaseApplication
 
 logger = logging.getLogger("api.server")
 

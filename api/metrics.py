@@ -110,5 +110,5 @@ def _worker_metrics(snapshot: Snapshot) -> Iterator["Metric"]:
 def render(read: Callable[[], Snapshot]) -> tuple[str, bytes]:
     """(content type, body) of one scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(read))  # type: ignore[arg-type]
+    registry.register(ClusterCollector(read))
     return CONTENT_TYPE_LATEST, generate_latest(registry)

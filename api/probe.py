@@ -41,7 +41,7 @@ class RoundTripProbe:
         with self._lock:
             flight = self._in_flight
             leading = flight is None
-            if leading:
+            if flight is None:
                 flight = self._in_flight = _Flight()
         if not leading:
             # The leader answers within its timeout plus its database calls (each bounded).

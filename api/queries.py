@@ -35,8 +35,9 @@ def monitoring(cursor: Cursor) -> dict[str, Any]:
     processor can run (their identifier is registered by none), and the live processors'
     workers."""
     cursor.execute(_TASK_COUNTS)
-    names = [column.name for column in cursor.description]
-    counts = dict(zip(names, cursor.fetchone()))
+    row = cursor.fetchone()
+    assert cursor.description is not None and row is not None  # one row of aggregates
+    counts = dict(zip([column.name for column in cursor.description], row, strict=True))
     processors = [p for p in health_queries.processors_not_stopped(cursor) if p.beat_fresh]
     workers = health_queries.workers_of(cursor, [p.id for p in processors])
     counts["oldest_waiting_seconds"] = round(counts["oldest_waiting_seconds"], 3)

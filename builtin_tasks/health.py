@@ -78,7 +78,8 @@ def start_probe(cursor) -> tuple[int, int]:
     args_json, kwargs_json = serialize_arguments(
         round_trip_health_check.identifier, (probe_id,), None)
     (task_id,) = enqueue.insert(cursor, round_trip_health_check.kind,
-                              [enqueue.NewTask(args_json, kwargs_json)])
+                                [enqueue.NewTask(args_json, kwargs_json)])
+    assert task_id is not None  # the probe task has no queue_size to refuse it
     cursor.execute(_LINK_TASK, (task_id, probe_id))
     return probe_id, task_id
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +17,7 @@ logger = logging.getLogger(__name__)
 class Notifier:
     """Sends notifications to systemd, and knows the watchdog interval it asked for."""
 
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         environ = os.environ if environ is None else environ
         address = environ.get("NOTIFY_SOCKET", "")
         if address.startswith("@"):  # abstract namespace socket
@@ -26,7 +27,7 @@ class Notifier:
         self.watchdog_interval = self._watchdog_interval(environ)
 
     @staticmethod
-    def _watchdog_interval(environ: dict[str, str]) -> float | None:
+    def _watchdog_interval(environ: Mapping[str, str]) -> float | None:
         """Half of ``WATCHDOG_USEC`` in seconds, when the watchdog is meant for this process."""
         usec = environ.get("WATCHDOG_USEC")
         watchdog_pid = environ.get("WATCHDOG_PID")

@@ -18,7 +18,8 @@ from common import errors, recurring
 from common.config import build_parser, parse_args
 from health.cli import main as check_health
 from common.registry import UnknownTaskError
-from common.tasks import NO_TIME_LIMIT_MS, TaskPriority, TaskRunMethod
+from common.lifecycle import NO_TIME_LIMIT_MS
+from common.tasks import TaskPriority, TaskRunMethod
 from databases import fetch_all
 from harness import REPO, SUPPORT, query, wait_for
 from supervisor.unrunnable import UnrunnableWatch
