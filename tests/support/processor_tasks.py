@@ -7,7 +7,7 @@ import ctypes
 import os
 import socket
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import psycopg2
 
@@ -105,10 +105,17 @@ def unstorable_failure() -> None:
     raise ValueError("a message with a NUL \x00 in it")
 
 
+class _UnreadableTime(datetime):
+    """An aware datetime, as date libraries subclass it, whose text form PostgreSQL refuses."""
+
+    def isoformat(self, *args: object, **kwargs: object) -> str:
+        return "the day after tomorrow"
+
+
 @register_task_handler(max_attempts=2)
-def unencodable_failure() -> None:
-    """Its error cannot be sent to the database at all (a lone surrogate is not UTF-8)."""
-    raise ValueError("a message with a lone surrogate \ud800 in it")
+def backs_off_to_an_unstorable_time() -> None:
+    """Its outcome cannot be stored: the database refuses the time it asks to be retried at."""
+    raise TaskBackoffError(delay_until=_UnreadableTime(2030, 1, 1, tzinfo=timezone.utc))
 
 
 @register_task_handler(max_attempts=1)
@@ -165,7 +172,7 @@ def beats_while_running(key: str, seconds: float) -> None:
                 time.sleep(0.2)
     finally:
         connection.close()
-    _record(f"{key}:done")
+    record_key(f"{key}:done")
 
 
 @register_task_handler(timeout=timedelta(seconds=2), max_attempts=2)
@@ -180,7 +187,7 @@ def forks_and_returns(key: str) -> None:
     if os.fork() == 0:
         time.sleep(0.5)
         return
-    _record(key)
+    record_key(key)
 
 
 @register_task_handler()
@@ -188,7 +195,7 @@ def leaves_a_child(key: str) -> None:
     """Starts a process that outlives the task (it would sleep for ten minutes)."""
     if os.fork() == 0:
         try:
-            _record(key)
+            record_key(key)
             time.sleep(600)
         finally:
             os._exit(0)
@@ -212,4 +219,4 @@ def fails_with_a_lone_surrogate() -> None:
 @register_task_handler()
 def records_what_it_got(key: str, *args, **kwargs) -> None:
     """Records the repr of its arguments (types, signs and key order show in a repr)."""
-    _record(f"{key}={args!r} {kwargs!r}")
+    record_key(f"{key}={args!r} {kwargs!r}")

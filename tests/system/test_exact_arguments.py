@@ -9,7 +9,7 @@ import processor_tasks
 import pytest
 from harness import query, wait_for
 
-from common import tasks
+from common import settings
 from supervisor import recurring_queries
 from common.serialization import MAX_NESTING, ArgumentError
 
@@ -23,7 +23,7 @@ EVERY_JSON_KWARGS = {"alpha": 1e16, "b": {"yy": -1.0, "x": [False]}}
 
 @pytest.fixture
 def run_method(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(tasks, "_in_processor", False)
+    monkeypatch.setattr(settings, "_current", None)
     return lambda method: monkeypatch.setenv("TASK_RUN_METHOD", method)
 
 

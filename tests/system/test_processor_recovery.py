@@ -257,20 +257,20 @@ def test_an_outcome_the_database_cannot_store_fails_that_task_alone(database_url
     with connection:
         nul = processor_tasks.unstorable_failure.delay(connection=connection)
         backoff = processor_tasks.backs_off_wrongly.delay(connection=connection)
-        unencodable = processor_tasks.unencodable_failure.delay(connection=connection)
+        unstorable = processor_tasks.backs_off_to_an_unstorable_time.delay(connection=connection)
         fine = processor_tasks.noop.delay(connection=connection)
     connection.close()
     wait_for(lambda: all(_task(database_url, task)[0] in ("dead", "succeeded")
-                         for task in (nul, backoff, unencodable, fine)), timeout=30)
+                         for task in (nul, backoff, unstorable, fine)), timeout=30)
     assert _task(database_url, fine)[0] == "succeeded"
     assert "a message with a NUL \\x00 in it" in _task(database_url, nul)[2]
     assert "delay_until must be a timezone-aware datetime" in _task(database_url, backoff)[2]
     assert [result for _, result, _ in _runs(database_url, nul)] == ["failure", "failure"]
     # The database refused this outcome: the worker's fallback recorded why instead.
-    state, attempts, error = _task(database_url, unencodable)
+    state, attempts, error = _task(database_url, unstorable)
     assert (state, attempts) == ("dead", 2)
     assert "the outcome of this attempt could not be recorded" in error
-    assert "surrogates not allowed" in error and error.endswith("it was: failure")
+    assert "the day after tomorrow" in error and error.endswith("it was: backoff")
     assert "recording them one by one" in processor.log_text()
     assert processor.process.poll() is None
 
