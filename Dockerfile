@@ -23,7 +23,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/task-processor/venv
 WORKDIR /src
-COPY setup.py setup.cfg README.md ./
+COPY pyproject.toml setup.py setup.cfg README.md ./
 COPY common ./common
 COPY supervisor ./supervisor
 COPY worker ./worker
