@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from deploy_files import ROOT, dockerfile_instructions
 
 CONTAINERS_CONF = ROOT / "deploy" / "containers.conf"

@@ -8,16 +8,14 @@ saying why, where podman cannot run.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
-
 from conftest import fetch_all
 from deploy_podman import SET_UP_TIMEOUT, Containers, Images, shared_images
 from harness import wait_for
@@ -164,7 +162,8 @@ def test_the_image_runs_tasks_under_a_non_root_pid_1_supervisor_and_drains_on_st
     assert podman.run("exec", name, "check-health", check=False).returncode == 0
     alone = podman.run("run", "--rm", "--network", "host", "--env",
                        f"DATABASE_URL={database_url}", images.app, "check-health", check=False)
-    assert alone.returncode == 1 and "no task processor" in alone.stdout, alone.stdout
+    assert alone.returncode == 1, alone.stdout
+    assert "no task processor" in alone.stdout
     everyone = podman.run("run", "--rm", "--network", "host", "--env",
                           f"DATABASE_URL={database_url}", images.app, "check-health", "--all",
                           check=False)
