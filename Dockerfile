@@ -1,6 +1,7 @@
 # task-processor image: one image for the processor, the HTTP API and the admin commands.
 #
 #   docker build -t task-processor .
+#   podman build --format docker -t task-processor .   (the OCI format would drop HEALTHCHECK)
 #   docker run --rm -e DATABASE_URL=postgresql://... task-processor --numthreads 5 --tasks myapp.tasks
 #   docker run --rm -e DATABASE_URL=... task-processor run-api --bind 0.0.0.0:8000
 #   docker run --rm -e DATABASE_URL=... task-processor task-processor status
