@@ -3,8 +3,9 @@ from the run's image (tests/deploy_podman.py) plus Debian's systemd, installed a
 header and docs/operations.md say, against the test database on the host's PostgreSQL.
 
 Checked: ``Type=notify`` readiness (``systemctl enable --now`` returns once the workers are up),
-``systemctl stop`` draining a running task, and the watchdog (a stopped supervisor is killed,
-the unit restarted, and the new processor requeues the old one's task). The one change to the
+the watchdog (a stopped supervisor is killed, the unit restarted, and the new processor requeues
+the old one's task), ``systemctl reload``, and ``systemctl stop`` draining a running task; all
+under the unit's sandboxing. The one change to the
 unit is a drop-in, as ``systemctl edit`` makes, that shortens WatchdogSec and RestartSec so the
 test takes seconds rather than minutes.
 """
@@ -130,6 +131,13 @@ def machine(images: Images, containers: Containers, systemd_image: str) -> Machi
     return machine
 
 
+def worker_pids(conn) -> set[int]:
+    """Pids of the idle workers of the running processor."""
+    return {pid for (pid,) in fetch_all(
+        conn, "SELECT w.pid FROM task_processor.workers w JOIN task_processor.processors p"
+              " ON p.id = w.processor_id WHERE p.state = 'running' AND w.state = 'idle'")}
+
+
 def task_state(conn, task_id: int) -> str:
     return fetch_all(conn, "SELECT state FROM task_processor.tasks WHERE id = %s", (task_id,))[0][0]
 
@@ -172,6 +180,16 @@ def test_the_unit_is_ready_once_its_workers_are_up_drains_on_stop_and_restarts_o
         conn, "SELECT result FROM task_processor.runs WHERE task_id = %s ORDER BY attempt",
         (lost,))] == ["worker_lost", "success"]
     assert machine.show("NRestarts")["NRestarts"] == "1"
+
+    # `systemctl reload` (ExecReload, SIGHUP): the same supervisor replaces its workers.
+    main_pid = machine.show("MainPID")["MainPID"]
+    before = worker_pids(conn)
+    reloaded = machine.systemctl("reload", "task-processor")
+    assert reloaded.returncode == 0, reloaded.stderr + machine.journal()
+    wait_for(lambda: len(worker_pids(conn)) == 2 and not worker_pids(conn) & before,
+             timeout=WAIT_SECONDS, message="the workers to be replaced on reload")
+    assert machine.show("MainPID", "ActiveState") == {"MainPID": main_pid,
+                                                      "ActiveState": "active"}
 
     # `systemctl stop` drains: the running task finishes, the supervisor exits 0.
     slow = deploy_tasks.nap.delay(args=(3,))

@@ -280,7 +280,7 @@ def test_unit_speaks_notify_and_is_stopped_by_its_own_drain():
     assert service_key("KillSignal") == "SIGTERM"
     drain = int(env_example().get("TASK_PROCESSOR_DRAIN_TIMEOUT", default_drain_timeout()))
     assert seconds(service_key("TimeoutStopSec")) > max(drain, default_drain_timeout())
-    assert service_key("ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert service_key("ExecReload") == """/bin/sh -c 'kill -HUP "$MAINPID"'"""
 
 
 def test_unit_restarts_on_failure_but_not_on_a_configuration_error():
