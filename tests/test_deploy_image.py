@@ -102,11 +102,16 @@ def healthcheck(images: Images, name: str) -> int:
     return images.podman.run("healthcheck", "run", name, check=False).returncode
 
 
-def test_the_image_is_built_as_documented(images):
+def test_the_image_is_built_as_documented(images, record_property):
     """Built with --format docker it keeps its HEALTHCHECK; pip builds a wheel (no legacy
-    ``setup.py install``); the machine's pip settings used by the build are not in the image."""
+    ``setup.py install``); the machine's pip settings used by the build are not in the image.
+    The set-up's durations and the image's size on top of its base are recorded (--junitxml)."""
     podman = images.podman
     inspected = json.loads(podman.run("image", "inspect", images.app).stdout)[0]
+    base_size = json.loads(podman.run("image", "inspect", images.base).stdout)[0]["Size"]
+    record_property("image MB on top of the base", round((inspected["Size"] - base_size) / 1e6))
+    for step, seconds in images.seconds.items():
+        record_property(f"{step} seconds", round(seconds, 1))
     assert inspected["Healthcheck"]["Test"] == ["CMD", "check-health"]
     assert inspected["Config"]["User"] == "taskprocessor:taskprocessor"
     assert "DEPRECATION" not in images.build_log, images.build_log
