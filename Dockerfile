@@ -1,6 +1,7 @@
 # task-processor image: one image for the processor, the HTTP API and the admin commands.
 #
 #   docker build -t task-processor .
+#   podman build --format docker -t task-processor .   (the OCI format would drop HEALTHCHECK)
 #   docker run --rm -e DATABASE_URL=postgresql://... task-processor --numthreads 5 --tasks myapp.tasks
 #   docker run --rm -e DATABASE_URL=... task-processor run-api --bind 0.0.0.0:8000
 #   docker run --rm -e DATABASE_URL=... task-processor task-processor status
@@ -23,12 +24,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/task-processor/venv
 WORKDIR /src
-COPY setup.py setup.cfg README.md ./
+COPY pyproject.toml setup.py setup.cfg README.md ./
 COPY admin ./admin
 COPY builtin_tasks ./builtin_tasks
 COPY common ./common
 COPY health ./health
 COPY supervisor ./supervisor
+COPY task_processor ./task_processor
 COPY worker ./worker
 COPY api ./api
 RUN /opt/task-processor/venv/bin/pip install '.[metrics]'

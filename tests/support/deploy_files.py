@@ -1,14 +1,14 @@
 """Paths of the deployment files and readers for them: the Dockerfile's instructions, Docker's
-.dockerignore matching, and the parts of docker-compose.yml the tests use (no YAML parser is a
-dependency: the file keeps a simple, regular layout, and the readers fail loudly when it does
-not)."""
+.dockerignore matching, and docker-compose.yml parsed as YAML."""
 
 from __future__ import annotations
 
 import configparser
-import json
 import re
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -31,69 +31,33 @@ def console_scripts() -> dict[str, str]:
             for name, _, target in (entry.partition("=") for entry in entries)}
 
 
-def compose_lines() -> list[str]:
-    return COMPOSE.read_text().splitlines()
+def compose() -> dict[str, Any]:
+    """docker-compose.yml, parsed (anchors and ``<<`` merge keys resolved)."""
+    return yaml.safe_load(COMPOSE.read_text())
 
 
-def compose_service(name: str) -> list[str]:
-    """The lines of one service block (a two-space-indented key under ``services:``)."""
-    lines = compose_lines()
-    start = lines.index("services:")
-    block: list[str] = []
-    inside = False
-    for line in lines[start + 1:]:
-        if line and not line.startswith(" "):
-            break
-        if re.fullmatch(r"  [\w-]+:", line):
-            inside = line.strip() == f"{name}:"
-            continue
-        if inside:
-            block.append(line)
-    assert block, f"docker-compose.yml has no service {name!r}"
-    return block
+def compose_service(name: str) -> dict[str, Any]:
+    services = compose()["services"]
+    assert name in services, f"docker-compose.yml has no service {name!r}"
+    return services[name]
 
 
-def compose_value(block: list[str], key: str) -> str | None:
-    values = [line.split(":", 1)[1].strip() for line in block
-              if line.strip().startswith(f"{key}:")]
-    assert len(values) <= 1, f"{key} appears more than once in one service: {values}"
-    return values[0] if values else None
-
-
-def compose_environment(block: list[str]) -> dict[str, str]:
-    """The service's environment, with the ``<<: *database`` anchor expanded."""
-    environment: dict[str, str] = {}
-    lines = compose_lines()
-    anchor = lines.index("x-database: &database")
-    for line in lines[anchor + 1:]:
-        if not line.startswith("  "):
-            break
-        key, _, value = line.strip().partition(":")
-        environment[key] = value.strip()
-    start = block.index("    environment:")
-    for line in block[start + 1:]:
-        if not line.startswith("      "):
-            break
-        key, _, value = line.strip().partition(":")
-        if key != "<<":
-            environment[key] = value.strip().strip('"')
-    return environment
+def compose_environment(name: str) -> dict[str, str]:
+    return {key: str(value) for key, value in compose_service(name)["environment"].items()}
 
 
 def compose_command(name: str) -> list[str]:
-    """A service's ``command:``, written as a JSON flow list."""
-    command = compose_value(compose_service(name), "command")
-    assert command, f"service {name!r} has no command"
-    return json.loads(command)
+    command = compose_service(name).get("command")
+    assert isinstance(command, list), f"service {name!r} needs its command in exec form (a list)"
+    return command
 
 
 def compose_probe(name: str) -> list[str]:
     """A service's healthcheck ``test:`` without its leading ``CMD``."""
-    test = compose_value(compose_service(name), "test")
+    test = compose_service(name).get("healthcheck", {}).get("test")
     assert test, f"service {name!r} has no healthcheck test"
-    probe = json.loads(test)
-    assert probe[0] == "CMD", f"{name}: healthcheck test must be exec form (CMD), got {probe[0]}"
-    return probe[1:]
+    assert test[0] == "CMD", f"{name}: healthcheck test must be exec form (CMD), got {test[0]}"
+    return test[1:]
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

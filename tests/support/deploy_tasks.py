@@ -1,4 +1,4 @@
-"""Tasks for the deployment tests (tests/system/test_deploy_runtime.py): the processor imports this
+"""Tasks for the deployment tests (tests/system/test_deploy_*.py): the processor imports this
 module with ``--tasks deploy_tasks`` from a directory on PYTHONPATH, as an image user would."""
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ from common.tasks import register_task_handler
 @register_task_handler(timeout=timedelta(seconds=30), max_attempts=1)
 def nap(seconds: float) -> None:
     """Keeps a worker busy, so a stop request finds a task running."""
+    time.sleep(seconds)
+
+
+@register_task_handler(timeout=timedelta(seconds=30), max_attempts=2)
+def nap_twice(seconds: float) -> None:
+    """Like ``nap``, with a second attempt for when the first one's processor is lost."""
     time.sleep(seconds)
 
 

@@ -1,9 +1,9 @@
 """The deployment files agree with the package and with what Docker, Compose and systemd need.
 
-No Docker engine runs where the tests run, so the Dockerfile, .dockerignore and
-docker-compose.yml are read as text and checked against setup.cfg and common/config.py; the
-systemd unit is checked by ``systemd-analyze verify`` itself. What the image runs is exercised
-for real in tests/system/test_deploy_runtime.py.
+These fast checks read the Dockerfile, .dockerignore and docker-compose.yml and compare them
+with setup.cfg and common/config.py; the systemd unit is checked by ``systemd-analyze verify``
+itself. The image, the Compose services and the unit run for real in the slow tests
+tests/system/test_deploy_image.py, test_deploy_compose.py and test_deploy_systemd.py.
 """
 
 from __future__ import annotations
@@ -18,13 +18,22 @@ import sys
 from pathlib import Path
 
 import pytest
+from deploy_files import (
+    ENTRYPOINT_SCRIPT,
+    IMAGE_SERVICES,
+    ROOT,
+    compose_command,
+    compose_environment,
+    compose_probe,
+    compose_service,
+    console_scripts,
+    dockerfile_instructions,
+    sent_to_builder,
+    setup_cfg,
+)
 
 from api.settings import DEFAULT_ROUND_TRIP_TIMEOUT_SECONDS
 from common import config
-
-from deploy_files import (ENTRYPOINT_SCRIPT, IMAGE_SERVICES, ROOT, compose_command,
-                          compose_environment, compose_probe, compose_service, compose_value,
-                          console_scripts, dockerfile_instructions, sent_to_builder, setup_cfg)
 
 UNIT = ROOT / "deploy" / "task-processor.service"
 ENV_EXAMPLE = ROOT / "deploy" / "task-processor.env.example"
@@ -210,37 +219,45 @@ def test_every_command_the_deployment_files_run_is_an_installed_console_script()
 
 def test_compose_has_the_services_with_healthchecks_and_dependency_conditions():
     for name in ("postgres", *IMAGE_SERVICES):
-        block = compose_service(name)
-        assert "    healthcheck:" in block, f"{name} has no healthcheck section"
+        assert "healthcheck" in compose_service(name), f"{name} has no healthcheck section"
     for name in IMAGE_SERVICES:
-        block = compose_service(name)
-        assert "    <<: *image" in block, f"{name} does not run the project's image"
-        conditions = [line.strip() for line in block if "condition:" in line]
-        assert conditions, f"{name} starts without waiting for its dependencies"
-    assert "condition: service_healthy" in "\n".join(compose_service("migrate"))
-    assert compose_value(compose_service("migrate"), "command") == '["task-processor", "migrate"]'
+        service = compose_service(name)
+        assert service["build"] == ".", f"{name} does not build the project's image"
+        assert service["image"] == "task-processor:local", f"{name} runs another image"
+        assert service["depends_on"], f"{name} starts without waiting for its dependencies"
+    assert compose_service("migrate")["depends_on"] == {
+        "postgres": {"condition": "service_healthy"}}
+    assert compose_command("migrate") == ["task-processor", "migrate"]
+
+
+def test_compose_postgres_probe_checks_tcp():
+    """The official image first runs a server on its Unix socket only while it initialises: a
+    probe of the socket passes before TCP, which the other services use, accepts connections.
+    tests/test_deploy_compose.py shows it against such a server."""
+    probe = compose_probe("postgres")
+    assert probe[0] == "pg_isready"
+    assert probe[probe.index("-h") + 1] == "127.0.0.1"
 
 
 def test_compose_api_enqueues_on_the_processor_and_checks_it():
-    block = compose_service("api")
-    environment = compose_environment(block)
+    environment = compose_environment("api")
     assert environment["TASK_RUN_METHOD"] == "TASK_PROCESSOR"
     assert config.parse_bool(environment["ENABLE_TASK_PROCESSOR_HEALTH_CHECK"]) is True
     command = compose_command("api")
-    assert command[:2] == ["run-api", "--bind"] and command[2].startswith("0.0.0.0:")
+    assert command[:2] == ["run-api", "--bind"]
+    assert command[2].startswith("0.0.0.0:")
     probe = compose_probe("api")[-1]
     assert "/health?format=json" in probe
     # With the round trip enabled and no processor, /health answers only after the probe gives up.
     probe_timeout = float(re.search(r"timeout=(\d+(?:\.\d+)?)", probe).group(1))
     assert probe_timeout > DEFAULT_ROUND_TRIP_TIMEOUT_SECONDS
-    assert seconds(compose_value(block, "timeout")) > probe_timeout
+    assert seconds(compose_service("api")["healthcheck"]["timeout"]) > probe_timeout
 
 
 def test_compose_processor_gets_longer_to_stop_than_its_drain_deadline():
-    block = compose_service("processor")
-    environment = compose_environment(block)
+    environment = compose_environment("processor")
     drain = int(environment.get("TASK_PROCESSOR_DRAIN_TIMEOUT", default_drain_timeout()))
-    assert seconds(compose_value(block, "stop_grace_period")) > drain
+    assert seconds(compose_service("processor")["stop_grace_period"]) > drain
     assert compose_command("processor")[0] == "run-task-processor"
     assert environment["TASK_PROCESSOR_TASKS"]
     assert "DATABASE_URL" in environment
@@ -249,7 +266,7 @@ def test_compose_processor_gets_longer_to_stop_than_its_drain_deadline():
 def test_compose_sets_only_variables_that_something_reads():
     known = option_variables() | NON_OPTION_VARIABLES
     for name in IMAGE_SERVICES:
-        unknown = set(compose_environment(compose_service(name))) - known
+        unknown = set(compose_environment(name)) - known
         assert not unknown, f"{name} sets variables nothing reads: {sorted(unknown)}"
 
 
@@ -263,7 +280,7 @@ def test_unit_speaks_notify_and_is_stopped_by_its_own_drain():
     assert service_key("KillSignal") == "SIGTERM"
     drain = int(env_example().get("TASK_PROCESSOR_DRAIN_TIMEOUT", default_drain_timeout()))
     assert seconds(service_key("TimeoutStopSec")) > max(drain, default_drain_timeout())
-    assert service_key("ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert service_key("ExecReload") == """/bin/sh -c 'kill -HUP "$MAINPID"'"""
 
 
 def test_unit_restarts_on_failure_but_not_on_a_configuration_error():

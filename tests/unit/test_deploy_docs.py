@@ -16,6 +16,10 @@ GUIDE = ROOT / "docs" / "operations.md"
 OTHER_PROGRAMS_FLAGS = {
     "--help", "--rm", "--build", "--scale", "--init", "--signal", "--no-cache-dir", "--system",
     "--home-dir", "--shell", "--now", "--kill-whom", "--kill-who",
+    # podman and debootstrap, in "Checking the deployment by hand"
+    "--change", "--format", "--health-cmd", "--health-interval", "--hostname", "--include",
+    "--name", "--network", "--privileged", "--pull", "--restart", "--stop-timeout", "--systemd",
+    "--variant", "--volume",
 }
 
 
