@@ -22,7 +22,7 @@ import select
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NoReturn
 
 from worker.metrics import MetricsBoard
@@ -94,7 +94,7 @@ class ProcessorMetrics:
 
     # -- the server process ---------------------------------------------------------------
 
-    def start(self, signal_mask: set[int]) -> None:
+    def start(self, signal_mask: Iterable[int]) -> None:
         """Fork the server process and wait until it listens; :class:`MetricsServerError` if
         it cannot. Port 0 becomes the port it got, kept for restarts."""
         if self.bind is None or self.serve is None or self.board is None:
@@ -139,7 +139,7 @@ class ProcessorMetrics:
         self.restart_at = time.monotonic() + RESTART_DELAY
         return True
 
-    def tend(self, signal_mask: set[int]) -> None:
+    def tend(self, signal_mask: Iterable[int]) -> None:
         """Restart the server process if it died."""
         if self.bind is None or self.server_pid is not None or time.monotonic() < self.restart_at:
             return
