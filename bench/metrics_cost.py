@@ -33,12 +33,12 @@ class MetricsBench(Bench):
 
     def start_with(self, *args: str) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO)])}
-        log = tempfile.NamedTemporaryFile(prefix="tp-bench-", suffix=".log", delete=False)
-        self.log_path = log.name
-        self.processor = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "--tasks", "bench_tasks",
-             "--numthreads", "5", *args], cwd=REPO, env=env, stderr=log,
-            start_new_session=True)
+        descriptor, self.log_path = tempfile.mkstemp(prefix="tp-bench-", suffix=".log")
+        with os.fdopen(descriptor, "wb") as log:
+            self.processor = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.cli", "--tasks", "bench_tasks",
+                 "--numthreads", "5", *args], cwd=REPO, env=env, stderr=log,
+                start_new_session=True)
         wait_until(lambda: scalar(self.db, "SELECT count(*) FROM task_processor.workers "
                                            "WHERE state = 'idle'") == 5, 60)
 

@@ -18,10 +18,9 @@ import pytest
 prometheus_client = pytest.importorskip(
     "prometheus_client", reason="prometheus_client is the 'metrics' extra: pip install "
                                 "'task-processor[metrics]'")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
 import processor_tasks  # noqa: E402
 from harness import REPO, SUPPORT, task_states, wait_for  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
