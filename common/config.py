@@ -306,6 +306,12 @@ OPTIONS: dict[str, Option] = {
             help="delete dead tasks (out of attempts) after this many days (default 90)",
         ),
         Option(
+            ("--metrics-bind",), "metrics_bind", env="TASK_PROCESSOR_METRICS_BIND",
+            type=host_and_port, metavar="HOST:PORT",
+            help="serve the processor's Prometheus metrics on http://HOST:PORT/metrics (needs "
+                 "the metrics extra); port 0 picks a free one (default: off)",
+        ),
+        Option(
             ("--migrate",), "migrate", env="TASK_PROCESSOR_MIGRATE", default=True,
             type=parse_bool, metavar="BOOL",
             help="apply pending schema migrations at start (default true)",

@@ -18,7 +18,7 @@ from typing import Callable, Sequence, TypeVar
 import psycopg2
 import psycopg2.errors
 
-from common import db
+from common import db, tracing
 from common.enqueue_metrics import count_enqueued
 from common.migrations import SchemaOutdated
 
@@ -30,9 +30,10 @@ NOTIFY_CHANNEL = "task_processor"
 _INSERT = """
 INSERT INTO task_processor.tasks
     (identifier, args, kwargs, args_exact, kwargs_exact, priority, scheduled_for, max_attempts,
-     timeout_ms)
+     timeout_ms, trace_context)
 SELECT %(identifier)s, a.args::jsonb, a.kwargs::jsonb, a.args::json, a.kwargs::json,
-       %(priority)s, coalesce(a.scheduled_for, now()), %(max_attempts)s, %(timeout_ms)s
+       %(priority)s, coalesce(a.scheduled_for, now()), %(max_attempts)s, %(timeout_ms)s,
+       %(trace_context)s::jsonb
 FROM unnest(%(args)s::text[], %(kwargs)s::text[], %(scheduled_for)s::timestamptz[])
      WITH ORDINALITY AS a(args, kwargs, scheduled_for, position)
 WHERE a.position <= %(capacity)s
@@ -103,6 +104,7 @@ def insert(cursor, kind: TaskKind, tasks: Sequence[NewTask]) -> list[int | None]
             "kwargs": [task.kwargs_json for task in tasks],
             "scheduled_for": [task.scheduled_for for task in tasks],
             "capacity": capacity,
+            "trace_context": tracing.current_context(),  # the enqueuer's span, if any
         })
         inserted = cursor.fetchall()
         for index, (task_id,) in enumerate(inserted):

@@ -22,7 +22,9 @@ import setproctitle
 from common import db
 from common.lifecycle import RunResult, lease_owner
 from common.settings import ProcessorSettings, enter_processor
+from supervisor import metrics as why_killed
 from supervisor.database import Duty, SupervisorDatabase
+from supervisor.metrics import ProcessorMetrics
 from supervisor.procfs import is_stopped, resident_mb
 from supervisor.systemd import Notifier
 from worker import fence
@@ -54,6 +56,7 @@ class WorkerProcess:
     settings: ProcessorSettings
     last_beat: Beat | None = None
     kill_reason: str | None = None
+    kill_kind: str = ""  # the reason label of task_processor_workers_killed_total
     kill_result: RunResult = RunResult.WORKER_LOST
     kill_beat: Beat | None = None  # what the worker was doing when the kill was decided
     kill_cancellable: bool = False
@@ -84,6 +87,7 @@ class Supervisor:
     duties: list[Duty] = field(default_factory=list)
     migrate: bool = True
     workers: dict[int, WorkerProcess] = field(default_factory=dict)
+    metrics: ProcessorMetrics = field(default_factory=ProcessorMetrics.disabled)
 
     def __post_init__(self) -> None:
         self.pid = os.getpid()
@@ -106,6 +110,7 @@ class Supervisor:
     def run(self) -> int:
         self._install_signal_handlers()
         self._title("starting")
+        self.metrics.start(HANDLED_SIGNALS)  # before any connection or worker exists
         if not self.database.start(self.num_workers, self._signal_pending, self.duties,
                                    self.migrate):
             return self.exit_code  # stopped by a signal while waiting for the database
@@ -134,6 +139,7 @@ class Supervisor:
                 self._replace_outdated()
                 self._spawn_missing()
             self._tend_database()
+            self._tend_metrics()
             self._talk_to_systemd()
 
     # -- signals ------------------------------------------------------------------------------
@@ -246,10 +252,11 @@ class Supervisor:
         if pid == 0:
             try:
                 Worker(settings, self.slots, slot, history.generation, self.pid, mask,
-                       fence_board=self.fence).run()
+                       fence_board=self.fence, metrics_board=self.metrics.board).run()
             finally:
                 os._exit(1)  # never back into the supervisor's loop
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self.metrics.worker_started(slot)
         self.workers[slot] = WorkerProcess(slot, history.generation, pid, time.monotonic(),
                                            settings)
         logger.debug("worker %d started: pid %d, generation %d", slot, pid, history.generation)
@@ -268,7 +275,8 @@ class Supervisor:
                 _kill_leftovers(pid)
             _, status = os.waitpid(pid, 0)
             if process is None:
-                logger.debug("reaped pid %d, not a worker", pid)  # orphans when PID 1
+                if not self.metrics.reaped(pid):
+                    logger.debug("reaped pid %d, not a worker", pid)  # orphans when PID 1
                 continue
             del self.workers[process.slot]
             self._worker_exited(process, status)
@@ -284,7 +292,9 @@ class Supervisor:
         if not process.kill_reason and self._fenced(status):
             process.kill_reason = (f"worker {process.slot} (pid {process.pid}) was killed by its "
                                    f"lease fence: its leases were not renewed in time")
+            process.kill_kind = why_killed.KILLED_LEASE_FENCE
             logger.error("%s", process.kill_reason)
+        self._count_exit(process, clean)
         if process.kill_reason:
             reason, result = process.kill_reason, process.kill_result
             killed_for = process.kill_beat.task_id if process.kill_beat else 0
@@ -328,18 +338,22 @@ class Supervisor:
             if process.kill_reason:
                 self._finish_kill(process, now)
             elif self.draining_until is not None and now >= self.draining_until:
-                self._kill(process, "killed at the drain deadline", RunResult.WORKER_LOST)
+                self._kill(process, "killed at the drain deadline", RunResult.WORKER_LOST,
+                           why_killed.KILLED_DRAIN_DEADLINE)
             elif self._stopped_too_long(process, now):
                 self._kill(process, f"worker {process.slot} was stopped (SIGSTOP) for more than "
-                                    f"the grace period of {grace:.1f} s", RunResult.WORKER_LOST)
+                                    f"the grace period of {grace:.1f} s", RunResult.WORKER_LOST,
+                           why_killed.KILLED_STOPPED)
             elif (verdict := stuck(beat, process.started, now, grace, process.slot)) is not None:
                 reason, result = verdict
-                self._kill(process, reason, result, cancellable=True)
+                kind = why_killed.KILLED_TIMEOUT if result == RunResult.TIMEOUT \
+                    else why_killed.KILLED_STUCK
+                self._kill(process, reason, result, kind, cancellable=True)
             elif (beat is not None and beat.state == WorkerState.BUSY
                   and (grown := self._over_memory(process)) is not None):
                 self._kill(process, f"task {beat.task_id} grew past the worker memory limit "
                                     f"({grown:.0f} MiB > {process.settings.max_memory_mb} MiB)",
-                           RunResult.FAILURE)
+                           RunResult.FAILURE, why_killed.KILLED_MEMORY)
 
     def _over_memory(self, process: WorkerProcess) -> float | None:
         """The resident MiB of a busy worker over ``--max-worker-memory-mb``, else None. The
@@ -368,14 +382,14 @@ class Supervisor:
             process.last_beat = beat
         return process.last_beat
 
-    def _kill(self, process: WorkerProcess, reason: str, result: RunResult,
+    def _kill(self, process: WorkerProcess, reason: str, result: RunResult, kind: str,
               cancellable: bool = False) -> None:
         """Dump the worker's stack (SIGUSR1), then SIGKILL it a moment later: only SIGKILL
         stops a worker stuck in C code. A kill for being stuck is called off if the worker
         beats again meanwhile (its task ended just in time): the next task must not pay."""
         logger.error("killing worker %d (pid %d, task %s): %s", process.slot, process.pid,
                      process.last_beat.task_id if process.last_beat else "-", reason)
-        process.kill_reason, process.kill_result = reason, result
+        process.kill_reason, process.kill_result, process.kill_kind = reason, result, kind
         process.kill_beat, process.kill_cancellable = process.last_beat, cancellable
         process.dump_sent_at = time.monotonic()
         _send(process.pid, signal.SIGUSR1)
@@ -425,7 +439,21 @@ class Supervisor:
             for process in self.workers.values():
                 if not process.kill_reason:
                     self._kill(process, f"its lease {why}; stopped so that no other processor "
-                                        f"runs its tasks twice", RunResult.WORKER_LOST)
+                                        f"runs its tasks twice", RunResult.WORKER_LOST,
+                               why_killed.KILLED_LEASE)
+
+    def _tend_metrics(self) -> None:
+        """Publish the supervisor's counters; restart the metrics server if it died."""
+        self.metrics.publish(self.database.renewals_failed)
+        self.metrics.tend(HANDLED_SIGNALS)
+
+    def _count_exit(self, process: WorkerProcess, clean: bool) -> None:
+        """A worker killed, or one that died unasked, counts by why; one that left cleanly
+        (asked to stop, recycled) does not."""
+        if process.kill_reason:
+            self.metrics.worker_killed(process.kill_kind)
+        elif not clean:
+            self.metrics.worker_killed(why_killed.DIED)
 
     def _publish_fence(self) -> None:
         """Tell the workers until when their leases are known to be held: a part of the
@@ -478,6 +506,7 @@ class Supervisor:
         for process in self.workers.values():
             if not process.kill_reason:
                 process.kill_reason = "processor stopped at once"
+                process.kill_kind = why_killed.KILLED_SHUTDOWN
             _send(process.pid, signal.SIGKILL)
         for process in list(self.workers.values()):
             try:
@@ -488,6 +517,7 @@ class Supervisor:
                 status = 0
             del self.workers[process.slot]
             self._worker_exited(process, status)
+        self.metrics.stop()
         self.notifier.stopping("stopped")
         self.database.stop()
         logger.info("processor %s stopped", self.settings.processor_id)

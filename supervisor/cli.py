@@ -25,7 +25,8 @@ from common.config import (
 )
 from common.migrations import SchemaOutdated
 from common.settings import ProcessorSettings, enter_processor
-from supervisor.arbiter import Supervisor
+from supervisor.arbiter import MAX_WORKERS, Supervisor
+from supervisor.metrics import MetricsServerError, ProcessorMetrics
 from supervisor.recurring import RecurringDuty
 from supervisor.unrunnable import UnrunnableWatch
 
@@ -44,7 +45,7 @@ Exit status: 0 stopped on request, 78 configuration error, 1 fatal error (crash 
 OPTIONS = (
     "tasks", "numthreads", "sleepintervalms", "listen_database_url", "graceperiodms", "queuepopsize", "drain_timeout",
     "max_tasks_per_worker", "max_worker_memory_mb", "lease_seconds", "retention_days",
-    "dead_retention_days", "migrate", "database_url", "task_processor_database_url", "data_dir",
+    "dead_retention_days", "metrics_bind", "migrate", "database_url", "task_processor_database_url", "data_dir",
     "log_level", "log_format", "sentry_dsn",
 )
 
@@ -71,6 +72,18 @@ def processor_settings(options: argparse.Namespace, processor_id: str) -> Proces
     )
 
 
+def processor_metrics(bind: tuple[str, int] | None) -> ProcessorMetrics:
+    """The metrics of ``--metrics-bind``, or none; exit 78 when prometheus_client is missing."""
+    if bind is None:
+        return ProcessorMetrics.disabled()
+    try:
+        from supervisor import metrics_server  # imports prometheus_client: only when asked
+    except ImportError as error:
+        exit_config_error(PROG, f"--metrics-bind needs prometheus_client ({error}); install "
+                                f"the metrics extra: pip install 'task-processor[metrics]'")
+    return ProcessorMetrics(bind, metrics_server.serve, MAX_WORKERS)
+
+
 def import_task_modules(modules: Sequence[str]) -> None:
     """Import every task module before the first fork, so that workers inherit them and a
     broken module stops the start (exit 78) instead of feeding a respawn loop."""
@@ -94,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not options.tasks:
         logger.warning("no task modules given (--tasks or TASK_PROCESSOR_TASKS): this "
                        "processor runs only the built-in tasks")
+    metrics = processor_metrics(options.metrics_bind)
     import_task_modules(options.tasks or [])
     sentry.init(options.sentry_dsn, "supervisor")
     enter_processor(settings)
@@ -115,10 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     move_queue.warn_if_left_behind(options.database_url, settings.database_url)
     supervisor = Supervisor(settings=settings, num_workers=options.numthreads,
                             drain_timeout=options.drain_timeout, reload_settings=reload,
-                            duties=[RecurringDuty(processor_id), UnrunnableWatch()], migrate=options.migrate)
+                            duties=[RecurringDuty(processor_id), UnrunnableWatch()],
+                            migrate=options.migrate, metrics=metrics)
     try:
         return supervisor.run()
-    except (SchemaOutdated, db.DatabaseRefused) as error:  # errors no restart can fix
+    except (SchemaOutdated, db.DatabaseRefused, MetricsServerError) as error:  # errors no restart can fix
         exit_config_error(PROG, str(error))
 
 

@@ -70,6 +70,7 @@ class SupervisorDatabase:
         self.last_renewal = time.monotonic()
         self.renewed_at = fence.now()  # the start of the last renewal, on the fence's clock
         self.lapsed = False
+        self.renewals_failed = 0  # renewals that were due and did not happen (for metrics)
         self.duties: list[Duty] = []
         self.duties_paused_until = 0.0
 
@@ -159,6 +160,8 @@ class SupervisorDatabase:
             self.reconnect_delay = 0.5
         except (psycopg2.Error, db.DatabaseUnavailable) as error:
             self._drop()
+            if now >= self.next_beat:
+                self.renewals_failed += 1
             self.next_attempt = now + self.reconnect_delay
             logger.warning("database: %s; retrying in %.1f s", one_line(error, 300),
                            self.reconnect_delay)

@@ -21,14 +21,16 @@ import psutil
 import psycopg2
 import setproctitle
 
-from common import db, logs, registry, sentry
+from common import db, logs, registry, sentry, tracing
 from common.lifecycle import LISTEN, NO_TIME_LIMIT_MS, lease_owner
 from common.logs import one_line
 from common.settings import ProcessorSettings, enter_processor
 from worker import queries
 from worker.fence import Fence, FenceBoard
 from worker.heartbeat import Slots, WorkerState
+from worker.metrics import AttemptMetrics, MetricsBoard
 from worker.runner import ClaimedTask, Outcome, run_within_deadline
+from worker.tracing import run_in_span
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ _RETRY_BASE, _RETRY_CAP = 0.1, 5.0  # reconnect backoff while the database is do
 class Worker:
     def __init__(self, settings: ProcessorSettings, slots: Slots, slot: int, generation: int,
                  parent_pid: int, signal_mask: set[int] | None = None, *,
-                 fence_board: FenceBoard) -> None:
+                 fence_board: FenceBoard, metrics_board: MetricsBoard | None = None) -> None:
         self.settings = settings
         self.slots = slots
         self.slot = slot
@@ -63,6 +65,8 @@ class Worker:
         self._wakeup_read = -1
         self._process = psutil.Process()
         self.known = registry.identifiers()  # claimed: only tasks this processor can run
+        # counted only with --metrics-bind; the slot's page carries on its predecessors' counts
+        self.metrics = AttemptMetrics(metrics_board, slot) if metrics_board else None
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -79,6 +83,7 @@ class Worker:
             logger.exception("worker %s crashed", self.owner)
             code = 1
         finally:
+            tracing.flush()
             logging.shutdown()
             os._exit(code)
 
@@ -233,7 +238,7 @@ class Worker:
             deadline = _deadline(started, task.timeout_ms)
             self._beat(WorkerState.BUSY, task.id, deadline)
             self._title(f"busy task {task.id} {task.identifier}")
-            outcome = run_within_deadline(task, deadline)
+            outcome = self._attempt(task, deadline, started)
             finished = time.monotonic()
             slow = finished - started > _SLOW_TASK
             if not pending:
@@ -243,11 +248,21 @@ class Worker:
         self._record(pending)
         return False
 
+    def _attempt(self, task: ClaimedTask, deadline: float, started: float) -> Outcome:
+        """Run one task, in its trace span when the process uses OpenTelemetry, and count it
+        when metrics are on (published with the next recording, never a statement of its own)."""
+        outcome = run_in_span(task, lambda: run_within_deadline(task, deadline))
+        if self.metrics is not None:
+            self.metrics.observe(task, outcome.result, started, time.monotonic())
+        return outcome
+
     def _record(self, outcomes: list[Outcome]) -> bool:
         """Record ``outcomes``; False if a lease was lost on the way. An outcome that the
         database refuses (an unstorable value) is recorded as a failure that says why, so one
         bad outcome never takes the worker down with its whole batch."""
         self._beat(WorkerState.IDLE)
+        if self.metrics is not None:
+            self.metrics.publish()
         try:
             return self._database(lambda: self._finish(outcomes))
         except (psycopg2.Error, ValueError) as error:
@@ -333,6 +348,8 @@ class Worker:
                 processor_id=self.settings.processor_id, slot=self.slot, pid=self.pid,
                 generation=self.generation, known=self.known))
             rows = cursor.fetchall()
+        if self.metrics is not None:
+            self.metrics.claimed()
         due_in = rows[0][-1] if rows else None
         return [ClaimedTask(*row[:-1]) for row in rows if row[0] is not None], due_in
 

@@ -60,7 +60,11 @@ WITH orphans AS (
     -- fails that task alone.
     RETURNING t.id, t.identifier, coalesce(t.args_exact::text, t.args::text) AS args,
               coalesce(t.kwargs_exact::text, t.kwargs::text) AS kwargs, t.priority,
-              t.scheduled_for, t.attempts, t.max_attempts, t.timeout_ms
+              t.scheduled_for, t.attempts, t.max_attempts, t.timeout_ms,
+              t.recurring_identifier IS NOT NULL AS recurring,
+              -- how long it has been due, on the database's clock (the wait before its start)
+              extract(epoch FROM now() - t.scheduled_for)::float8 AS waited,
+              t.trace_context::text AS trace_context
 ), beat AS (
     INSERT INTO task_processor.workers AS w
         (processor_id, slot, pid, generation, state, task_id, task_deadline, last_beat_at)
@@ -79,7 +83,7 @@ WITH orphans AS (
     WHERE state = 'waiting' AND scheduled_for > now()
 )
 SELECT c.id, c.identifier, c.args, c.kwargs, c.attempts, c.max_attempts, c.timeout_ms,
-       upcoming.due_in
+       c.recurring, c.waited, c.trace_context, upcoming.due_in
 FROM upcoming
 LEFT JOIN claimed AS c ON true
 LEFT JOIN LATERAL (  -- wake other workers for the orphans given back and the tasks left

@@ -30,6 +30,9 @@ class ClaimedTask:
     attempt: int
     max_attempts: int
     timeout_ms: int
+    recurring: bool = False  # a run of a recurring task (the metrics' task_type)
+    waited: float = 0.0  # seconds it had been due when it was claimed
+    trace_context: str | None = None  # JSON: the W3C trace context of its enqueuer's span
 
 
 class UndecodableArguments(ValueError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -220,3 +221,8 @@ def fails_with_a_lone_surrogate() -> None:
 def records_what_it_got(key: str, *args, **kwargs) -> None:
     """Records the repr of its arguments (types, signs and key order show in a repr)."""
     record_key(f"{key}={args!r} {kwargs!r}")
+
+
+@register_task_handler()
+def records_whether_opentelemetry_is_loaded(key: str) -> None:
+    record_key(f"{key}:{'opentelemetry' in sys.modules}")
