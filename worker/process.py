@@ -26,6 +26,7 @@ from common.slots import Slots, WorkerState
 from common.tasks import enter_processor_mode
 from worker import queries
 from worker.runner import ClaimedTask, Outcome, run_task
+from worker.wakeup import WakeUps
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ _FLUSH_AFTER = 0.010  # record finished attempts before the next task once they 
 _SLOW_TASK = 0.050  # after a task this slow, idle peers may take the rest of its batch
 _HANDOFF_WINDOW = 0.050  # how long a worker leaves tasks it handed off to its peers
 _DUE_MARGIN = 0.002  # wake this long after a delayed task falls due, not before
-_MAX_WAIT = 1.0  # an idle worker beats its slot at least this often
+_MAX_WAIT = 1.0  # an idle worker beats its slot (shared memory only) at least this often
 _RETRY_BASE, _RETRY_CAP = 0.1, 5.0  # reconnect backoff while the database is down
 
 
@@ -64,19 +65,21 @@ def worker_id(processor_id: str, slot: int, generation: int) -> str:
 
 class Worker:
     def __init__(self, settings: WorkerSettings, slots: Slots, slot: int, generation: int,
-                 parent_pid: int, signal_mask: set[int] | None = None) -> None:
+                 parent_pid: int, signal_mask: set[int] | None = None, *,
+                 wakeups: WakeUps) -> None:
         self.settings = settings
         self.slots = slots
         self.slot = slot
         self.generation = generation
         self.parent_pid = parent_pid
         self.signal_mask = signal_mask if signal_mask is not None else set()
+        self.wakeups = wakeups
         self.owner = worker_id(settings.processor_id, slot, generation)
         self.pid = os.getpid()
         self.connection: db.Connection | None = None
         self.stopping = False
         self.tasks_done = 0
-        self.poll_interval = min(settings.sleep_interval, settings.grace_period / 3)
+        self.due_at = 0.0  # when the next delayed task falls due (monotonic; 0: none known)
         self._wakeup_read = -1
         self._process = psutil.Process()
 
@@ -143,37 +146,36 @@ class Worker:
     # -- the loop -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        """Claim while there is work; when a claim finds none, wait for a wake-up token.
+
+        The worker never polls: the processor wakes it when a commit announces tasks, when a
+        delayed task falls due (the worker publishes the due time in its slot), and once per
+        ``--sleepintervalms`` as the fallback."""
         wake = True  # claim at once on start: work may be waiting
-        next_poll = 0.0
         hold_until = 0.0  # after handing tasks to idle peers, let them claim first
         while not self.stopping and not self._should_recycle():
             now = time.monotonic()
-            if (wake or now >= next_poll) and now >= hold_until:
+            if wake and now >= hold_until:
                 batch, due_in = self._database(self._claim)
-                wait = self.poll_interval if due_in is None else \
-                    min(self.poll_interval, due_in + _DUE_MARGIN)
-                next_poll = time.monotonic() + wait
+                self.due_at = 0.0 if due_in is None else time.monotonic() + due_in + _DUE_MARGIN
                 if batch:
-                    wake = True  # there may be more: claim again before sleeping
+                    if len(batch) >= self.settings.queue_pop_size:
+                        self.wakeups.ring_unless_pending()  # more may wait: wake a peer
                     if self._run_batch(batch):
                         hold_until = time.monotonic() + _HANDOFF_WINDOW
-                    continue
+                    continue  # there may be more: claim again before sleeping
                 wake = False
-            self._beat(WorkerState.IDLE)
+            self._beat(WorkerState.IDLE, 0, self.due_at)
             self._title("idle")
-            until = hold_until if wake else max(next_poll, hold_until)
-            wake = self._wait(max(0.0, min(until - time.monotonic(), _MAX_WAIT))) or wake
+            wait = hold_until - now if wake else _MAX_WAIT
+            wake = self._wait(max(0.0, min(wait, _MAX_WAIT))) or wake
         logger.debug("worker %s leaves after %d tasks", self.owner, self.tasks_done)
 
     def _wait(self, timeout: float) -> bool:
-        """Sleep until a notification, a signal or ``timeout``; True if work was announced."""
-        connection = self.connection
-        if connection is not None and connection.notifies:  # arrived with a query's answer
-            connection.notifies.clear()
-            return True
-        watched = [self._wakeup_read] + ([connection] if connection is not None else [])
+        """Sleep until a wake-up token, a signal or ``timeout``; True if this worker took a
+        token (it claims next)."""
         try:
-            readable, _, _ = select.select(watched, [], [], timeout)
+            readable, _, _ = select.select([self._wakeup_read, self.wakeups], [], [], timeout)
         except OSError:
             readable = []
         if self._wakeup_read in readable:
@@ -182,16 +184,7 @@ class Worker:
                     pass
             except BlockingIOError:
                 pass
-        if connection is not None and connection in readable:
-            try:
-                connection.poll()
-            except psycopg2.Error:
-                self._drop_connection()
-                return True
-            announced = bool(connection.notifies)
-            connection.notifies.clear()
-            return announced
-        return False
+        return self.wakeups in readable and self.wakeups.take()
 
     def _run_batch(self, batch: list[ClaimedTask]) -> bool:
         """Run a claimed batch in order; True if its rest was handed to idle peers.
@@ -271,8 +264,6 @@ class Worker:
 
     def _connect(self) -> None:
         self.connection = db.connect(self.settings.database_url, f"worker {self.slot}")
-        with self.connection.cursor() as cursor:
-            cursor.execute(queries.LISTEN)
 
     def _drop_connection(self) -> None:
         db.close_quietly(self.connection)
@@ -285,10 +276,6 @@ class Worker:
                 "limit": self.settings.queue_pop_size,
                 "owner": self.owner,
                 "lease_seconds": self.settings.lease_seconds,
-                "processor_id": self.settings.processor_id,
-                "slot": self.slot,
-                "pid": self.pid,
-                "generation": self.generation,
             })
             rows = cursor.fetchall()
         due_in = rows[0][-1] if rows else None

@@ -4,10 +4,10 @@ not start. Each is one statement, so a worker costs one round trip per batch eac
 from __future__ import annotations
 
 # Claims up to %(limit)s due tasks (the partial index tasks_claim_idx serves the inner
-# SELECT), counts the attempt, sets the lease, and upserts the worker's heartbeat row in the
-# same statement: busy until the latest time the batch may end, or idle. Every row also says in
-# how many seconds the next delayed task falls due (one probe of tasks_scheduled_idx); with
-# nothing claimed, a single row carries only that.
+# SELECT), counts the attempt and sets the lease. Every row also says in how many seconds the
+# next delayed task falls due (one probe of tasks_scheduled_idx); with nothing claimed, a single
+# row carries only that. The worker's heartbeat row is the supervisor's to write (with its own
+# heartbeat), so a claim writes nothing but the tasks it takes.
 CLAIM = """
 WITH orphans AS (
     -- A worker claims only when it holds nothing: anything still leased to it comes from a
@@ -32,17 +32,6 @@ WITH orphans AS (
     FROM next WHERE t.id = next.id
     RETURNING t.id, t.identifier, t.args, t.kwargs, t.priority, t.scheduled_for, t.attempts,
               t.max_attempts, t.timeout_ms
-), beat AS (
-    INSERT INTO task_processor.workers AS w
-        (processor_id, slot, pid, generation, state, task_id, task_deadline, last_beat_at)
-    SELECT %(processor_id)s, %(slot)s, %(pid)s, %(generation)s,
-           CASE WHEN count(*) > 0 THEN 'busy' ELSE 'idle' END, min(id),
-           now() + sum(timeout_ms) * interval '1 millisecond', now()
-    FROM claimed
-    ON CONFLICT (processor_id, slot) DO UPDATE
-    SET pid = excluded.pid, generation = excluded.generation, state = excluded.state,
-        task_id = excluded.task_id, task_deadline = excluded.task_deadline,
-        last_beat_at = excluded.last_beat_at
 ), upcoming AS (
     SELECT extract(epoch FROM min(scheduled_for) - now())::float8 AS due_in
     FROM task_processor.tasks
@@ -108,5 +97,3 @@ WITH released AS (
 )
 SELECT count(*) FROM released, LATERAL (SELECT pg_notify('task_processor', '')) AS wake
 """
-
-LISTEN = "LISTEN task_processor"
