@@ -264,6 +264,9 @@ class Worker:
 
     def _connect(self) -> None:
         self.connection = db.connect(self.settings.database_url, f"worker {self.slot}")
+        with self.connection.cursor() as cursor:
+            for statement in queries.PREPARED:
+                statement.prepare_on(cursor)
 
     def _drop_connection(self) -> None:
         db.close_quietly(self.connection)
@@ -272,7 +275,7 @@ class Worker:
     def _claim(self) -> tuple[list[ClaimedTask], float | None]:
         """Claim a batch; also say in how many seconds the next delayed task falls due."""
         with self.connection.cursor() as cursor:
-            cursor.execute(queries.CLAIM, {
+            cursor.execute(queries.CLAIM_PREPARED, {
                 "limit": self.settings.queue_pop_size,
                 "owner": self.owner,
                 "lease_seconds": self.settings.lease_seconds,
@@ -283,7 +286,7 @@ class Worker:
 
     def _finish(self, outcomes: list[Outcome]) -> bool:
         with self.connection.cursor() as cursor:
-            cursor.execute(queries.FINISH, {
+            cursor.execute(queries.FINISH_PREPARED, {
                 "ids": [o.task_id for o in outcomes],
                 "outcomes": [o.result for o in outcomes],
                 "errors": [o.error for o in outcomes],

@@ -3,6 +3,8 @@ not start. Each is one statement, so a worker costs one round trip per batch eac
 
 from __future__ import annotations
 
+from common.prepared import Prepared
+
 # Claims up to %(limit)s due tasks (the partial index tasks_claim_idx serves the inner
 # SELECT), counts the attempt and sets the lease. Every row also says in how many seconds the
 # next delayed task falls due (one probe of tasks_scheduled_idx); with nothing claimed, a single
@@ -20,8 +22,10 @@ WITH orphans AS (
     SELECT id FROM task_processor.tasks
     WHERE state = 'waiting' AND scheduled_for <= now()
       -- nothing due: one probe of tasks_scheduled_idx instead of walking the delayed tasks
+      -- (ordered, so that the planner never scans the table past finished tasks instead)
       AND EXISTS (SELECT 1 FROM task_processor.tasks
-                  WHERE state = 'waiting' AND scheduled_for <= now())
+                  WHERE state = 'waiting' AND scheduled_for <= now()
+                  ORDER BY scheduled_for LIMIT 1)
     ORDER BY priority, scheduled_for, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -97,3 +101,16 @@ WITH released AS (
 )
 SELECT count(*) FROM released, LATERAL (SELECT pg_notify('task_processor', '')) AS wake
 """
+
+# Claims and recordings are sent thousands of times a second while draining: each worker
+# connection prepares them once (planning costs about as much as running them).
+PREPARED = (
+    Prepared("task_processor_claim", CLAIM,
+             {"limit": "integer", "owner": "text", "lease_seconds": "integer"}),
+    Prepared("task_processor_finish", FINISH,
+             {"ids": "bigint[]", "outcomes": "text[]", "errors": "text[]",
+              "started": "timestamptz[]", "finished": "timestamptz[]",
+              "retry_at": "timestamptz[]", "owner": "text", "backoff_seconds": "float8",
+              "max_backoff_seconds": "float8"}),
+)
+CLAIM_PREPARED, FINISH_PREPARED = (statement.execute for statement in PREPARED)
