@@ -20,6 +20,7 @@ import psycopg2.errors
 
 from common import db
 from common.migrations import SchemaOutdated
+from common.prepared import Prepared
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,6 +38,17 @@ WHERE a.position <= %(capacity)s
 ORDER BY a.position
 RETURNING id
 """
+
+# One task on the queue's own connection (the usual ``.delay()``): a plain VALUES insert,
+# prepared once per connection, is a third cheaper for the server than the bulk statement.
+_INSERT_ONE = Prepared("task_processor_enqueue_one", """
+INSERT INTO task_processor.tasks
+    (identifier, args, kwargs, priority, scheduled_for, max_attempts, timeout_ms)
+VALUES (%(identifier)s, %(args)s, %(kwargs)s, %(priority)s, coalesce(%(scheduled_for)s, now()),
+        %(max_attempts)s, %(timeout_ms)s)
+RETURNING id
+""", {"identifier": "text", "args": "jsonb", "kwargs": "jsonb", "priority": "smallint",
+      "scheduled_for": "timestamptz", "max_attempts": "integer", "timeout_ms": "integer"})
 
 _LOCK_IDENTIFIER = """
 SELECT current_setting('transaction_isolation'),
@@ -113,7 +125,7 @@ def enqueue(kind: TaskKind, tasks: Sequence[NewTask],
     thread's own queue connection in a transaction of its own."""
     try:
         if connection is None:
-            return _own_connection().run(lambda own: _insert_atomically(own, kind, tasks))
+            return _own_connection().run(lambda own: _insert_own(own, kind, tasks))
         if connection.autocommit:
             return _insert_atomically(connection, kind, tasks)
         with connection.cursor() as cursor:
@@ -122,6 +134,20 @@ def enqueue(kind: TaskKind, tasks: Sequence[NewTask],
         raise SchemaOutdated(
             "the task processor schema is missing from this database; run "
             "`task-processor migrate` against it") from None
+
+
+def _insert_own(connection: db.Connection, kind: TaskKind,
+                tasks: Sequence[NewTask]) -> list[int | None]:
+    """Insert on this thread's own queue connection, one task by the prepared statement."""
+    if len(tasks) != 1 or kind.queue_size is not None:
+        return _insert_atomically(connection, kind, tasks)
+    task = tasks[0]
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_ONE.execute, {
+            "identifier": kind.identifier, "args": task.args_json, "kwargs": task.kwargs_json,
+            "priority": kind.priority, "scheduled_for": task.scheduled_for,
+            "max_attempts": kind.max_attempts, "timeout_ms": kind.timeout_ms})
+        return [cursor.fetchone()[0]]
 
 
 def _insert_atomically(connection: db.Connection, kind: TaskKind,
@@ -154,7 +180,14 @@ class _OwnConnection:
 
     def _connect(self) -> db.Connection:
         if self.connection is None or self.connection.closed:
-            self.connection = db.connect(db.queue_database_url(), "enqueue")
+            connection = db.connect(db.queue_database_url(), "enqueue")
+            try:
+                with connection.cursor() as cursor:
+                    _INSERT_ONE.prepare_on(cursor)
+            except BaseException:
+                connection.close()
+                raise
+            self.connection = connection
         return self.connection
 
     def run(self, work: Callable[[db.Connection], T]) -> T:
