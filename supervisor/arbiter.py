@@ -8,6 +8,7 @@ pings systemd.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -272,6 +273,7 @@ class Supervisor:
         # Signals are blocked across fork: one sent to the new worker before it installs its
         # own handlers waits for them instead of reaching copies of the supervisor's.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        _freeze_heap()
         try:
             pid = os.fork()
         except OSError as error:
@@ -526,6 +528,15 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+def _freeze_heap() -> None:
+    """Move every object that exists now out of the garbage collector's reach, in this
+    process and in the child about to be forked. A collection writes to the header of every
+    object it scans; in a worker, that would copy each page of the inherited heap (the
+    imported code, the task modules) that copy-on-write still shares with the supervisor."""
+    gc.freeze()
+    gc.enable()
 
 
 def _drain(fd: int) -> None:
