@@ -80,6 +80,7 @@ class Worker:
         self.stopping = False
         self.tasks_done = 0
         self.due_at = 0.0  # when the next delayed task falls due (monotonic; 0: none known)
+        self.unrecorded: list[Outcome] = []  # a batch's last outcomes, recorded with the claim
         self._wakeup_read = -1
         self._process = psutil.Process()
 
@@ -169,6 +170,8 @@ class Worker:
             self._title("idle")
             wait = hold_until - now if wake else _MAX_WAIT
             wake = self._wait(max(0.0, min(wait, _MAX_WAIT))) or wake
+        if self.unrecorded:
+            self._record(self.unrecorded)
         logger.debug("worker %s leaves after %d tasks", self.owner, self.tasks_done)
 
     def _wait(self, timeout: float) -> bool:
@@ -218,7 +221,7 @@ class Worker:
                 oldest = finished
             pending.append(outcome)
             self.tasks_done += 1
-        self._record(pending)
+        self.unrecorded = pending  # the next claim records them (or the worker, as it leaves)
         return False
 
     def _record(self, outcomes: list[Outcome]) -> bool:
@@ -274,6 +277,8 @@ class Worker:
 
     def _claim(self) -> tuple[list[ClaimedTask], float | None]:
         """Claim a batch; also say in how many seconds the next delayed task falls due."""
+        if self.unrecorded:
+            return self._record_then_claim()
         with self.connection.cursor() as cursor:
             cursor.execute(queries.CLAIM_PREPARED, {
                 "limit": self.settings.queue_pop_size,
@@ -284,25 +289,59 @@ class Worker:
         due_in = rows[0][-1] if rows else None
         return [ClaimedTask(*row[:-1]) for row in rows if row[0] is not None], due_in
 
-    def _finish(self, outcomes: list[Outcome]) -> bool:
-        with self.connection.cursor() as cursor:
-            cursor.execute(queries.FINISH_PREPARED, {
-                "ids": [o.task_id for o in outcomes],
-                "outcomes": [o.result for o in outcomes],
-                "errors": [o.error for o in outcomes],
-                "started": [o.started_at for o in outcomes],
-                "finished": [o.finished_at for o in outcomes],
-                "retry_at": [o.retry_at for o in outcomes],
-                "owner": self.owner,
-                "backoff_seconds": self.settings.backoff_seconds,
-                "max_backoff_seconds": self.settings.max_backoff_seconds,
-            })
-            recorded = {row[0] for row in cursor.fetchall()}
+    def _record_then_claim(self) -> tuple[list[ClaimedTask], float | None]:
+        """Record the last batch's outcomes and claim the next batch in one statement. An
+        outcome the database refuses fails the whole statement: then they are recorded on
+        their own (one by one if need be, see :meth:`_record`) and the claim follows."""
+        outcomes = self.unrecorded
+        self._beat(WorkerState.IDLE)
+        try:
+            with self.connection.cursor() as cursor:
+                cursor.execute(queries.RECORD_THEN_CLAIM_PREPARED, {
+                    **self._outcome_params(outcomes),
+                    "limit": self.settings.queue_pop_size,
+                    "lease_seconds": self.settings.lease_seconds,
+                })
+                rows = cursor.fetchall()
+        except (psycopg2.Error, ValueError) as error:
+            if db.is_connection_error(error):
+                raise  # reconnect and try again (see _database)
+            logger.error("worker %s could not record %d outcomes with its claim (%s)",
+                         self.owner, len(outcomes), " ".join(str(error).split()))
+            self.unrecorded = []
+            self._record(outcomes)
+            return self._claim()
+        self.unrecorded = []
+        self._check_recorded(outcomes, set(rows[0][-1]))
+        due_in = rows[0][-2]
+        return [ClaimedTask(*row[:-2]) for row in rows if row[0] is not None], due_in
+
+    def _outcome_params(self, outcomes: list[Outcome]) -> dict:
+        return {
+            "ids": [o.task_id for o in outcomes],
+            "outcomes": [o.result for o in outcomes],
+            "errors": [o.error for o in outcomes],
+            "started": [o.started_at for o in outcomes],
+            "finished": [o.finished_at for o in outcomes],
+            "retry_at": [o.retry_at for o in outcomes],
+            "owner": self.owner,
+            "backoff_seconds": self.settings.backoff_seconds,
+            "max_backoff_seconds": self.settings.max_backoff_seconds,
+        }
+
+    def _check_recorded(self, outcomes: list[Outcome], recorded: set[int]) -> bool:
+        """False, with a warning, if a lease was lost before its outcome was recorded."""
         lost = [o.task_id for o in outcomes if o.task_id not in recorded]
         if lost:
             logger.warning("worker %s lost the lease of tasks %s before recording them; their "
                            "results were not written", self.owner, lost)
         return not lost
+
+    def _finish(self, outcomes: list[Outcome]) -> bool:
+        with self.connection.cursor() as cursor:
+            cursor.execute(queries.FINISH_PREPARED, self._outcome_params(outcomes))
+            recorded = {row[0] for row in cursor.fetchall()}
+        return self._check_recorded(outcomes, recorded)
 
     def _release(self, task_ids: list[int]) -> None:
         """Give back claimed tasks this worker did not start."""

@@ -1,5 +1,6 @@
 """The worker's SQL: claim a batch under a lease, record the attempts, give back what it did
-not start. Each is one statement, so a worker costs one round trip per batch each way."""
+not start. Each is one statement; at the end of a batch, recording it and claiming the next
+are one statement together, so a draining worker costs one round trip per batch."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ from common.prepared import Prepared
 # next delayed task falls due (one probe of tasks_scheduled_idx); with nothing claimed, a single
 # row carries only that. The worker's heartbeat row is the supervisor's to write (with its own
 # heartbeat), so a claim writes nothing but the tasks it takes.
-CLAIM = """
-WITH orphans AS (
+_CLAIM_CTES = """orphans AS (
     -- A worker claims only when it holds nothing: anything still leased to it comes from a
     -- claim whose answer was lost with a broken connection (and may have committed late).
     UPDATE task_processor.tasks
     SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL
-    WHERE lease_owner = %(owner)s AND state = 'running'
+    WHERE lease_owner = %(owner)s AND state = 'running'{keep_recorded}
     RETURNING id
 ), next AS (
     SELECT id FROM task_processor.tasks
@@ -41,8 +41,10 @@ WITH orphans AS (
     FROM task_processor.tasks
     WHERE state = 'waiting' AND scheduled_for > now()
 )
+"""
+_CLAIM_RESULT = """
 SELECT c.id, c.identifier, c.args, c.kwargs, c.attempts, c.max_attempts, c.timeout_ms,
-       upcoming.due_in
+       upcoming.due_in{recorded}
 FROM upcoming
 LEFT JOIN claimed AS c ON true
 LEFT JOIN LATERAL (  -- wake other workers for the orphans given back
@@ -50,13 +52,13 @@ LEFT JOIN LATERAL (  -- wake other workers for the orphans given back
 ) AS wake ON true
 ORDER BY c.priority, c.scheduled_for, c.id
 """
+CLAIM = "WITH " + _CLAIM_CTES.format(keep_recorded="") + _CLAIM_RESULT.format(recorded="")
 
 # Records a batch of attempts and finishes their tasks. Fenced by the lease owner: a worker
 # whose lease was taken away (it was too slow, its processor was presumed dead) changes
 # nothing. Failures are retried after an exponential backoff with jitter, capped at
 # %(max_backoff_seconds)s, until max_attempts; then the task is dead, with its last error.
-FINISH = """
-WITH result AS (
+_RECORD_CTES = """result AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(outcomes)s::text[], %(errors)s::text[],
                          %(started)s::timestamptz[], %(finished)s::timestamptz[],
                          %(retry_at)s::timestamptz[])
@@ -84,11 +86,22 @@ WITH result AS (
     SELECT pg_notify('task_processor', 'scheduled') FROM finished
     WHERE state = 'waiting' LIMIT 1
 )
+"""
+_RECORD_RUNS = """
 INSERT INTO task_processor.runs (task_id, attempt, worker, started_at, finished_at, result, error)
 SELECT r.task_id, f.attempts, %(owner)s, r.started_at, r.finished_at, r.outcome, r.error
 FROM result AS r JOIN finished AS f ON f.id = r.task_id LEFT JOIN wake ON true
 RETURNING task_id
 """
+FINISH = "WITH " + _RECORD_CTES + _RECORD_RUNS
+
+# A batch's end: records its attempts and claims the next batch in one statement, one commit
+# (half the statements and commits of a drain). The claim's clean-up of orphaned leases leaves
+# alone the tasks being recorded; the recorded ids come back with every row.
+RECORD_THEN_CLAIM = (
+    "WITH " + _RECORD_CTES + ", recorded AS (" + _RECORD_RUNS + "), "
+    + _CLAIM_CTES.format(keep_recorded="\n      AND NOT (id = ANY(%(ids)s::bigint[]))")
+    + _CLAIM_RESULT.format(recorded=", ARRAY(SELECT task_id FROM recorded) AS recorded"))
 
 # Gives back claimed tasks that this worker did not start (it is draining, recycling or
 # handing them to idle peers): the claim's attempt is undone and idle workers are woken.
@@ -104,13 +117,16 @@ SELECT count(*) FROM released, LATERAL (SELECT pg_notify('task_processor', '')) 
 
 # Claims and recordings are sent thousands of times a second while draining: each worker
 # connection prepares them once (planning costs about as much as running them).
+_CLAIM_TYPES = {"limit": "integer", "owner": "text", "lease_seconds": "integer"}
+_RECORD_TYPES = {"ids": "bigint[]", "outcomes": "text[]", "errors": "text[]",
+                 "started": "timestamptz[]", "finished": "timestamptz[]",
+                 "retry_at": "timestamptz[]", "owner": "text", "backoff_seconds": "float8",
+                 "max_backoff_seconds": "float8"}
 PREPARED = (
-    Prepared("task_processor_claim", CLAIM,
-             {"limit": "integer", "owner": "text", "lease_seconds": "integer"}),
-    Prepared("task_processor_finish", FINISH,
-             {"ids": "bigint[]", "outcomes": "text[]", "errors": "text[]",
-              "started": "timestamptz[]", "finished": "timestamptz[]",
-              "retry_at": "timestamptz[]", "owner": "text", "backoff_seconds": "float8",
-              "max_backoff_seconds": "float8"}),
+    Prepared("task_processor_claim", CLAIM, _CLAIM_TYPES),
+    Prepared("task_processor_finish", FINISH, _RECORD_TYPES),
+    Prepared("task_processor_record_then_claim", RECORD_THEN_CLAIM,
+             {**_RECORD_TYPES, **_CLAIM_TYPES}),
 )
-CLAIM_PREPARED, FINISH_PREPARED = (statement.execute for statement in PREPARED)
+CLAIM_PREPARED, FINISH_PREPARED, RECORD_THEN_CLAIM_PREPARED = (
+    statement.execute for statement in PREPARED)
