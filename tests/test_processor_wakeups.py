@@ -7,7 +7,6 @@ import select
 import time
 
 import psycopg2
-
 from harness import wait_for
 
 from common.slots import Beat, WorkerState
@@ -130,9 +129,9 @@ def test_an_idle_processor_has_one_listening_connection_and_its_workers_none(
                            "'LISTEN task_processor') FROM pg_stat_activity WHERE "
                            "datname = current_database() AND application_name LIKE "
                            "'task-processor %%' GROUP BY 1")
-            return dict(cursor.fetchall())
-    found = wait_for(lambda: (lambda c: c if len(c) == 6 else None)(connections()),
-                     message="the processor's connections")
+            found = dict(cursor.fetchall())
+        return found if len(found) == 6 else None  # supervisor, listener, 4 workers
+    found = wait_for(connections, message="the processor's connections")
     assert found["task-processor listener"] == 1
     assert all(found[f"task-processor worker {slot}"] == 0 for slot in range(4))
 

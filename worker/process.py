@@ -168,17 +168,20 @@ class Worker:
                 wake = False
             self._beat(WorkerState.IDLE, 0, self.due_at)
             self._title("idle")
-            wait = hold_until - now if wake else _MAX_WAIT
-            wake = self._wait(max(0.0, min(wait, _MAX_WAIT))) or wake
+            if wake:  # holding back after a hand-off: the tokens are for the peers
+                self._wait(max(0.0, min(hold_until - now, _MAX_WAIT)), take_token=False)
+            else:
+                wake = self._wait(_MAX_WAIT)
         if self.unrecorded:
             self._record(self.unrecorded)
         logger.debug("worker %s leaves after %d tasks", self.owner, self.tasks_done)
 
-    def _wait(self, timeout: float) -> bool:
-        """Sleep until a wake-up token, a signal or ``timeout``; True if this worker took a
-        token (it claims next)."""
+    def _wait(self, timeout: float, take_token: bool = True) -> bool:
+        """Sleep until a wake-up token (if ``take_token``), a signal or ``timeout``; True if
+        this worker took a token (it claims next)."""
+        watched = [self._wakeup_read, self.wakeups] if take_token else [self._wakeup_read]
         try:
-            readable, _, _ = select.select([self._wakeup_read, self.wakeups], [], [], timeout)
+            readable, _, _ = select.select(watched, [], [], timeout)
         except OSError:
             readable = []
         if self._wakeup_read in readable:
