@@ -74,7 +74,6 @@ SCENARIOS = {
 
 def claim_parameters() -> dict:
     return queries.claim_parameters(limit=10, owner="bench/0.1", lease_seconds=300,
-                                    processor_id="bench", slot=0, pid=1, generation=1,
                                     known=KNOWN)
 
 

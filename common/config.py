@@ -252,7 +252,9 @@ OPTIONS: dict[str, Option] = {
         Option(
             ("--sleepintervalms",), "sleepintervalms", env="TASK_PROCESSOR_SLEEP_INTERVAL_MS",
             default=2000, type=bounded_int(10, 3_600_000), metavar="MS",
-            help="fallback poll interval of an idle worker; new tasks wake it at once (default 2000)",
+            help="the longest an idle worker waits before the queue is checked again (one "
+                 "check per interval for the whole processor); new tasks wake a worker at once "
+                 "(default 2000)",
         ),
         Option(
             ("--listen-database-url",), "listen_database_url",

@@ -21,11 +21,10 @@ import psycopg2.errors
 from common import db, tracing
 from common.enqueue_metrics import count_enqueued
 from common.migrations import SchemaOutdated
+from common.prepared import Prepared, vanished
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-NOTIFY_CHANNEL = "task_processor"
 
 _INSERT = """
 INSERT INTO task_processor.tasks
@@ -40,6 +39,20 @@ WHERE a.position <= %(capacity)s
 ORDER BY a.position
 RETURNING id
 """
+
+# One task on the queue's own connection (the usual ``.delay()``): a plain VALUES insert,
+# prepared once per connection, is a third cheaper for the server than the bulk statement.
+_INSERT_ONE = Prepared("enqueue_one", """
+INSERT INTO task_processor.tasks
+    (identifier, args, kwargs, args_exact, kwargs_exact, priority, scheduled_for, max_attempts,
+     timeout_ms, trace_context)
+VALUES (%(identifier)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(args)s::json, %(kwargs)s::json,
+        %(priority)s, coalesce(%(scheduled_for)s, now()), %(max_attempts)s, %(timeout_ms)s,
+        %(trace_context)s::jsonb)
+RETURNING id
+""", {"identifier": "text", "args": "text", "kwargs": "text", "priority": "smallint",
+      "scheduled_for": "timestamptz", "max_attempts": "integer", "timeout_ms": "integer",
+      "trace_context": "text"})
 
 _LOCK_IDENTIFIER = """
 SELECT current_setting('transaction_isolation'),
@@ -119,7 +132,7 @@ def enqueue(kind: TaskKind, tasks: Sequence[NewTask],
     thread's own queue connection in a transaction of its own."""
     try:
         if connection is None:
-            return _own_connection().run(lambda own: _insert_atomically(own, kind, tasks))
+            return _own_connection().run(lambda own: _insert_own(own, kind, tasks))
         if connection.autocommit:
             return _insert_atomically(connection, kind, tasks)
         with connection.cursor() as cursor:
@@ -128,6 +141,33 @@ def enqueue(kind: TaskKind, tasks: Sequence[NewTask],
         raise SchemaOutdated(
             "the task processor schema is missing from this database; run "
             "`task-processor migrate` against it") from None
+
+
+def _insert_own(own: _OwnConnection, kind: TaskKind,
+                tasks: Sequence[NewTask]) -> list[int | None]:
+    """Insert on this thread's own queue connection: one task by the prepared statement,
+    unless a pooler has shown that prepared statements do not stay on this connection."""
+    connection = own.connect()
+    if len(tasks) != 1 or kind.queue_size is not None or not own.prepared:
+        return _insert_atomically(connection, kind, tasks)
+    task = tasks[0]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_INSERT_ONE.execute, {
+                "identifier": kind.identifier, "args": task.args_json,
+                "kwargs": task.kwargs_json, "priority": kind.priority,
+                "scheduled_for": task.scheduled_for, "max_attempts": kind.max_attempts,
+                "timeout_ms": kind.timeout_ms, "trace_context": tracing.current_context()})
+            (task_id,) = cursor.fetchone()
+    except psycopg2.Error as error:
+        if not vanished(error):
+            raise
+        logger.info("the queue's connection does not keep prepared statements (a pooler in "
+                    "transaction mode?): enqueueing with plain statements")
+        own.prepared = False
+        return _insert_atomically(connection, kind, tasks)
+    count_enqueued(kind.identifier, 1)
+    return [task_id]
 
 
 def _insert_atomically(connection: db.Connection, kind: TaskKind,
@@ -157,17 +197,26 @@ class _OwnConnection:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.connection: db.Connection | None = None
+        self.prepared = True  # False once a pooler has dropped a prepared statement
 
-    def _connect(self) -> db.Connection:
+    def connect(self) -> db.Connection:
         if self.connection is None or self.connection.closed:
-            self.connection = db.connect(db.queue_database_url(), "enqueue")
+            connection = db.connect(db.queue_database_url(), "enqueue")
+            try:
+                if self.prepared:
+                    with connection.cursor() as cursor:
+                        _INSERT_ONE.prepare_on(cursor)
+            except BaseException:
+                connection.close()
+                raise
+            self.connection = connection
         return self.connection
 
-    def run(self, work: Callable[[db.Connection], T]) -> T:
+    def run(self, work: Callable[[_OwnConnection], T]) -> T:
         for attempt in (1, 2):
-            connection = self._connect()
+            self.connect()
             try:
-                return work(connection)
+                return work(self)
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 self.close()
                 if attempt == 2:

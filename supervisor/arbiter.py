@@ -8,9 +8,11 @@ pings systemd.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
+import select
 import signal
 import socket
 import time
@@ -24,12 +26,15 @@ from common.lifecycle import RunResult, lease_owner
 from common.settings import ProcessorSettings, enter_processor
 from supervisor import metrics as why_killed
 from supervisor.database import Duty, SupervisorDatabase
+from supervisor.listener import Listener
 from supervisor.metrics import ProcessorMetrics
 from supervisor.procfs import is_stopped, resident_mb
 from supervisor.systemd import Notifier
+from supervisor.worker_rows import WorkerRows, worker_rows
 from worker import fence
 from worker.heartbeat import Beat, Slots, WorkerState
 from worker.process import Worker
+from worker.wakeup import WakeUps
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +103,12 @@ class Supervisor:
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.notifier = Notifier()
         self.database = SupervisorDatabase(self.settings, self.host, self.pid)
+        self.wakeups = WakeUps()
+        # On the queue's database, or on a direct connection past a pooler; none: poll only.
+        self.listener = Listener(self.settings.wake_up_url, self.settings.sleep_interval,
+                                 self.database.statement_deadline, self.wakeups)
+        self.signal_pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.turn_ends = 0.0
         self.draining_until: float | None = None
         self.stopping_now = False
         self.exit_code = EXIT_OK
@@ -147,6 +158,8 @@ class Supervisor:
     def _install_signal_handlers(self) -> None:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, self._queue_signal)
+        # A signal also writes to this pipe, which ends the loop's select() at once.
+        signal.set_wakeup_fd(self.signal_pipe[1], warn_on_full_buffer=False)
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         self.signals.put(signum)
@@ -163,16 +176,13 @@ class Supervisor:
         return False
 
     def _handle_signals(self) -> None:
-        try:
-            signum = self.signals.get(timeout=TICK)
-        except queue.Empty:
-            return
+        self._wait_for_events()
         while True:
-            self._handle_signal(signum)
             try:
                 signum = self.signals.get_nowait()
             except queue.Empty:
                 return
+            self._handle_signal(signum)
 
     def _handle_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
@@ -224,6 +234,41 @@ class Supervisor:
             if slot >= num_workers:
                 self._ask_to_stop(process)
 
+    # -- waiting, and waking idle workers --------------------------------------------------------
+
+    def _wait_for_events(self) -> None:
+        """Wait until a signal arrives or a tick has passed since the last turn of the loop;
+        meanwhile, serve the listening connection and the timed wake-ups of idle workers as
+        they come, so that a notification reaches a worker within milliseconds while the rest
+        of the loop runs at most once a tick."""
+        signal_read = self.signal_pipe[0]
+        while True:
+            now = time.monotonic()
+            idle = self._idle_beats()
+            timeout = min(max(0.0, self.turn_ends - now), self.listener.timeout(now, idle))
+            try:
+                readable, _, _ = select.select([signal_read, *self.listener.fds()], [], [],
+                                               timeout)
+            except (OSError, ValueError):  # the listening connection broke under select
+                readable = []
+            notified = any(item is not signal_read for item in readable)
+            self.listener.tend(notified, self._idle_beats() if readable else idle)
+            if signal_read in readable:
+                _drain(signal_read)
+                return
+            if time.monotonic() >= self.turn_ends:
+                self.turn_ends = time.monotonic() + TICK
+                return
+
+    def _idle_beats(self) -> list[Beat]:
+        """The current beats of the live workers that wait for work."""
+        idle = []
+        for process in self.workers.values():
+            beat = self.slots.read(process.slot)
+            if beat is not None and beat.pid == process.pid and beat.state == WorkerState.IDLE:
+                idle.append(beat)
+        return idle
+
     # -- children -----------------------------------------------------------------------------
 
     def _spawn_missing(self) -> None:
@@ -242,6 +287,7 @@ class Supervisor:
         # Signals are blocked across fork: one sent to the new worker before it installs its
         # own handlers waits for them instead of reaching copies of the supervisor's.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        _freeze_heap()
         try:
             pid = os.fork()
         except OSError as error:
@@ -252,7 +298,8 @@ class Supervisor:
         if pid == 0:
             try:
                 Worker(settings, self.slots, slot, history.generation, self.pid, mask,
-                       fence_board=self.fence, metrics_board=self.metrics.board).run()
+                       fence_board=self.fence, wakeups=self.wakeups,
+                       metrics_board=self.metrics.board).run()
             finally:
                 os._exit(1)  # never back into the supervisor's loop
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -431,7 +478,7 @@ class Supervisor:
         starts none until it can renew again: another processor may soon take those tasks,
         and an attempt must never run while its retry does."""
         owners = [p.owner for p in self.workers.values()]
-        self.database.tend(self.num_workers, owners)
+        self.database.tend(self.num_workers, owners, self._worker_rows())
         self._publish_fence()
         lapsed = self.database.take_lapse()
         if lapsed or self.database.lease_at_risk():
@@ -469,6 +516,13 @@ class Supervisor:
         deadline = self.fence.read()
         return (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
                 and deadline is not None and fence.now() >= deadline)
+
+    def _worker_rows(self) -> WorkerRows:
+        """The live workers' rows for the database, from their latest beats."""
+        live = [p for p in self.workers.values() if p.last_beat is not None
+                and p.last_beat.pid == p.pid]
+        return worker_rows([p.last_beat for p in live], [p.slot for p in live],
+                           self.settings.grace_period)
 
     def _talk_to_systemd(self) -> None:
         now = time.monotonic()
@@ -519,6 +573,7 @@ class Supervisor:
             self._worker_exited(process, status)
         self.metrics.stop()
         self.notifier.stopping("stopped")
+        self.listener.close()
         self.database.stop()
         logger.info("processor %s stopped", self.settings.processor_id)
 
@@ -563,6 +618,23 @@ def _kill_leftovers(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _freeze_heap() -> None:
+    """Move every object that exists now out of the garbage collector's reach, in this
+    process and in the child about to be forked. A collection writes to the header of every
+    object it scans; in a worker, that would copy each page of the inherited heap (the
+    imported code, the task modules) that copy-on-write still shares with the supervisor."""
+    gc.freeze()
+    gc.enable()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
         pass
 
 

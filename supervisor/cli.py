@@ -5,6 +5,7 @@ task module that cannot be imported), 1 for a fatal error such as a worker crash
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import secrets
@@ -96,6 +97,10 @@ def import_task_modules(modules: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # No collections in the supervisor until its workers are forked (they enable theirs): the
+    # holes a collection leaves in the heap would be filled by each worker, copying the pages
+    # they are on. The supervisor freezes the heap before each fork and then collects again.
+    gc.disable()
     parser = build_parser(PROG, DESCRIPTION, OPTIONS)
     options = parse_args(parser, argv)
     logs.configure(options.log_level, options.log_format, role="supervisor")

@@ -18,6 +18,7 @@ from common.logs import one_line
 from common.settings import ProcessorSettings
 from supervisor import queries
 from supervisor.procfs import host_key, process_alive, start_ticks
+from supervisor.worker_rows import NO_ROWS, REFRESH_AFTER, WorkerRows
 from worker import fence
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class SupervisorDatabase:
         self.next_attempt = 0.0
         self.reconnect_delay = 0.5
         self.next_beat = 0.0
+        self.last_beat = 0.0
+        self.written_rows: tuple | None = None
         self.next_requeue = 0.0
         self.last_renewal = time.monotonic()
         self.renewed_at = fence.now()  # the start of the last renewal, on the fence's clock
@@ -139,8 +142,10 @@ class SupervisorDatabase:
 
     # -- the loop's calls ---------------------------------------------------------------------
 
-    def tend(self, num_workers: int, own_owners: list[str]) -> None:
-        """Beat, renew leases, requeue, run the periodic duties: each when it is due."""
+    def tend(self, num_workers: int, own_owners: list[str],
+             rows: WorkerRows = NO_ROWS) -> None:
+        """Beat (with the workers' rows), renew leases, requeue, run the periodic duties: each
+        when it is due."""
         now = time.monotonic()
         if now < self.next_attempt:
             return
@@ -148,8 +153,9 @@ class SupervisorDatabase:
             if self.connection is None:
                 self._connect()
             self._flush_releases()
-            if now >= self.next_beat:
-                self._beat(num_workers, own_owners)
+            if now >= self.next_beat or (rows.key != self.written_rows
+                                         and now - self.last_beat >= REFRESH_AFTER):
+                self._beat(num_workers, own_owners, rows)
                 self.next_beat = now + self.beat_interval
             if now >= self.next_requeue:
                 self._execute(queries.REQUEUE_EXPIRED, {
@@ -229,7 +235,7 @@ class SupervisorDatabase:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _beat(self, num_workers: int, own_owners: list[str]) -> None:
+    def _beat(self, num_workers: int, own_owners: list[str], rows: WorkerRows) -> None:
         """Renew the leases. The database dates them from the statement's start, and so does
         this: a renewal that comes after most of a lease went by (the supervisor was paused or
         blocked) may be too late, and says so through :meth:`take_lapse`."""
@@ -240,8 +246,10 @@ class SupervisorDatabase:
             "num_workers": num_workers,
             "grace_period_ms": int(self.settings.grace_period * 1000),
             "state": self.state, "lease_seconds": self.settings.lease_seconds,
-            "own_owners": own_owners})
-        self.last_renewal, self.renewed_at = started, fence_started
+            "own_owners": own_owners, **rows.params()})
+        self.last_renewal = self.last_beat = started
+        self.renewed_at = fence_started
+        self.written_rows = rows.key
         self.lapsed |= late
 
     def _flush_releases(self, everything: bool = False) -> None:

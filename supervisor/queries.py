@@ -59,8 +59,8 @@ REQUEUE_PROCESSOR = sql.SQL(_REQUEUE_LOST).format(select=sql.SQL("""
     WHERE state = 'running' AND starts_with(lease_owner, %(owner_prefix)s)
     FOR UPDATE"""))
 
-# The supervisor's heartbeat: its row (re-created if an operator deleted it) and the leases
-# of its live workers, renewed in one statement.
+# The supervisor's heartbeat: its row (re-created if an operator deleted it), the leases of
+# its live workers, renewed, and their rows (from the heartbeat slots), in one statement.
 BEAT = """
 WITH processor AS (
     INSERT INTO task_processor.processors AS p
@@ -77,6 +77,20 @@ WITH processor AS (
     SET lease_expires_at = now() + %(lease_seconds)s * interval '1 second'
     WHERE state = 'running' AND lease_owner = ANY(%(own_owners)s)
     RETURNING id
+), worker_rows AS (
+    INSERT INTO task_processor.workers AS w
+        (processor_id, slot, pid, generation, state, task_id, task_deadline, last_beat_at)
+    SELECT %(processor_id)s, r.slot, r.pid, r.generation, r.state, r.task_id,
+           now() + r.deadline_in * interval '1 second', now() - r.beat_age * interval '1 second'
+    FROM unnest(%(worker_slots)s::integer[], %(worker_pids)s::integer[],
+                %(worker_generations)s::integer[], %(worker_states)s::text[],
+                %(worker_task_ids)s::bigint[], %(worker_deadlines_in)s::float8[],
+                %(worker_beat_ages)s::float8[])
+        AS r(slot, pid, generation, state, task_id, deadline_in, beat_age)
+    ON CONFLICT (processor_id, slot) DO UPDATE
+    SET pid = excluded.pid, generation = excluded.generation, state = excluded.state,
+        task_id = excluded.task_id, task_deadline = excluded.task_deadline,
+        last_beat_at = excluded.last_beat_at
 )
 SELECT (SELECT count(*) FROM renewed)
 """

@@ -87,7 +87,6 @@ def _claim(connection: db.Connection, owner: str) -> list[ClaimedTask]:
     with connection.cursor() as cursor:
         cursor.execute(queries.CLAIM, queries.claim_parameters(
             limit=BATCH, owner=owner, lease_seconds=LEASE_SECONDS,
-            processor_id=owner.partition("/")[0], slot=0, pid=os.getpid(), generation=1,
             known=registry.identifiers()))
         rows = cursor.fetchall()
     return [ClaimedTask(*row[:-1]) for row in rows if row[0] is not None]

@@ -19,11 +19,13 @@ import time
 
 import psutil
 import psycopg2
+import psycopg2.errors
 import setproctitle
 
 from common import db, logs, registry, sentry, tracing
-from common.lifecycle import LISTEN, NO_TIME_LIMIT_MS, lease_owner
+from common.lifecycle import NO_TIME_LIMIT_MS, lease_owner
 from common.logs import one_line
+from common.prepared import Prepared, vanished
 from common.settings import ProcessorSettings, enter_processor
 from worker import queries
 from worker.fence import Fence, FenceBoard
@@ -31,6 +33,7 @@ from worker.heartbeat import Slots, WorkerState
 from worker.metrics import AttemptMetrics, MetricsBoard
 from worker.runner import ClaimedTask, Outcome, run_within_deadline
 from worker.tracing import run_in_span
+from worker.wakeup import WakeUps
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +42,15 @@ _FLUSH_AFTER = 0.010  # record finished attempts before the next task once they 
 _SLOW_TASK = 0.050  # after a task this slow, idle peers may take the rest of its batch
 _HANDOFF_WINDOW = 0.050  # how long a worker leaves tasks it handed off to its peers
 _DUE_MARGIN = 0.002  # wake this long after a delayed task falls due, not before
-_MAX_WAIT = 1.0  # an idle worker beats its slot at least this often
+_MAX_WAIT = 1.0  # an idle worker beats its slot (shared memory only) at least this often
 _RETRY_BASE, _RETRY_CAP = 0.1, 5.0  # reconnect backoff while the database is down
 
 
 class Worker:
     def __init__(self, settings: ProcessorSettings, slots: Slots, slot: int, generation: int,
                  parent_pid: int, signal_mask: set[int] | None = None, *,
-                 fence_board: FenceBoard, metrics_board: MetricsBoard | None = None) -> None:
+                 fence_board: FenceBoard, wakeups: WakeUps,
+                 metrics_board: MetricsBoard | None = None) -> None:
         self.settings = settings
         self.slots = slots
         self.slot = slot
@@ -54,14 +58,15 @@ class Worker:
         self.parent_pid = parent_pid
         self.signal_mask = signal_mask if signal_mask is not None else set()
         self.fence_board = fence_board
+        self.wakeups = wakeups
         self.owner = lease_owner(settings.processor_id, slot, generation)
         self.pid = os.getpid()
         self.connection: db.Connection | None = None
-        self.listener: db.Connection | None = None  # where wake-ups arrive; often .connection
-        self._listen_again_at = 0.0
         self.stopping = False
         self.tasks_done = 0
-        self.poll_interval = min(settings.sleep_interval, settings.grace_period / 3)
+        self.due_at = 0.0  # when the next delayed task falls due (monotonic; 0: none known)
+        self.unrecorded: list[Outcome] = []  # a batch's last outcomes, recorded with the claim
+        self.prepared = True  # False once a pooler has dropped a prepared statement
         self._wakeup_read = -1
         self._process = psutil.Process()
         self.known = registry.identifiers()  # claimed: only tasks this processor can run
@@ -159,38 +164,40 @@ class Worker:
     # -- the loop -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        """Claim while there is work; when a claim finds none, wait for a wake-up token.
+
+        The worker never polls: the processor wakes it when a commit announces tasks, when a
+        delayed task falls due (the worker publishes the due time in its slot), and once per
+        ``--sleepintervalms`` as the fallback."""
         wake = True  # claim at once on start: work may be waiting
-        next_poll = 0.0
         hold_until = 0.0  # after handing tasks to idle peers, let them claim first
         while not self.stopping and not self._should_recycle():
             self._reap_children()
             now = time.monotonic()
-            if (wake or now >= next_poll) and now >= hold_until:
+            if wake and now >= hold_until:
                 batch, due_in = self._database(self._claim)
-                wait = self.poll_interval if due_in is None else \
-                    min(self.poll_interval, due_in + _DUE_MARGIN)
-                next_poll = time.monotonic() + wait
+                self.due_at = 0.0 if due_in is None else time.monotonic() + due_in + _DUE_MARGIN
                 if batch:
-                    wake = True  # there may be more: claim again before sleeping
+                    if len(batch) >= self.settings.queue_pop_size:
+                        self.wakeups.ring_unless_pending()  # more may wait: wake a peer
                     if self._run_batch(batch):
                         hold_until = time.monotonic() + _HANDOFF_WINDOW
-                    continue
+                    continue  # there may be more: claim again before sleeping
                 wake = False
-            self._beat(WorkerState.IDLE)
+            self._beat(WorkerState.IDLE, 0, self.due_at)
             self._title("idle")
-            until = hold_until if wake else max(next_poll, hold_until)
-            wake = self._wait(max(0.0, min(until - time.monotonic(), _MAX_WAIT))) or wake
+            if wake:  # holding back after a hand-off: the tokens are for the peers
+                self._wait(max(0.0, min(hold_until - now, _MAX_WAIT)), take_token=False)
+            else:
+                wake = self._wait(_MAX_WAIT)
+        if self.unrecorded:
+            self._record(self.unrecorded)
         logger.debug("worker %s leaves after %d tasks", self.owner, self.tasks_done)
 
-    def _wait(self, timeout: float) -> bool:
-        """Sleep until a notification, a signal or ``timeout``; True if work was announced."""
-        if self.listener is None and self.connection is not None:
-            self._listen()
-        connection = self.listener
-        if connection is not None and connection.notifies:  # arrived with a query's answer
-            connection.notifies.clear()
-            return True
-        watched = [self._wakeup_read] + ([connection] if connection is not None else [])
+    def _wait(self, timeout: float, take_token: bool = True) -> bool:
+        """Sleep until a wake-up token (if ``take_token``), a signal or ``timeout``; True if
+        this worker took a token (it claims next)."""
+        watched = [self._wakeup_read, self.wakeups] if take_token else [self._wakeup_read]
         try:
             readable, _, _ = select.select(watched, [], [], timeout)
         except OSError:
@@ -201,16 +208,7 @@ class Worker:
                     pass
             except BlockingIOError:
                 pass
-        if connection is not None and connection in readable:
-            try:
-                connection.poll()
-            except psycopg2.Error:
-                self._drop_connection(listener_only=connection is not self.connection)
-                return True
-            announced = bool(connection.notifies)
-            connection.notifies.clear()
-            return announced
-        return False
+        return self.wakeups in readable and self.wakeups.take()
 
     def _run_batch(self, batch: list[ClaimedTask]) -> bool:
         """Run a claimed batch in order; True if its rest was handed to idle peers.
@@ -245,7 +243,7 @@ class Worker:
                 oldest = finished
             pending.append(outcome)
             self.tasks_done += 1
-        self._record(pending)
+        self.unrecorded = pending  # the next claim records them (or the worker, as it leaves)
         return False
 
     def _attempt(self, task: ClaimedTask, deadline: float, started: float) -> Outcome:
@@ -293,6 +291,13 @@ class Worker:
                 if self.connection is None:
                     self._connect()
                 return work()
+            except psycopg2.errors.InvalidSqlStatementName:
+                if not self.prepared:
+                    raise
+                logger.info("worker %s: the database connection does not keep prepared "
+                            "statements (a pooler in transaction mode?): sending them as text",
+                            self.owner)
+                self.prepared = False
             except (psycopg2.OperationalError, psycopg2.InterfaceError, db.DatabaseUnavailable) \
                     as error:
                 self._drop_connection()
@@ -305,67 +310,92 @@ class Worker:
 
     def _connect(self) -> None:
         self.connection = db.connect(self.settings.database_url, f"worker {self.slot}")
-        self._listen()
-
-    def _listen(self) -> None:
-        """LISTEN on the queue connection, or on a direct connection of its own when the queue
-        is reached through a pooler (``--listen-database-url``); with ``none``, not at all.
-        A listen connection that cannot be made costs latency, never work: the poll of
-        ``--sleepintervalms`` finds new tasks meanwhile, and it is tried again a poll later."""
-        url = self.settings.wake_up_url
-        if url is None or time.monotonic() < self._listen_again_at:
-            return
-        if url == self.settings.database_url and self.connection is not None:
+        if self.prepared:
             with self.connection.cursor() as cursor:
-                cursor.execute(LISTEN)
-            self.listener = self.connection
-            return
-        try:
-            self.listener = listener = db.connect(url, f"worker {self.slot} listen")
-            with listener.cursor() as cursor:
-                cursor.execute(LISTEN)
-        except (psycopg2.Error, db.DatabaseUnavailable) as error:
-            self._drop_connection(listener_only=True)
-            self._listen_again_at = time.monotonic() + self.poll_interval
-            logger.warning("worker %s cannot LISTEN on %s (%s); polling every %.1f s meanwhile",
-                           self.owner, db.describe(url), one_line(error, 200),
-                           self.poll_interval)
+                for statement in queries.PREPARED:
+                    statement.prepare_on(cursor)
 
-    def _drop_connection(self, listener_only: bool = False) -> None:
-        if self.listener is not self.connection:
-            db.close_quietly(self.listener)
-        self.listener = None
-        if not listener_only:
-            db.close_quietly(self.connection)
-            self.connection = None
+    def _sql(self, statement: Prepared) -> str:
+        """The statement as prepared on this connection, or its text behind a pooler that
+        does not keep prepared statements."""
+        return statement.execute if self.prepared else statement.plain
+
+    def _drop_connection(self) -> None:
+        db.close_quietly(self.connection)
+        self.connection = None
 
     def _claim(self) -> tuple[list[ClaimedTask], float | None]:
         """Claim a batch; also say in how many seconds the next delayed task falls due."""
-        with self.connection.cursor() as cursor:
-            cursor.execute(queries.CLAIM, queries.claim_parameters(
-                limit=self.settings.queue_pop_size, owner=self.owner,
-                lease_seconds=self.settings.lease_seconds,
-                processor_id=self.settings.processor_id, slot=self.slot, pid=self.pid,
-                generation=self.generation, known=self.known))
+        if self.unrecorded:
+            return self._record_then_claim()
+        with self._cursor() as cursor:
+            cursor.execute(self._sql(queries.CLAIM_STATEMENT), self._claim_params())
             rows = cursor.fetchall()
+        return self._claimed(rows)
+
+    def _record_then_claim(self) -> tuple[list[ClaimedTask], float | None]:
+        """Record the last batch's outcomes and claim the next batch in one statement. An
+        outcome the database refuses fails the whole statement: then they are recorded on
+        their own (one by one if need be, see :meth:`_record`) and the claim follows."""
+        outcomes = self.unrecorded
+        self._beat(WorkerState.IDLE)
+        if self.metrics is not None:
+            self.metrics.publish()
+        try:
+            with self._cursor() as cursor:
+                cursor.execute(self._sql(queries.RECORD_THEN_CLAIM_STATEMENT),
+                               {**self._outcome_params(outcomes), **self._claim_params()})
+                rows = cursor.fetchall()
+        except (psycopg2.Error, ValueError) as error:
+            if db.is_connection_error(error) or vanished(error):
+                raise  # reconnect, or send plain statements, and try again (see _database)
+            logger.error("worker %s could not record %d outcomes with its claim (%s)",
+                         self.owner, len(outcomes), one_line(error))
+            self.unrecorded = []
+            self._record(outcomes)
+            return self._claim()
+        self.unrecorded = []
+        self._check_recorded(outcomes, set(rows[0][-1]))
+        return self._claimed([row[:-1] for row in rows])
+
+    def _claim_params(self) -> dict:
+        return queries.claim_parameters(limit=self.settings.queue_pop_size, owner=self.owner,
+                                        lease_seconds=self.settings.lease_seconds,
+                                        known=self.known)
+
+    def _claimed(self, rows: list[tuple]) -> tuple[list[ClaimedTask], float | None]:
+        """The tasks of a claim's rows, and in how many seconds the next delayed one is due."""
         if self.metrics is not None:
             self.metrics.claimed()
         due_in = rows[0][-1] if rows else None
         return [ClaimedTask(*row[:-1]) for row in rows if row[0] is not None], due_in
 
-    def _finish(self, outcomes: list[Outcome]) -> bool:
-        with self.connection.cursor() as cursor:
-            cursor.execute(queries.FINISH, queries.finish_parameters(outcomes, self.owner))
-            recorded = {row[0] for row in cursor.fetchall()}
+    def _outcome_params(self, outcomes: list[Outcome]) -> dict:
+        return queries.finish_parameters(outcomes, self.owner)
+
+    def _check_recorded(self, outcomes: list[Outcome], recorded: set[int]) -> bool:
+        """False, with a warning, if a lease was lost before its outcome was recorded."""
         lost = [o.task_id for o in outcomes if o.task_id not in recorded]
         if lost:
             logger.warning("worker %s lost the lease of tasks %s before recording them; their "
                            "results were not written", self.owner, lost)
         return not lost
 
+    def _finish(self, outcomes: list[Outcome]) -> bool:
+        with self._cursor() as cursor:
+            cursor.execute(self._sql(queries.FINISH_STATEMENT), self._outcome_params(outcomes))
+            recorded = {row[0] for row in cursor.fetchall()}
+        return self._check_recorded(outcomes, recorded)
+
+    def _cursor(self) -> psycopg2.extensions.cursor:
+        """A cursor of the worker's connection (the callers run inside :meth:`_database`,
+        which connects first)."""
+        assert self.connection is not None
+        return self.connection.cursor()
+
     def _release(self, task_ids: list[int]) -> None:
         """Give back claimed tasks this worker did not start."""
-        with self.connection.cursor() as cursor:
+        with self._cursor() as cursor:
             cursor.execute(queries.RELEASE_UNSTARTED, {"ids": task_ids, "owner": self.owner})
 
     # -- heartbeats and housekeeping ----------------------------------------------------------
@@ -379,7 +409,7 @@ class Worker:
         end = time.monotonic() + seconds
         while not self.stopping and (left := end - time.monotonic()) > 0:
             self._beat(WorkerState.IDLE)
-            self._wait(min(left, _MAX_WAIT))
+            self._wait(min(left, _MAX_WAIT), take_token=False)
 
     def _title(self, text: str) -> None:
         setproctitle.setproctitle(f"tp-worker {self.slot} {text}"[:200])

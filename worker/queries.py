@@ -1,5 +1,6 @@
 """The worker's SQL: claim a batch under a lease, record the attempts, give back what it did
-not start. Each is one statement, so a worker costs one round trip per batch each way."""
+not start. Each is one statement; at the end of a batch, recording it and claiming the next
+are one statement together, so a draining worker costs one round trip per batch."""
 
 from __future__ import annotations
 
@@ -9,31 +10,30 @@ from common.lifecycle import (
     FINISHED_IF_DEAD,
     GIVE_BACK_UNSTARTED,
     LEASE_FREED,
-    NO_TIME_LIMIT_MS,
     OUT_OF_ATTEMPTS,
     RETRY_DELAY,
     WAKE,
     WAKE_SCHEDULED,
 )
+from common.prepared import Prepared
 from worker.runner import Outcome
 
 # Claims up to %(limit)s due tasks of the identifiers this processor knows (%(known)s): for
 # each known identifier, the first due tasks in claim order (a short range scan of
-# tasks_claim_known_idx), locked as they are read; the best %(limit)s of those are claimed. Tasks
-# of identifiers it does not know are never read, locked or claimed: they wait for a processor
-# that knows them. Locked candidates that are not claimed are free again when the statement
-# ends; idle workers are woken for them, since a peer claiming at the same moment skipped them.
-# The claim counts the attempt, sets the lease, and upserts the worker's heartbeat row in the
-# same statement: busy until the latest time the batch may end (no deadline when a task has no
-# time limit), or idle. Every row also says in how many seconds the next delayed task falls
-# due (one probe of tasks_scheduled_idx); with nothing claimed, a single row carries only that.
-CLAIM = f"""
-WITH orphans AS (
+# tasks_claim_known_idx), locked as they are read; the best %(limit)s of those are claimed.
+# Tasks of identifiers it does not know are never read, locked or claimed: they wait for a
+# processor that knows them. Locked candidates that are not claimed are free again when the
+# statement ends; idle workers are woken for them, since a peer claiming at the same moment
+# skipped them. The claim counts the attempt and sets the lease. Every row also says in how
+# many seconds the next delayed task falls due (one probe of tasks_scheduled_idx); with nothing
+# claimed, a single row carries only that. The worker's heartbeat row is the supervisor's to
+# write (with its own heartbeat), so a claim writes nothing but the tasks it takes.
+_CLAIM_CTES = f"""orphans AS (
     -- A worker claims only when it holds nothing: anything still leased to it comes from a
     -- claim whose answer was lost with a broken connection (and may have committed late).
     UPDATE task_processor.tasks
     SET {GIVE_BACK_UNSTARTED}
-    WHERE lease_owner = %(owner)s AND state = 'running'
+    WHERE lease_owner = %(owner)s AND state = 'running'{{keep_recorded}}
     RETURNING id
 ), locked AS (
     SELECT c.id, c.priority, c.scheduled_for
@@ -46,8 +46,10 @@ WITH orphans AS (
         FOR UPDATE SKIP LOCKED
     ) AS c
     -- nothing due: one probe of tasks_scheduled_idx instead of walking the delayed tasks
-    WHERE EXISTS (SELECT 1 FROM task_processor.tasks
-                  WHERE state = 'waiting' AND scheduled_for <= now())
+    -- (a min(), which the planner always serves from the index: an EXISTS was planned as a
+    -- table scan that walks past every finished task, more of them as a drain goes on)
+    WHERE (SELECT min(scheduled_for) FROM task_processor.tasks WHERE state = 'waiting')
+          <= now()
 ), next AS (
     SELECT id FROM locked ORDER BY priority, scheduled_for, id LIMIT %(limit)s
 ), claimed AS (
@@ -65,25 +67,15 @@ WITH orphans AS (
               -- how long it has been due, on the database's clock (the wait before its start)
               extract(epoch FROM now() - t.scheduled_for)::float8 AS waited,
               t.trace_context::text AS trace_context
-), beat AS (
-    INSERT INTO task_processor.workers AS w
-        (processor_id, slot, pid, generation, state, task_id, task_deadline, last_beat_at)
-    SELECT %(processor_id)s, %(slot)s, %(pid)s, %(generation)s,
-           CASE WHEN count(*) > 0 THEN 'busy' ELSE 'idle' END, min(id),
-           CASE WHEN NOT bool_or(timeout_ms = {NO_TIME_LIMIT_MS})
-                THEN now() + sum(timeout_ms) * interval '1 millisecond' END, now()
-    FROM claimed
-    ON CONFLICT (processor_id, slot) DO UPDATE
-    SET pid = excluded.pid, generation = excluded.generation, state = excluded.state,
-        task_id = excluded.task_id, task_deadline = excluded.task_deadline,
-        last_beat_at = excluded.last_beat_at
 ), upcoming AS (
     SELECT extract(epoch FROM min(scheduled_for) - now())::float8 AS due_in
     FROM task_processor.tasks
     WHERE state = 'waiting' AND scheduled_for > now()
 )
+"""
+_CLAIM_RESULT = f"""
 SELECT c.id, c.identifier, c.args, c.kwargs, c.attempts, c.max_attempts, c.timeout_ms,
-       c.recurring, c.waited, c.trace_context, upcoming.due_in
+       c.recurring, c.waited, c.trace_context, upcoming.due_in{{recorded}}
 FROM upcoming
 LEFT JOIN claimed AS c ON true
 LEFT JOIN LATERAL (  -- wake other workers for the orphans given back and the tasks left
@@ -93,13 +85,13 @@ LEFT JOIN LATERAL (  -- wake other workers for the orphans given back and the ta
 ) AS wake ON true
 ORDER BY c.priority, c.scheduled_for, c.id
 """
+CLAIM = "WITH " + _CLAIM_CTES.format(keep_recorded="") + _CLAIM_RESULT.format(recorded="")
 
 # Records a batch of attempts and finishes their tasks. Fenced by the lease owner: a worker
 # whose lease was taken away (it was too slow, its processor was presumed dead) changes
 # nothing. Failures are retried after the backoff of common.lifecycle until max_attempts; then
 # the task is dead, with its last error.
-FINISH = f"""
-WITH result AS (
+_RECORD_CTES = f"""result AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(outcomes)s::text[], %(errors)s::text[],
                          %(started)s::timestamptz[], %(finished)s::timestamptz[],
                          %(retry_at)s::timestamptz[])
@@ -124,11 +116,22 @@ WITH result AS (
     SELECT {WAKE_SCHEDULED} FROM finished
     WHERE state = 'waiting' LIMIT 1
 )
+"""
+_RECORD_RUNS = """
 INSERT INTO task_processor.runs (task_id, attempt, worker, started_at, finished_at, result, error)
 SELECT r.task_id, f.attempts, %(owner)s, r.started_at, r.finished_at, r.outcome, r.error
 FROM result AS r JOIN finished AS f ON f.id = r.task_id LEFT JOIN wake ON true
 RETURNING task_id
 """
+FINISH = "WITH " + _RECORD_CTES + _RECORD_RUNS
+
+# A batch's end: records its attempts and claims the next batch in one statement, one commit
+# (half the statements and commits of a drain). The claim's clean-up of orphaned leases leaves
+# alone the tasks being recorded; the recorded ids come back with every row.
+RECORD_THEN_CLAIM = (
+    "WITH " + _RECORD_CTES + ", recorded AS (" + _RECORD_RUNS + "), "
+    + _CLAIM_CTES.format(keep_recorded="\n      AND NOT (id = ANY(%(ids)s::bigint[]))")
+    + _CLAIM_RESULT.format(recorded=", ARRAY(SELECT task_id FROM recorded) AS recorded"))
 
 # Gives back claimed tasks that this worker did not start (it is draining, recycling or
 # handing them to idle peers): the claim's attempt is undone and idle workers are woken.
@@ -142,13 +145,25 @@ WITH released AS (
 SELECT count(*) FROM released, LATERAL (SELECT {WAKE}) AS wake
 """
 
+# Claims and recordings are sent thousands of times a second while draining: each worker
+# connection prepares them once (planning costs about as much as running them).
+_CLAIM_TYPES = {"limit": "integer", "owner": "text", "lease_seconds": "integer",
+                "known": "text[]"}
+_RECORD_TYPES = {"ids": "bigint[]", "outcomes": "text[]", "errors": "text[]",
+                 "started": "timestamptz[]", "finished": "timestamptz[]",
+                 "retry_at": "timestamptz[]", "owner": "text"}
+PREPARED = (
+    Prepared("claim", CLAIM, _CLAIM_TYPES),
+    Prepared("finish", FINISH, _RECORD_TYPES),
+    Prepared("record_then_claim", RECORD_THEN_CLAIM, {**_RECORD_TYPES, **_CLAIM_TYPES}),
+)
+CLAIM_STATEMENT, FINISH_STATEMENT, RECORD_THEN_CLAIM_STATEMENT = PREPARED
 
-def claim_parameters(*, limit: int, owner: str, lease_seconds: int, processor_id: str,
-                     slot: int, pid: int, generation: int,
+
+def claim_parameters(*, limit: int, owner: str, lease_seconds: int,
                      known: Sequence[str]) -> dict[str, Any]:
     """The parameters of :data:`CLAIM`."""
     return {"limit": limit, "owner": owner, "lease_seconds": lease_seconds,
-            "processor_id": processor_id, "slot": slot, "pid": pid, "generation": generation,
             "known": list(known)}
 
 

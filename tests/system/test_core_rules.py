@@ -47,8 +47,7 @@ def _claim(connection, owner: str, limit: int = 10, slot: int = 0) -> list[int]:
     """The worker's claim, as ``owner``; the ids it claimed, in the order it returns them."""
     with connection.cursor() as cursor:
         cursor.execute(worker_queries.CLAIM, worker_queries.claim_parameters(
-            limit=limit, owner=owner, lease_seconds=60, processor_id=PROCESSOR, slot=slot,
-            pid=1, generation=1, known=["rules.task"]))
+            limit=limit, owner=owner, lease_seconds=60, known=["rules.task"]))
         return [row[0] for row in cursor.fetchall() if row[0] is not None]
 
 

@@ -293,8 +293,9 @@ def test_a_delayed_task_starts_when_due_not_at_the_next_poll(database_url, start
     due = datetime.now(timezone.utc) + timedelta(seconds=1.5)
     task_id = processor_tasks.record.delay(args=("on time",), delay_until=due)
     wait_for(lambda: results("on time"), timeout=20, message="the delayed task to run")
-    (started_at,) = query(database_url, "SELECT started_at FROM task_processor.runs "
-                                        "WHERE task_id = %s", (task_id,))[0]
+    (started_at,) = wait_for(lambda: query(database_url, "SELECT started_at FROM "
+                                                         "task_processor.runs WHERE task_id = %s",
+                                           (task_id,)), message="its attempt recorded")[0]
     assert due <= started_at < due + timedelta(seconds=5)  # the fallback poll is 30 s away
 
 

@@ -49,8 +49,7 @@ def _through_the_processor(conn, args: list, kwargs: dict) -> tuple[list, dict]:
     task_id = echo.delay(args=args, kwargs=kwargs)
     with conn.cursor() as cursor:
         cursor.execute(worker_queries.CLAIM, worker_queries.claim_parameters(
-            limit=1, owner="props/0.1", lease_seconds=60, processor_id="props", slot=0, pid=1,
-            generation=1, known=[echo.identifier]))
+            limit=1, owner="props/0.1", lease_seconds=60, known=[echo.identifier]))
         (row,) = cursor.fetchall()
         task = ClaimedTask(*row[:-1])
         assert task.id == task_id

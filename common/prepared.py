@@ -1,0 +1,59 @@
+"""Server-side prepared statements for the statements a process sends thousands of times.
+
+psycopg2 sends every statement as text, so PostgreSQL parses and plans it on every call; for
+the claim and the recording of a batch, planning costs about as much as running them. A
+:class:`Prepared` statement is written with the usual ``%(name)s`` placeholders, prepared once
+per connection (``PREPARE``) and run with ``EXECUTE``, which skips both.
+
+Behind a pooler that hands out server connections per transaction (PgBouncer in transaction
+mode), a statement prepared on one server connection is missing on the next. Its name carries a
+digest of its text, so a statement of that name prepared by any client is this very statement;
+where one turns out to be missing (:func:`vanished`), the caller sends the plain text from then
+on (:attr:`Prepared.plain`): slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import psycopg2.errors
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+class Prepared:
+    def __init__(self, name: str, sql: str, types: dict[str, str]) -> None:
+        """``types``: the PostgreSQL type of each named parameter (PREPARE needs them)."""
+        order: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            key = match.group(1)
+            if key not in order:
+                order.append(key)
+            return f"${order.index(key) + 1}"
+
+        body = _PLACEHOLDER.sub(number, sql)
+        missing = set(order) - set(types)
+        if missing:
+            raise ValueError(f"{name}: no type given for {sorted(missing)}")
+        signature = ", ".join(types[key] for key in order)
+        digest = hashlib.sha256(f"{signature}\n{body}".encode()).hexdigest()[:12]
+        self.name = f"task_processor_{name}_{digest}"
+        self.plain = sql
+        self.prepare = f"PREPARE {self.name} ({signature}) AS {body}"
+        self.execute = f"EXECUTE {self.name} ({', '.join(f'%({key})s' for key in order)})"
+
+    def prepare_on(self, cursor: Any) -> None:
+        """Prepare on the cursor's connection (once per connection). A statement of the same
+        name there already (another client's, through a pooler) is this one: the name says so."""
+        try:
+            cursor.execute(self.prepare)
+        except psycopg2.errors.DuplicatePreparedStatement:
+            pass
+
+
+def vanished(error: BaseException) -> bool:
+    """Was a prepared statement missing where it was run (a pooler in transaction mode)?"""
+    return isinstance(error, psycopg2.errors.InvalidSqlStatementName)
