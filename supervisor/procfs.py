@@ -24,14 +24,20 @@ def is_stopped(pid: int) -> bool:
     return bool(fields) and fields[0] in (b"T", b"t")
 
 
-def resident_mb(pid: int) -> float | None:
-    """The resident set size of ``pid`` in MiB (field 2 of /proc/<pid>/statm, in pages)."""
+def resident_bytes(pid: int) -> int | None:
+    """The resident set size of ``pid`` in bytes (field 2 of /proc/<pid>/statm, in pages)."""
     try:
         with open(f"/proc/{pid}/statm", "rb") as statm:
             pages = int(statm.read().split()[1])
     except (OSError, IndexError, ValueError):
         return None
-    return pages * _PAGE_SIZE / (1024 * 1024)
+    return pages * _PAGE_SIZE
+
+
+def resident_mb(pid: int) -> float | None:
+    """The resident set size of ``pid`` in MiB."""
+    size = resident_bytes(pid)
+    return None if size is None else size / (1024 * 1024)
 
 
 def start_ticks(pid: int) -> int | None:

@@ -79,18 +79,20 @@ WITH processor AS (
     RETURNING id
 ), worker_rows AS (
     INSERT INTO task_processor.workers AS w
-        (processor_id, slot, pid, generation, state, task_id, task_deadline, last_beat_at)
+        (processor_id, slot, pid, generation, state, task_id, task_deadline, last_beat_at,
+         rss_bytes)
     SELECT %(processor_id)s, r.slot, r.pid, r.generation, r.state, r.task_id,
-           now() + r.deadline_in * interval '1 second', now() - r.beat_age * interval '1 second'
+           now() + r.deadline_in * interval '1 second', now() - r.beat_age * interval '1 second',
+           r.rss_bytes
     FROM unnest(%(worker_slots)s::integer[], %(worker_pids)s::integer[],
                 %(worker_generations)s::integer[], %(worker_states)s::text[],
                 %(worker_task_ids)s::bigint[], %(worker_deadlines_in)s::float8[],
-                %(worker_beat_ages)s::float8[])
-        AS r(slot, pid, generation, state, task_id, deadline_in, beat_age)
+                %(worker_beat_ages)s::float8[], %(worker_rss_bytes)s::bigint[])
+        AS r(slot, pid, generation, state, task_id, deadline_in, beat_age, rss_bytes)
     ON CONFLICT (processor_id, slot) DO UPDATE
     SET pid = excluded.pid, generation = excluded.generation, state = excluded.state,
         task_id = excluded.task_id, task_deadline = excluded.task_deadline,
-        last_beat_at = excluded.last_beat_at
+        last_beat_at = excluded.last_beat_at, rss_bytes = excluded.rss_bytes
 )
 SELECT (SELECT count(*) FROM renewed)
 """

@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from supervisor.procfs import resident_bytes
 from worker.heartbeat import Beat, WorkerState
 
 REFRESH_AFTER = 1.0  # a changed row waits at most this long for the next heartbeat
@@ -33,6 +34,7 @@ class WorkerRows:
     task_ids: list[int | None]
     deadlines_in: list[float | None]  # seconds from now to a busy worker's task deadline
     beat_ages: list[float]  # seconds since the worker was last seen alive (busy: its task began)
+    rss_bytes: list[int | None]  # resident memory (not part of the key: it changes all the time)
 
     @property
     def key(self) -> tuple:
@@ -43,10 +45,10 @@ class WorkerRows:
         return {"worker_slots": self.slots, "worker_pids": self.pids,
                 "worker_generations": self.generations, "worker_states": self.states,
                 "worker_task_ids": self.task_ids, "worker_deadlines_in": self.deadlines_in,
-                "worker_beat_ages": self.beat_ages}
+                "worker_beat_ages": self.beat_ages, "worker_rss_bytes": self.rss_bytes}
 
 
-NO_ROWS = WorkerRows([], [], [], [], [], [], [])
+NO_ROWS = WorkerRows([], [], [], [], [], [], [], [])
 
 
 def worker_rows(beats: list[Beat | None], slots: list[int], grace: float) -> WorkerRows:
@@ -57,7 +59,7 @@ def worker_rows(beats: list[Beat | None], slots: list[int], grace: float) -> Wor
     (a worker beats its slot only once a second while idle). One that went silent longer
     keeps the age of its last beat; a busy one, the start of its task."""
     now = time.monotonic()
-    rows = WorkerRows([], [], [], [], [], [], [])
+    rows = WorkerRows([], [], [], [], [], [], [], [])
     for slot, beat in zip(slots, beats):
         if beat is None or beat.state not in _STATES:
             continue
@@ -72,4 +74,5 @@ def worker_rows(beats: list[Beat | None], slots: list[int], grace: float) -> Wor
         rows.deadlines_in.append(beat.deadline - now if deadline else None)
         age = max(0.0, now - beat.beat)
         rows.beat_ages.append(age if busy or age > grace else 0.0)
+        rows.rss_bytes.append(resident_bytes(beat.pid))
     return rows

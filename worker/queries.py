@@ -57,7 +57,7 @@ _CLAIM_CTES = f"""orphans AS (
     SET state = 'running', attempts = t.attempts + 1, lease_owner = %(owner)s,
         lease_expires_at = now() + %(lease_seconds)s * interval '1 second'
     FROM next WHERE t.id = next.id
-    -- The arguments as the text .delay() wrote (rows written before migration 0009, or by
+    -- The arguments as the text .delay() wrote (rows written before migration 0008, or by
     -- hand, have only jsonb), decoded by the worker task by task: a row it cannot decode
     -- fails that task alone.
     RETURNING t.id, t.identifier, coalesce(t.args_exact::text, t.args::text) AS args,

@@ -58,6 +58,11 @@ def age(seconds: float | None) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
+def mebibytes(size: int | None) -> str:
+    """``41.2 MiB``: a worker's resident memory."""
+    return "—" if size is None else f"{size / (1024 * 1024):.1f} MiB"
+
+
 def when(value: datetime | None) -> Markup:
     if value is None:
         return el("span", "—", class_="muted")
@@ -220,6 +225,7 @@ def processor_list(ctx: Context, processors: list[Row]) -> Markup:
                            href=ctx.url(f"/tasks/{worker['task_id']}"))
                   if worker["task_id"] else el("span", "—", class_="muted")),
                el("td", age(worker["beat_age_seconds"]), class_="num"),
+               el("td", mebibytes(worker["rss_bytes"]), class_="num"),
                el("td", worker["kills_last_hour"], class_="num"),
                el("td", first_line(worker["last_kill"], 70), class_="error-text"))
             for worker in processor["workers"]]
@@ -230,9 +236,9 @@ def processor_list(ctx: Context, processors: list[Row]) -> Markup:
                     f"{processor['num_workers']} workers, heartbeat "
                     f"{age(processor['beat_age_seconds'])} ago, started ",
                when(processor["started_at"]), class_="muted"),
-            table(["Slot", "PID", "State", "Current task", "Heartbeat", "Killed (1 h)",
-                   "Last kill and why"], workers, "No worker has reported yet.",
-                  numeric=(0, 1, 4, 5)),
+            table(["Slot", "PID", "State", "Current task", "Heartbeat", "Memory",
+                   "Killed (1 h)", "Last kill and why"], workers, "No worker has reported yet.",
+                  numeric=(0, 1, 4, 5, 6)),
             class_="processor"))
     return join(out)
 

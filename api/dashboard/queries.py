@@ -51,7 +51,7 @@ _WORKERS = """
 SELECT w.processor_id, w.slot, w.pid, w.generation, w.state, w.task_id,
        t.identifier AS task_identifier,
        extract(epoch FROM now() - w.last_beat_at)::float8 AS beat_age_seconds,
-       coalesce(k.kills, 0) AS kills_last_hour, k.last_kill
+       w.rss_bytes, coalesce(k.kills, 0) AS kills_last_hour, k.last_kill
 FROM task_processor.workers AS w
 LEFT JOIN task_processor.tasks AS t ON t.id = w.task_id
 LEFT JOIN LATERAL (

@@ -126,9 +126,12 @@ def test_log_in_read_the_counts_see_the_chart_and_act(browser, conn, database_ur
         assert any(float(bar.get_attribute("height")) > 0
                    for bar in chart.find_elements(By.CSS_SELECTOR, "rect.bar-failed"))
 
-        # The processor and its workers.
+        # The processor and its workers, with each worker's resident memory.
         wait_for(lambda: len(browser.find_elements(
             By.CSS_SELECTOR, "#processors .state-idle")) == 2, timeout=30)
+        wait_for(lambda: len([cell for cell in browser.find_elements(
+            By.CSS_SELECTOR, "#processors td.num") if cell.text.endswith(" MiB")]) == 2,
+            timeout=30, message="the workers' memory")
 
         # A hostile identifier is text, and no script of its ran.
         identifiers = [cell.text for cell in browser.find_elements(
