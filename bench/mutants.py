@@ -39,6 +39,7 @@ WORKER = "worker/process.py"
 RUNNER = "worker/runner.py"
 HEARTBEAT_SLOTS = "worker/heartbeat.py"
 LIFECYCLE = "common/lifecycle.py"
+CONTROL = "common/control.py"
 API_APP = "api/app.py"
 LOGS = "common/logs.py"
 
@@ -50,6 +51,11 @@ RECOVERY = "tests/system/test_processor_recovery.py"
 PROCESSOR_PATHS = "tests/system/test_processor_paths.py"
 OUTAGE = "tests/system/test_outage_start_stop.py"
 UNIT = "tests/unit"
+ROLLING_DEPLOY = "tests/system/test_rolling_deploy.py"
+EXACT_ARGUMENTS = "tests/system/test_exact_arguments.py"
+RELIABILITY = "tests/system/test_reliability.py"
+CANCEL = "tests/system/test_cancel.py"
+PGBOUNCER = "tests/system/test_pgbouncer.py"
 
 
 def at(path: str, test: str) -> str:
@@ -69,7 +75,7 @@ class Mutant:
 
 MUTANTS = (
     Mutant("claim-waits-on-locks", WORKER_SQL,
-           "    FOR UPDATE SKIP LOCKED\n), claimed AS", "    FOR UPDATE\n), claimed AS",
+           "        FOR UPDATE SKIP LOCKED\n    ) AS c", "        FOR UPDATE\n    ) AS c",
            (at(CORE_RULES,
                "test_a_second_claimer_skips_the_rows_a_first_holds_instead_of_waiting"),),
            "concurrent claimers never wait on each other"),
@@ -79,13 +85,13 @@ MUTANTS = (
            (at(CORE_RULES, "test_a_worker_whose_lease_was_taken_changes_nothing"),),
            "a worker that lost its lease changes nothing"),
     Mutant("priority-descending", WORKER_SQL,
-           "    ORDER BY priority, scheduled_for, id\n    LIMIT",
-           "    ORDER BY priority DESC, scheduled_for, id\n    LIMIT",
+           "        ORDER BY priority, scheduled_for, id\n        LIMIT",
+           "        ORDER BY priority DESC, scheduled_for, id\n        LIMIT",
            (at(CORE_RULES, "test_lower_priority_numbers_are_claimed_first"),),
            "lower priority numbers run first"),
     Mutant("claim-ignores-due-time", WORKER_SQL,
-           "    WHERE state = 'waiting' AND scheduled_for <= now()\n      -- nothing due",
-           "    WHERE state = 'waiting'\n      -- nothing due",
+           "AND identifier = known.identifier AND scheduled_for <= now()",
+           "AND identifier = known.identifier",
            (at(CORE_RULES, "test_a_delayed_task_is_never_claimed_before_it_is_due"),),
            "a delayed task never starts before it is due"),
     Mutant("token-prefix", API_APP,
@@ -98,19 +104,20 @@ MUTANTS = (
            'if scheme.lower() != "bearer" or token.strip() and not hmac.compare_digest(',
            (API_TOKEN,),
            "only the exact token opens monitoring (not an empty one)"),
-    Mutant("no-jitter", WORKER_SQL,
-           "* (0.5 + random() / 2) * interval '1 second' END,",
-           "* interval '1 second' END,",
+    Mutant("no-jitter", LIFECYCLE,
+           "* (0.5 + random() / 2) * interval '1 second'",
+           "* interval '1 second'",
            (at(CORE_RULES, "test_a_burst_of_failures_does_not_retry_in_lockstep"),),
            "a burst of failures does not retry in lockstep"),
     Mutant("dead-worker-charges-unstarted", SUPERVISOR_SQL,
-           "attempts = CASE WHEN t.id = %(task_id)s THEN t.attempts ELSE t.attempts - 1 END,",
-           "attempts = t.attempts,",
+           "    SET {GIVE_BACK_UNSTARTED}\n    WHERE lease_owner = %(owner)s AND state = 'running' "
+           "AND id <> %(task_id)s",
+           "    SET state = 'waiting', lease_owner = NULL, lease_expires_at = NULL\n"
+           "    WHERE lease_owner = %(owner)s AND state = 'running' AND id <> %(task_id)s",
            (at(CORE_RULES, "test_a_dead_workers_unstarted_tasks_go_back_without_an_attempt"),),
            "tasks a dead worker never started go back without an attempt"),
     Mutant("give-back-keeps-attempt", WORKER_SQL,
-           "    SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, "
-           "lease_expires_at = NULL\n    WHERE lease_owner = %(owner)s AND state = 'running' "
+           "    SET {GIVE_BACK_UNSTARTED}\n    WHERE lease_owner = %(owner)s AND state = 'running' "
            "AND id = ANY",
            "    SET state = 'waiting', lease_owner = NULL, lease_expires_at = NULL\n"
            "    WHERE lease_owner = %(owner)s AND state = 'running' AND id = ANY",
@@ -139,11 +146,12 @@ MUTANTS = (
            (at(CORE_RULES, "test_a_backed_off_task_waits_until_the_time_it_asked_for"),),
            "a backed-off task waits until the time it asked for"),
     Mutant("timeout-retried-at-once", SUPERVISOR_DATABASE,
-           '"backoff": release.result == "timeout",', '"backoff": False,',
+           '"backoff": release.result in (RunResult.TIMEOUT, RunResult.FAILURE),',
+           '"backoff": release.result == RunResult.FAILURE,',
            (at(CORE_PROCESSES, "test_a_timed_out_task_backs_off_before_its_retry"),),
            "timeouts back off like failures"),
     Mutant("timeout-backoff-ignored-by-release", SUPERVISOR_SQL,
-           "WHEN t.id = %(task_id)s AND %(backoff)s THEN now()", "WHEN false THEN now()",
+           "CASE WHEN %(backoff)s THEN now()", "CASE WHEN false THEN now()",
            (at(CORE_RULES, "test_a_timed_out_task_backs_off_and_a_lost_one_retries_at_once"),),
            "timeouts back off like failures"),
     Mutant("own-expired-leases-requeued", SUPERVISOR_SQL,
@@ -160,30 +168,28 @@ MUTANTS = (
            (f"{UNIT}/test_heartbeat_slots.py",),
            "a slot rewritten during a read is read again"),
     # Beyond the table: other plausible slips in the same paths.
-    Mutant("backoff-uncapped", WORKER_SQL,
-           "ELSE now() + least(%(backoff_seconds)s * power(2, t.attempts - 1),\n"
-           "                               %(max_backoff_seconds)s)",
-           "ELSE now() + (%(backoff_seconds)s * power(2, t.attempts - 1))",
+    Mutant("backoff-cap-as-a-floor", LIFECYCLE,
+           'least({RETRY_BACKOFF_SECONDS} * power(2, attempts - 1), ',
+           'greatest({RETRY_BACKOFF_SECONDS} * power(2, attempts - 1), ',
            (at(CORE_RULES,
                "test_a_retry_waits_the_capped_exponential_backoff_scaled_by_half_to_one"),),
            "retries wait at most the cap"),
-    Mutant("backoff-exponent-off-by-one", WORKER_SQL,
-           "least(%(backoff_seconds)s * power(2, t.attempts - 1),\n                 ",
-           "least(%(backoff_seconds)s * power(2, t.attempts),\n                 ",
+    Mutant("backoff-exponent-off-by-one", LIFECYCLE,
+           "power(2, attempts - 1)", "power(2, attempts)",
            (at(CORE_RULES,
                "test_a_retry_waits_the_capped_exponential_backoff_scaled_by_half_to_one"),),
            "the first retry waits the base backoff"),
-    Mutant("dead-one-attempt-late", WORKER_SQL,
-           "            WHEN t.attempts >= t.max_attempts THEN 'dead'\n",
-           "            WHEN t.attempts > t.max_attempts THEN 'dead'\n",
+    Mutant("dead-one-attempt-late", LIFECYCLE,
+           'OUT_OF_ATTEMPTS = "attempts >= max_attempts"',
+           'OUT_OF_ATTEMPTS = "attempts > max_attempts"',
            (at(CORE_RULES,
                "test_a_failure_on_the_last_attempt_makes_the_task_dead_with_its_error"),),
            "a task is dead after max_attempts"),
     Mutant("orphans-keep-their-attempt", WORKER_SQL,
-           "    SET state = 'waiting', attempts = attempts - 1, lease_owner = NULL, "
-           "lease_expires_at = NULL\n    WHERE lease_owner = %(owner)s AND state = 'running'\n",
+           "    SET {GIVE_BACK_UNSTARTED}\n    WHERE lease_owner = %(owner)s AND state = 'running'"
+           "{{keep_recorded}}",
            "    SET state = 'waiting', lease_owner = NULL, lease_expires_at = NULL\n"
-           "    WHERE lease_owner = %(owner)s AND state = 'running'\n",
+           "    WHERE lease_owner = %(owner)s AND state = 'running'{{keep_recorded}}",
            (at(CORE_RULES,
                "test_a_claim_gives_back_what_an_earlier_claim_of_the_same_worker_left"),),
            "a lost claim's tasks go back without an attempt"),
@@ -202,7 +208,8 @@ MUTANTS = (
                "test_a_duty_that_raises_is_logged_and_paused_and_the_heartbeat_goes_on"),),
            "a periodic duty that raises is paused, not retried on every turn"),
     Mutant("json-log-not-json", LOGS,
-           "        return json.dumps(entry)", "        return str(entry)",
+           "        return json.dumps(redaction.scrub_data(entry))",
+           "        return str(redaction.scrub_data(entry))",
            (at(PROCESSOR_PATHS,
                "test_the_json_log_format_is_one_object_per_line_from_every_process"),),
            "--log-format json writes one JSON object per line"),
@@ -211,6 +218,39 @@ MUTANTS = (
            "                if False:\n                    raise _StopRequested",
            (at(OUTAGE, "test_a_worker_asked_to_stop_while_the_database_is_down_leaves_at_once"),),
            "a worker asked to stop while the database is down leaves promptly"),
+    # In what the later work added: claiming only known tasks, exact arguments, the lease
+    # fence, timeouts, forks, cancelling, prepared statements behind a pooler.
+    Mutant("claim-takes-unknown-identifiers", WORKER_SQL,
+           "AND identifier = known.identifier AND", "AND",
+           (at(ROLLING_DEPLOY, "test_old_and_new_processors_each_run_only_what_they_know"),),
+           "a processor claims only the tasks it has registered"),
+    Mutant("arguments-through-jsonb", WORKER_SQL,
+           "coalesce(t.args_exact::text, t.args::text) AS args", "t.args::text AS args",
+           (at(EXACT_ARGUMENTS, "test_the_processor_passes_every_json_type_unchanged"),),
+           "a task receives exactly what .delay() accepted"),
+    Mutant("fence-never-armed", WORKER,
+           "        self._arm_fence()\n", "",
+           (at(RELIABILITY, "test_a_paused_supervisor_never_lets_a_task_run_twice_at_once"),),
+           "no attempt outlives its lease, whatever the supervisor does"),
+    Mutant("late-end-not-a-timeout", RUNNER,
+           "return outcome.overran(task.timeout_ms) if time.monotonic() > deadline else outcome",
+           "return outcome",
+           (at(RELIABILITY, "test_an_attempt_that_ends_past_its_deadline_is_a_timeout"),),
+           "an attempt that ends past its deadline is a timeout"),
+    Mutant("forked-child-returns-to-the-worker", RUNNER,
+           "        if os.getpid() != worker_pid:\n", "        if False:\n",
+           (at(RELIABILITY, "test_a_forked_child_of_a_task_never_runs_worker_code"),),
+           "a child a task forks never runs worker code"),
+    Mutant("cancel-takes-any-state", CONTROL,
+           "WHERE id = ANY(%s::bigint[]) AND state = 'waiting'\nRETURNING id",
+           "WHERE id = ANY(%s::bigint[])\nRETURNING id",
+           (at(CANCEL, "test_cancel_command_cancels_waiting_tasks_and_names_the_others"),),
+           "only a waiting task can be cancelled"),
+    Mutant("prepared-statements-kept-behind-a-pooler", WORKER,
+           "                self.prepared = False\n", "                raise\n",
+           (at(PGBOUNCER, "test_processor_migrations_and_health_through_pgbouncer"),),
+           "PgBouncer in transaction mode: plain statements once a prepared one is lost"),
+
 )
 
 

@@ -24,6 +24,8 @@ import struct
 import threading
 import time
 
+from worker.seqlock import SequenceWords
+
 logger = logging.getLogger(__name__)
 
 CLOCK = time.CLOCK_BOOTTIME
@@ -34,7 +36,7 @@ CLOCK = time.CLOCK_BOOTTIME
 # supervisor stops its workers first, and the fence only fires when it could not.
 FENCE_FRACTION = 0.85
 
-_SEQUENCE = struct.Struct("=Q")  # odd while the deadline is being written
+_SEQUENCE_SIZE = 8  # a sequence word (worker.seqlock), odd while the deadline is being written
 _DEADLINE = struct.Struct("=d")
 _READ_TRIES = 50
 _TIMER_ABSTIME = 1
@@ -54,21 +56,22 @@ class FenceBoard:
     """
 
     def __init__(self) -> None:
-        self._memory = mmap.mmap(-1, _SEQUENCE.size + _DEADLINE.size, flags=mmap.MAP_SHARED)
+        self._memory = mmap.mmap(-1, _SEQUENCE_SIZE + _DEADLINE.size, flags=mmap.MAP_SHARED)
+        self._sequence = SequenceWords(self._memory)
 
     def publish(self, deadline: float) -> None:
-        (sequence,) = _SEQUENCE.unpack_from(self._memory, 0)
-        _SEQUENCE.pack_into(self._memory, 0, sequence + 1)
-        _DEADLINE.pack_into(self._memory, _SEQUENCE.size, deadline)
-        _SEQUENCE.pack_into(self._memory, 0, sequence + 2)
+        sequence = self._sequence.get(0)
+        self._sequence.set(0, sequence + 1)
+        _DEADLINE.pack_into(self._memory, _SEQUENCE_SIZE, deadline)
+        self._sequence.set(0, sequence + 2)
 
     def read(self) -> float | None:
         """The published deadline (0.0 before the first publication), or None if the writer
         stayed mid-write for every try."""
         for _ in range(_READ_TRIES):
-            (before,) = _SEQUENCE.unpack_from(self._memory, 0)
-            (deadline,) = _DEADLINE.unpack_from(self._memory, _SEQUENCE.size)
-            (after,) = _SEQUENCE.unpack_from(self._memory, 0)
+            before = self._sequence.get(0)
+            (deadline,) = _DEADLINE.unpack_from(self._memory, _SEQUENCE_SIZE)
+            after = self._sequence.get(0)
             if before % 2 == 0 and before == after:
                 return deadline
         return None

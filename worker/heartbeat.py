@@ -16,8 +16,9 @@ import struct
 import time
 from dataclasses import dataclass
 
+from worker.seqlock import SequenceWords
+
 _FIELDS = struct.Struct("=qqqdqdq")  # pid, generation, state, beat, task_id, deadline, done
-_SEQUENCE = struct.Struct("=Q")
 SLOT_SIZE = 64
 _READ_TRIES = 50
 
@@ -48,6 +49,7 @@ class Slots:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._memory = mmap.mmap(-1, SLOT_SIZE * capacity, flags=mmap.MAP_SHARED)
+        self._sequence = SequenceWords(self._memory)
 
     def _offset(self, slot: int) -> int:
         if not 0 <= slot < self.capacity:
@@ -58,11 +60,11 @@ class Slots:
               task_id: int = 0, deadline: float = 0.0, tasks_done: int = 0) -> None:
         """Publish a beat: bump the sequence to odd, write, bump it back to even."""
         offset = self._offset(slot)
-        (sequence,) = _SEQUENCE.unpack_from(self._memory, offset)
-        _SEQUENCE.pack_into(self._memory, offset, sequence + 1)
+        sequence = self._sequence.get(offset)
+        self._sequence.set(offset, sequence + 1)
         _FIELDS.pack_into(self._memory, offset + 8, pid, generation, int(state),
                           time.monotonic(), task_id, deadline, tasks_done)
-        _SEQUENCE.pack_into(self._memory, offset, sequence + 2)
+        self._sequence.set(offset, sequence + 2)
 
     def clear(self, slot: int) -> None:
         """Reset a slot to EMPTY with an even sequence (the supervisor, before a new worker)."""
@@ -74,10 +76,10 @@ class Slots:
         stopped or killed while writing; the caller keeps its previous reading)."""
         offset = self._offset(slot)
         for _ in range(_READ_TRIES):
-            (before,) = _SEQUENCE.unpack_from(self._memory, offset)
+            before = self._sequence.get(offset)
             if before % 2 == 0:
                 fields = _FIELDS.unpack_from(self._memory, offset + 8)
-                (after,) = _SEQUENCE.unpack_from(self._memory, offset)
+                after = self._sequence.get(offset)
                 if before == after:
                     pid, generation, state, beat, task_id, deadline, done = fields
                     return Beat(pid, generation, WorkerState(state), beat, task_id, deadline,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import psycopg2
 import pytest
 
-from common import enqueue, registry, settings, tasks
+from common import enqueue, lifecycle, registry, settings, tasks
 from common.config import ConfigError
 from common.migrations import SchemaOutdated
 from common.enqueue import QueueSizeError
@@ -79,7 +79,7 @@ def listener(database_url: str) -> Iterator[psycopg2.extensions.connection]:
     connection = psycopg2.connect(database_url)
     connection.autocommit = True
     with connection.cursor() as cursor:
-        cursor.execute(f"LISTEN {enqueue.NOTIFY_CHANNEL}")
+        cursor.execute(f"LISTEN {lifecycle.NOTIFY_CHANNEL}")
     yield connection
     connection.close()
 
@@ -225,7 +225,7 @@ def test_enqueue_in_the_callers_transaction_appears_and_notifies_at_commit(
 
     assert fetch_all(conn, "SELECT id FROM task_processor.tasks") == [(task_id,)]
     notifications = wait_for_notifications(listener, 1)
-    assert [n.channel for n in notifications] == [enqueue.NOTIFY_CHANNEL]
+    assert [n.channel for n in notifications] == [lifecycle.NOTIFY_CHANNEL]
 
 
 def test_rolled_back_enqueue_leaves_no_task_and_no_wake_up(
