@@ -47,9 +47,20 @@ ON CONFLICT (recurring_identifier, recurring_slot) WHERE recurring_identifier IS
 DO NOTHING
 """
 
-COLUMNS = ("identifier", "args", "kwargs", "priority", "scheduled_for", "attempts",
-           "max_attempts", "timeout_ms", "created_at", "last_error", "recurring_identifier",
-           "recurring_slot")
+COLUMNS = (
+    "identifier",
+    "args",
+    "kwargs",
+    "priority",
+    "scheduled_for",
+    "attempts",
+    "max_attempts",
+    "timeout_ms",
+    "created_at",
+    "last_error",
+    "recurring_identifier",
+    "recurring_slot",
+)
 
 
 def move_waiting(source_url: str, target_url: str) -> int:

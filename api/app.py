@@ -13,9 +13,10 @@ import hmac
 import json
 import logging
 import threading
-from http import HTTPStatus
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qs
 
 import psycopg2
@@ -44,8 +45,9 @@ DATABASE_ERRORS = (psycopg2.Error, db.DatabaseUnavailable, migrations.SchemaOutd
 class HttpError(Exception):
     """An error answered as ``{"error": message}`` with ``status``."""
 
-    def __init__(self, status: HTTPStatus, message: str,
-                 headers: list[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self, status: HTTPStatus, message: str, headers: list[tuple[str, str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.headers = headers or []
@@ -64,22 +66,26 @@ def _query(environ: dict) -> dict[str, str]:
     raw = environ.get("QUERY_STRING", "")
     try:
         # PEP 3333 hands over the raw bytes as latin-1; percent-escapes must be UTF-8.
-        parsed = parse_qs(raw.encode("latin-1").decode("utf-8"), keep_blank_values=True,
-                          errors="strict")
+        parsed = parse_qs(
+            raw.encode("latin-1").decode("utf-8"), keep_blank_values=True, errors="strict"
+        )
     except UnicodeError:
         raise HttpError(HTTPStatus.BAD_REQUEST, "the query string is not valid UTF-8") from None
     repeated = sorted(name for name, values in parsed.items() if len(values) > 1)
     if repeated:
-        raise HttpError(HTTPStatus.BAD_REQUEST,
-                        f"query parameter {repeated[0]!r} is given more than once")
+        raise HttpError(
+            HTTPStatus.BAD_REQUEST, f"query parameter {repeated[0]!r} is given more than once"
+        )
     return {name: values[0] for name, values in parsed.items()}
 
 
 def _require_json_format(query: dict[str, str]) -> None:
     fmt = query.get("format", "json")
     if fmt != "json":
-        raise HttpError(HTTPStatus.BAD_REQUEST,
-                        f"unsupported format {fmt!r}: this endpoint answers only format=json")
+        raise HttpError(
+            HTTPStatus.BAD_REQUEST,
+            f"unsupported format {fmt!r}: this endpoint answers only format=json",
+        )
 
 
 class Api:
@@ -90,8 +96,11 @@ class Api:
         self.pool = ConnectionPool(settings.database_url)
         self.probe = RoundTripProbe(self.pool, settings.round_trip_timeout_seconds)
         self._schema_checked = False
-        self._routes = {"/health": self.health, "/processor/monitoring": self.monitoring,
-                        "/metrics": self.metrics}
+        self._routes = {
+            "/health": self.health,
+            "/processor/monitoring": self.monitoring,
+            "/metrics": self.metrics,
+        }
         self.dashboard = Dashboard(settings, self.pool, self._ensure_schema)
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
@@ -102,11 +111,14 @@ class Api:
         except HttpError as error:
             status, body, headers = error.status, {"error": str(error)}, error.headers
         except Exception:
-            logger.exception("error answering %s %s", environ.get("REQUEST_METHOD"),
-                             environ.get("PATH_INFO"))
-            status, body, headers = (HTTPStatus.INTERNAL_SERVER_ERROR,
-                                     {"error": "internal error; the API's log has the details"},
-                                     [])
+            logger.exception(
+                "error answering %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+            )
+            status, body, headers = (
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                {"error": "internal error; the API's log has the details"},
+                [],
+            )
         return _respond(start_response, status, body, headers)
 
     def _dispatch(self, environ: dict) -> tuple[HTTPStatus, Any, list[tuple[str, str]]]:
@@ -115,12 +127,16 @@ class Api:
             path = path.rstrip("/")
         handler = self._routes.get(path)
         if handler is None:
-            raise HttpError(HTTPStatus.NOT_FOUND,
-                            f"no such endpoint {path!r}; this API serves {', '.join(ROUTES)}")
+            raise HttpError(
+                HTTPStatus.NOT_FOUND,
+                f"no such endpoint {path!r}; this API serves {', '.join(ROUTES)}",
+            )
         if environ.get("REQUEST_METHOD") != "GET":
-            raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED,
-                            f"{path} answers only GET, not {environ.get('REQUEST_METHOD')}",
-                            [("Allow", "GET")])
+            raise HttpError(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{path} answers only GET, not {environ.get('REQUEST_METHOD')}",
+                [("Allow", "GET")],
+            )
         status, body = handler(environ, _query(environ))
         return status, body, []
 
@@ -130,8 +146,10 @@ class Api:
         checks = {"database": self._database_check()}
         if self.settings.round_trip_enabled:
             checks["task_processor"] = (
-                self.probe.check() if checks["database"] == WORKING
-                else "not run: the database check failed")
+                self.probe.check()
+                if checks["database"] == WORKING
+                else "not run: the database check failed"
+            )
         critical_ok = checks["database"] == WORKING
         return (HTTPStatus.OK if critical_ok else HTTPStatus.INTERNAL_SERVER_ERROR), checks
 
@@ -152,8 +170,7 @@ class Api:
             raise HttpError(HTTPStatus.NOT_IMPLEMENTED, metrics.INSTALL_HINT)
         try:
             self._ensure_schema()
-            content_type, data = metrics.render(
-                lambda: self.pool.run(metrics_queries.snapshot))
+            content_type, data = metrics.render(lambda: self.pool.run(metrics_queries.snapshot))
         except DATABASE_ERRORS as error:
             raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, one_line(error)) from None
         return HTTPStatus.OK, Raw(content_type, data)
@@ -165,12 +182,16 @@ class Api:
         given = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-                # WSGI hands header values over as latin-1 text: back to the bytes sent.
-                token.strip().encode("latin-1", "replace"), expected.encode("utf-8")):
-            raise HttpError(HTTPStatus.UNAUTHORIZED,
-                            "this endpoint requires the header Authorization: Bearer <token> "
-                            "with the value of TASK_PROCESSOR_MONITORING_TOKEN",
-                            [("WWW-Authenticate", 'Bearer realm="task-processor"')])
+            # WSGI hands header values over as latin-1 text: back to the bytes sent.
+            token.strip().encode("latin-1", "replace"),
+            expected.encode("utf-8"),
+        ):
+            raise HttpError(
+                HTTPStatus.UNAUTHORIZED,
+                "this endpoint requires the header Authorization: Bearer <token> "
+                "with the value of TASK_PROCESSOR_MONITORING_TOKEN",
+                [("WWW-Authenticate", 'Bearer realm="task-processor"')],
+            )
 
     def _database_check(self) -> str:
         try:
@@ -198,19 +219,23 @@ def is_dashboard_path(path: str) -> bool:
     return path == DASHBOARD or path.startswith(DASHBOARD + "/")
 
 
-def _respond(start_response: StartResponse, status: HTTPStatus, body: Any,
-             headers: list[tuple[str, str]]) -> list[bytes]:
+def _respond(
+    start_response: StartResponse, status: HTTPStatus, body: Any, headers: list[tuple[str, str]]
+) -> list[bytes]:
     if isinstance(body, Raw):
         content_type, payload = body.content_type, body.data
     else:
         content_type = "application/json"
         payload = json.dumps(redaction.scrub_data(body), sort_keys=True).encode("utf-8") + b"\n"
-    start_response(f"{status.value} {status.phrase}", [
-        ("Content-Type", content_type),
-        ("Content-Length", str(len(payload))),
-        ("Cache-Control", "no-store"),
-        *headers,
-    ])
+    start_response(
+        f"{status.value} {status.phrase}",
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(payload))),
+            ("Cache-Control", "no-store"),
+            *headers,
+        ],
+    )
     return [payload]
 
 
@@ -232,8 +257,12 @@ def application(environ: dict, start_response: StartResponse) -> Iterable[bytes]
                     _default = Api(ApiSettings.from_environment())
                 except ConfigError as error:
                     logger.error("the task processor API is not configured: %s", error)
-                    return _respond(start_response, HTTPStatus.INTERNAL_SERVER_ERROR,
-                                    {"error": f"configuration error: {error}"}, [])
+                    return _respond(
+                        start_response,
+                        HTTPStatus.INTERNAL_SERVER_ERROR,
+                        {"error": f"configuration error: {error}"},
+                        [],
+                    )
     return _default(environ, start_response)
 
 
@@ -246,10 +275,14 @@ def mount(other: WsgiApp, prefix: str = "", api: WsgiApp = application) -> WsgiA
     def dispatch(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         own = path.startswith(prefix) and (
-            path[len(prefix):].rstrip("/") in ROUTES or is_dashboard_path(path[len(prefix):]))
+            path[len(prefix) :].rstrip("/") in ROUTES or is_dashboard_path(path[len(prefix) :])
+        )
         if own:
-            environ = {**environ, "SCRIPT_NAME": environ.get("SCRIPT_NAME", "") + prefix,
-                       "PATH_INFO": path[len(prefix):]}
+            environ = {
+                **environ,
+                "SCRIPT_NAME": environ.get("SCRIPT_NAME", "") + prefix,
+                "PATH_INFO": path[len(prefix) :],
+            }
             return api(environ, start_response)
         return other(environ, start_response)
 

@@ -50,8 +50,9 @@ class ProcessLogging(glogging.Logger):
         """A read or write that timed out is a client gone quiet, not an error worth a
         traceback: one line says so."""
         if isinstance(sys.exc_info()[1], BlockingIOError):
-            self.error_log.info("closed a connection whose client sent or read nothing for "
-                                "the request timeout")
+            self.error_log.info(
+                "closed a connection whose client sent or read nothing for the request timeout"
+            )
             return
         super().exception(msg, *args, **kwargs)
 
@@ -70,8 +71,7 @@ def bound_address(arbiter: Any) -> str:
 class GunicornServer(BaseApplication):
     """Serve one WSGI application object (already built and checked by the caller)."""
 
-    def __init__(self, application: Any, settings: ServerSettings,
-                 on_ready: Any = None) -> None:
+    def __init__(self, application: Any, settings: ServerSettings, on_ready: Any = None) -> None:
         self.application = application
         self.settings = settings
         self.on_ready = on_ready

@@ -12,7 +12,7 @@ answers 501 saying what to install.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from api.metrics_queries import Snapshot
 
@@ -27,8 +27,10 @@ TASK_STATES = ("waiting", "running", "dead")
 WORKER_STATES = ("booting", "idle", "busy")
 PROCESSOR_STATES = ("running", "draining", "silent")
 
-INSTALL_HINT = ("Prometheus metrics need prometheus_client: pip install 'task-processor[metrics]' "
-                "(or pip install prometheus_client)")
+INSTALL_HINT = (
+    "Prometheus metrics need prometheus_client: pip install 'task-processor[metrics]' "
+    "(or pip install prometheus_client)"
+)
 
 
 def available() -> bool:
@@ -41,29 +43,36 @@ class ClusterCollector:
     def __init__(self, read: Callable[[], Snapshot]) -> None:
         self.read = read
 
-    def collect(self) -> Iterator["Metric"]:
+    def collect(self) -> Iterator[Metric]:
         snapshot = self.read()
         yield from _task_metrics(snapshot)
         yield from _processor_metrics(snapshot)
         yield from _worker_metrics(snapshot)
 
 
-def _task_metrics(snapshot: Snapshot) -> Iterator["Metric"]:
+def _task_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     tasks = GaugeMetricFamily(
-        "task_processor_tasks", "Tasks by state (waiting, running, dead) and task identifier.",
-        labels=["state", "task_identifier"])
+        "task_processor_tasks",
+        "Tasks by state (waiting, running, dead) and task identifier.",
+        labels=["state", "task_identifier"],
+    )
     due = GaugeMetricFamily(
         "task_processor_due_tasks",
         "Waiting tasks that are due now and that no worker has started.",
-        labels=["task_identifier"])
+        labels=["task_identifier"],
+    )
     oldest = GaugeMetricFamily(
         "task_processor_oldest_waiting_task_age_seconds",
         "How long the oldest due task of each identifier has waited; 0 when none is due.",
-        labels=["task_identifier"])
+        labels=["task_identifier"],
+    )
     for row in snapshot.tasks:
         identifier = row["identifier"]
-        counts = {"waiting": row["due"] + row["scheduled"], "running": row["running"],
-                  "dead": row["dead"]}
+        counts = {
+            "waiting": row["due"] + row["scheduled"],
+            "running": row["running"],
+            "dead": row["dead"],
+        }
         for state in TASK_STATES:
             tasks.add_metric([state, identifier], counts[state])
         due.add_metric([identifier], row["due"])
@@ -71,37 +80,42 @@ def _task_metrics(snapshot: Snapshot) -> Iterator["Metric"]:
     yield from (tasks, due, oldest)
 
 
-def _processor_metrics(snapshot: Snapshot) -> Iterator["Metric"]:
+def _processor_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     processors = GaugeMetricFamily(
         "task_processor_processors",
         "Processors that have not stopped, by state; 'silent' ones missed their heartbeat for "
         "longer than their grace period (killed, frozen or cut off).",
-        labels=["state"])
+        labels=["state"],
+    )
     beat = GaugeMetricFamily(
         "task_processor_processor_heartbeat_age_seconds",
         "Seconds since each processor's supervisor last wrote its heartbeat.",
-        labels=["processor_id", "host"])
+        labels=["processor_id", "host"],
+    )
     for state in PROCESSOR_STATES:
-        processors.add_metric([state], sum(1 for p in snapshot.processors
-                                           if p["state"] == state))
+        processors.add_metric([state], sum(1 for p in snapshot.processors if p["state"] == state))
     for row in snapshot.processors:
         beat.add_metric([row["id"], row["host"]], row["beat_age_seconds"])
     yield from (processors, beat)
 
 
-def _worker_metrics(snapshot: Snapshot) -> Iterator["Metric"]:
+def _worker_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     live = {p["id"] for p in snapshot.processors if p["state"] != "silent"}
     workers = GaugeMetricFamily(
         "task_processor_workers",
         "Worker processes of the live processors, by the state of their last heartbeat.",
-        labels=["state"])
+        labels=["state"],
+    )
     beat = GaugeMetricFamily(
         "task_processor_worker_heartbeat_age_seconds",
         "Seconds since each worker of a processor that has not stopped last beat.",
-        labels=["processor_id", "slot"])
+        labels=["processor_id", "slot"],
+    )
     for state in WORKER_STATES:
-        workers.add_metric([state], sum(1 for w in snapshot.workers
-                                        if w["state"] == state and w["processor_id"] in live))
+        workers.add_metric(
+            [state],
+            sum(1 for w in snapshot.workers if w["state"] == state and w["processor_id"] in live),
+        )
     for row in snapshot.workers:
         beat.add_metric([row["processor_id"], str(row["slot"])], row["beat_age_seconds"])
     yield from (workers, beat)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import psycopg2.extensions
 
@@ -24,8 +25,14 @@ T = TypeVar("T")
 class ConnectionPool:
     """Connections named ``task-processor api``, each unit of work in one transaction."""
 
-    def __init__(self, url: str, *, max_connections: int = 8,
-                 statement_timeout_ms: int = 5000, connect_timeout: int = 5) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 8,
+        statement_timeout_ms: int = 5000,
+        connect_timeout: int = 5,
+    ) -> None:
         self.url = url
         self.max_connections = max_connections
         self.statement_timeout_ms = statement_timeout_ms
@@ -40,7 +47,8 @@ class ConnectionPool:
         if not self._slots.acquire(timeout=self.connect_timeout):
             raise db.DatabaseUnavailable(
                 f"all {self.max_connections} database connections of the API stayed busy for "
-                f"{self.connect_timeout} s")
+                f"{self.connect_timeout} s"
+            )
         try:
             return self._run_with_retry(work)
         finally:
@@ -50,16 +58,20 @@ class ConnectionPool:
         while True:
             connection, reused = self._take()
             try:
-                with db.Deadline(connection, self.work_deadline) as deadline:
-                    # commit on success, roll back on an exception
-                    with connection, connection.cursor() as cursor:
-                        result = work(cursor)
+                # commit on success, roll back on an exception
+                with (
+                    db.Deadline(connection, self.work_deadline) as deadline,
+                    connection,
+                    connection.cursor() as cursor,
+                ):
+                    result = work(cursor)
             except Exception as error:
                 broken = connection.closed != 0  # a timed-out statement leaves it open
                 connection.close()
                 if deadline.fired:
                     raise db.DatabaseUnavailable(
-                        f"the database did not answer within {self.work_deadline:g} s") from None
+                        f"the database did not answer within {self.work_deadline:g} s"
+                    ) from None
                 if reused and broken and db.is_connection_error(error):
                     continue  # a stale idle connection: retry on a fresh one
                 raise
@@ -79,9 +91,13 @@ class ConnectionPool:
                 connection = self._idle.pop()
                 if not connection.closed:
                     return connection, True
-        return db.connect(self.url, "api", autocommit=False,
-                          statement_timeout_ms=self.statement_timeout_ms,
-                          connect_timeout=self.connect_timeout), False
+        return db.connect(
+            self.url,
+            "api",
+            autocommit=False,
+            statement_timeout_ms=self.statement_timeout_ms,
+            connect_timeout=self.connect_timeout,
+        ), False
 
     def _give_back(self, connection: db.Connection) -> None:
         with self._lock:
@@ -102,4 +118,3 @@ class ConnectionPool:
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
-

@@ -65,10 +65,12 @@ class RoundTripProbe:
             deadline = time.monotonic() + self.timeout_seconds
             while not self.pool.run(lambda cursor: health.is_completed(cursor, probe_id)):
                 if time.monotonic() >= deadline:
-                    return (f"the task processor did not run the health-check task (id "
-                            f"{task_id}) within {self.timeout_seconds:g} s; check that "
-                            f"run-task-processor is running on this database "
-                            f"(check-health --all tells more)")
+                    return (
+                        f"the task processor did not run the health-check task (id "
+                        f"{task_id}) within {self.timeout_seconds:g} s; check that "
+                        f"run-task-processor is running on this database "
+                        f"(check-health --all tells more)"
+                    )
                 time.sleep(_POLL_SECONDS)
             return WORKING
         finally:

@@ -43,6 +43,7 @@ def monitoring(cursor: Cursor) -> dict[str, Any]:
     counts["oldest_waiting_seconds"] = round(counts["oldest_waiting_seconds"], 3)
     counts["waiting_unrunnable"] = sum(group.waiting for group in waiting_unrunnable(cursor))
     counts["processors_alive"] = len(processors)
-    counts["workers_alive"] = sum(1 for worker in workers
-                                  if worker.healthy and worker.state is not None)
+    counts["workers_alive"] = sum(
+        1 for worker in workers if worker.healthy and worker.state is not None
+    )
     return counts

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from api.app import Api
 from api.http_server import GunicornServer, ServerSettings
@@ -30,8 +30,19 @@ def _parser() -> argparse.ArgumentParser:
         "Settings read from the environment: ENABLE_TASK_PROCESSOR_HEALTH_CHECK, "
         "TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT, TASK_PROCESSOR_MONITORING_TOKEN, "
         "TASK_PROCESSOR_DASHBOARD_TOKEN, TASK_PROCESSOR_DASHBOARD_ACTION_TOKEN.",
-        ["database_url", "task_processor_database_url", "data_dir", "log_level", "log_format",
-         "sentry_dsn", "bind", "api_workers", "api_threads", "api_request_timeout"])
+        [
+            "database_url",
+            "task_processor_database_url",
+            "data_dir",
+            "log_level",
+            "log_format",
+            "sentry_dsn",
+            "bind",
+            "api_workers",
+            "api_threads",
+            "api_request_timeout",
+        ],
+    )
 
 
 def _check_schema(api: Api) -> None:
@@ -51,25 +62,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(arguments.log_level, arguments.log_format, role="api")
     sentry.init(arguments.sentry_dsn, "api")
     try:
-        settings = ApiSettings.from_environment(arguments.database_url,
-                                                arguments.task_processor_database_url,
-                                                arguments.data_dir,
-                                                bind_host=arguments.bind[0])
+        settings = ApiSettings.from_environment(
+            arguments.database_url,
+            arguments.task_processor_database_url,
+            arguments.data_dir,
+            bind_host=arguments.bind[0],
+        )
     except ConfigError as error:
         exit_config_error("run-api", str(error))
     api = Api(settings)
     _check_schema(api)
     host, port = arguments.bind
-    server = ServerSettings(host, port, workers=arguments.api_workers,
-                            threads=arguments.api_threads,
-                            request_timeout=arguments.api_request_timeout)
+    server = ServerSettings(
+        host,
+        port,
+        workers=arguments.api_workers,
+        threads=arguments.api_threads,
+        request_timeout=arguments.api_request_timeout,
+    )
 
     def ready(address: str) -> None:
-        logger.info("listening on %s for %s (%d workers x %d threads, round-trip check %s, "
-                    "monitoring token %s)", address, db.describe(settings.database_url),
-                    server.workers, server.threads,
-                    "on" if settings.round_trip_enabled else "off",
-                    "required" if settings.monitoring_token else "not required")
+        logger.info(
+            "listening on %s for %s (%d workers x %d threads, round-trip check %s, "
+            "monitoring token %s)",
+            address,
+            db.describe(settings.database_url),
+            server.workers,
+            server.threads,
+            "on" if settings.round_trip_enabled else "off",
+            "required" if settings.monitoring_token else "not required",
+        )
 
     try:
         GunicornServer(api, server, on_ready=ready).run()

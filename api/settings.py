@@ -25,17 +25,19 @@ class ApiSettings:
     loopback_only: bool = False
 
     @classmethod
-    def from_environment(cls, database_url: str | None = None,
-                         task_processor_database_url: str | None = None,
-                         data_dir: str | None = None,
-                         bind_host: str | None = None) -> ApiSettings:
+    def from_environment(
+        cls,
+        database_url: str | None = None,
+        task_processor_database_url: str | None = None,
+        data_dir: str | None = None,
+        bind_host: str | None = None,
+    ) -> ApiSettings:
         """Settings from ``DATABASE_URL``/``TASK_PROCESSOR_DATABASE_URL``,
         ``ENABLE_TASK_PROCESSOR_HEALTH_CHECK``, ``TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT``,
         ``TASK_PROCESSOR_MONITORING_TOKEN`` and ``TASK_PROCESSOR_DASHBOARD_TOKEN``; raise
         :class:`ConfigError` on a bad value."""
         return cls(
-            database_url=db.queue_database_url(task_processor_database_url, database_url,
-                                               data_dir),
+            database_url=db.queue_database_url(task_processor_database_url, database_url, data_dir),
             round_trip_enabled=env_flag("ENABLE_TASK_PROCESSOR_HEALTH_CHECK"),
             round_trip_timeout_seconds=_timeout("TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT"),
             monitoring_token=os.environ.get("TASK_PROCESSOR_MONITORING_TOKEN") or None,
@@ -63,6 +65,8 @@ def _timeout(name: str) -> float:
     except ValueError:
         value = -1.0
     if not 0.1 <= value <= 60:
-        raise ConfigError(f"{name} is {raw!r}; expected a number of seconds from 0.1 to 60, "
-                          f"e.g. {DEFAULT_ROUND_TRIP_TIMEOUT_SECONDS:g}")
+        raise ConfigError(
+            f"{name} is {raw!r}; expected a number of seconds from 0.1 to 60, "
+            f"e.g. {DEFAULT_ROUND_TRIP_TIMEOUT_SECONDS:g}"
+        )
     return value

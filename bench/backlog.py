@@ -25,16 +25,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg2.extensions
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH), str(BENCH.parent / "tests" / "support")]
 
-from builtin_tasks import retention  # noqa: E402
 from clusters import Cluster  # noqa: E402
 from run import Bench, connect, scalar, wait_until  # noqa: E402
+
+from builtin_tasks import retention  # noqa: E402
 
 CHUNK = 10_000  # tasks per bulk insert
 WINDOW = 15.0  # seconds per line of the steady run
@@ -45,9 +46,9 @@ class TimedCursor(psycopg2.extensions.cursor):
     """Records how long each statement took: every delete batch of the clean-up is one
     transaction, so the longest is the longest time it holds a row lock."""
 
-    durations: list[float] = []
+    durations: ClassVar[list[float]] = []
 
-    def execute(self, query: Any, vars: Any = None) -> None:  # noqa: A002 - psycopg2's name
+    def execute(self, query: Any, vars: Any = None) -> None:
         started = time.perf_counter()
         try:
             super().execute(query, vars)
@@ -57,8 +58,10 @@ class TimedCursor(psycopg2.extensions.cursor):
 
 class Backlog(Bench):
     def waiting(self) -> int:
-        return scalar(self.db, "SELECT count(*) FROM task_processor.tasks "
-                               "WHERE state IN ('waiting', 'running')")
+        return scalar(
+            self.db,
+            "SELECT count(*) FROM task_processor.tasks WHERE state IN ('waiting', 'running')",
+        )
 
     def enqueue(self, count: int) -> tuple[int, float]:
         """Bulk-insert ``count`` no-op tasks; the first id and the insert rate."""
@@ -70,10 +73,12 @@ class Backlog(Bench):
 
     def finishing_rate(self, first_id: int) -> float:
         """Tasks per second between the first and the last to finish from ``first_id`` on."""
-        count, seconds = self.fetch_one("""
+        count, seconds = self.fetch_one(
+            """
             SELECT count(*), extract(epoch FROM max(finished_at) - min(finished_at))
             FROM task_processor.tasks WHERE id >= %s AND identifier = 'bench_tasks.noop'""",
-                                        (first_id,))
+            (first_id,),
+        )
         return count / seconds
 
     def fetch_one(self, sql: str, params: tuple = ()) -> tuple:
@@ -90,8 +95,11 @@ class Backlog(Bench):
         minute_started, left_then = time.monotonic(), count
         while (left := self.waiting()) > 0:
             if per_minute and time.monotonic() - minute_started >= 60:
-                print(f"  {left:8d} left, {(left_then - left) / 60:6.0f} tasks/s over the "
-                      f"last minute", flush=True)
+                print(
+                    f"  {left:8d} left, {(left_then - left) / 60:6.0f} tasks/s over the "
+                    f"last minute",
+                    flush=True,
+                )
                 minute_started, left_then = time.monotonic(), left
             time.sleep(1)
         rate = self.finishing_rate(first)
@@ -107,8 +115,9 @@ class Backlog(Bench):
         cleaner = connect(self.url)
         cleaner.cursor_factory = TimedCursor
         deleted: dict[str, int] = {}
-        clean_up = threading.Thread(target=lambda: deleted.update(
-            retention.clean_up(cleaner, cutoff_days, cutoff_days)))
+        clean_up = threading.Thread(
+            target=lambda: deleted.update(retention.clean_up(cleaner, cutoff_days, cutoff_days))
+        )
         self.start_processor(wait=False)
         clean_up.start()
         wait_until(lambda: self.waiting() == 0, 3600, 1)
@@ -148,8 +157,10 @@ class Backlog(Bench):
         for thread in threads:
             thread.start()
         print(f"steady run, {rate} tasks/s asked for {seconds} s; every {WINDOW:.0f} s:")
-        print("  time  made/s  done/s  p50 ms  p99 ms  tasks MB  idx MB  dead tup  "
-              "runs MB  runs idx MB  runs dead")
+        print(
+            "  time  made/s  done/s  p50 ms  p99 ms  tasks MB  idx MB  dead tup  "
+            "runs MB  runs idx MB  runs dead"
+        )
         began = time.monotonic()
         window_start = self.fetch_one("SELECT now()")[0]
         done_before = 0
@@ -161,32 +172,40 @@ class Backlog(Bench):
                 done = produced[0] - self.waiting()
                 p50, p99 = self.latencies(window_start, window_end)
                 sizes = self.sizes()
-                print(f"  {time.monotonic() - began:4.0f}  {(produced[0] - made_before) / WINDOW:6.0f}"
-                      f"  {(done - done_before) / WINDOW:6.0f}  {p50:6.1f}  {p99:6.1f}  "
-                      f"{sizes['tasks'][0]:8.1f}  {sizes['tasks'][1]:6.1f}  "
-                      f"{sizes['tasks'][2]:8d}  {sizes['runs'][0]:7.1f}  "
-                      f"{sizes['runs'][1]:11.1f}  {sizes['runs'][2]:9d}", flush=True)
+                print(
+                    f"  {time.monotonic() - began:4.0f}"
+                    f"  {(produced[0] - made_before) / WINDOW:6.0f}"
+                    f"  {(done - done_before) / WINDOW:6.0f}  {p50:6.1f}  {p99:6.1f}  "
+                    f"{sizes['tasks'][0]:8.1f}  {sizes['tasks'][1]:6.1f}  "
+                    f"{sizes['tasks'][2]:8d}  {sizes['runs'][0]:7.1f}  "
+                    f"{sizes['runs'][1]:11.1f}  {sizes['runs'][2]:9d}",
+                    flush=True,
+                )
                 window_start, done_before, made_before = window_end, done, produced[0]
         finally:
             stop.set()
             for thread in threads:
                 thread.join()
-        print("  autovacuum runs: " + ", ".join(
-            f"{table} {count}" for table, count in self.autovacuums()))
+        print(
+            "  autovacuum runs: "
+            + ", ".join(f"{table} {count}" for table, count in self.autovacuums())
+        )
 
     def latencies(self, start, end) -> tuple[float, float]:
         """Pickup latency (creation to first start) of the tasks made in [start, end) that
         have started; milliseconds."""
         with self.db.cursor() as cursor:
-            cursor.execute("""
+            cursor.execute(
+                """
                 SELECT extract(epoch FROM r.started_at - t.created_at) * 1000
                 FROM task_processor.tasks t JOIN task_processor.runs r ON r.task_id = t.id
                 WHERE t.created_at >= %s AND t.created_at < %s AND r.attempt = 1""",
-                           (start, end))
+                (start, end),
+            )
             values = sorted(row[0] for row in cursor.fetchall())
         if not values:
             return float("nan"), float("nan")
-        return statistics.median(values), values[min(len(values) - 1, int(len(values) * .99))]
+        return statistics.median(values), values[min(len(values) - 1, int(len(values) * 0.99))]
 
     def sizes(self) -> dict[str, tuple[float, float, int]]:
         """Per table: heap MB, indexes MB, dead tuples."""
@@ -197,14 +216,18 @@ class Backlog(Bench):
                        pg_indexes_size(relid) / 1048576.0, n_dead_tup
                 FROM pg_stat_user_tables
                 WHERE schemaname = 'task_processor' AND relname IN ('tasks', 'runs')""")
-            return {name: (float(heap), float(indexes), dead)
-                    for name, heap, indexes, dead in cursor.fetchall()}
+            return {
+                name: (float(heap), float(indexes), dead)
+                for name, heap, indexes, dead in cursor.fetchall()
+            }
 
     def autovacuums(self) -> list[tuple[str, int]]:
         with self.db.cursor() as cursor:
-            cursor.execute("SELECT relname, autovacuum_count FROM pg_stat_user_tables "
-                           "WHERE schemaname = 'task_processor' AND relname IN "
-                           "('tasks', 'runs') ORDER BY relname")
+            cursor.execute(
+                "SELECT relname, autovacuum_count FROM pg_stat_user_tables "
+                "WHERE schemaname = 'task_processor' AND relname IN "
+                "('tasks', 'runs') ORDER BY relname"
+            )
             return cursor.fetchall()
 
     def vacuum(self) -> None:
@@ -214,9 +237,12 @@ class Backlog(Bench):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--admin-url", help="a server to use; by default a private one is "
-                        "started, with PostgreSQL's default autovacuum settings (a shared "
-                        "test server may have autovacuum off, which no queue survives)")
+    parser.add_argument(
+        "--admin-url",
+        help="a server to use; by default a private one is "
+        "started, with PostgreSQL's default autovacuum settings (a shared "
+        "test server may have autovacuum off, which no queue survives)",
+    )
     parser.add_argument("--backlog", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=20_000)
     parser.add_argument("--rate", type=int, default=2000, help="tasks/s of the steady run")
@@ -228,14 +254,17 @@ def main() -> int:
     try:
         if not arguments.skip_drain:
             small = bench.drain(arguments.small, f"small backlog ({arguments.small})")
-            big = bench.drain(arguments.backlog, f"big backlog ({arguments.backlog})",
-                              per_minute=True)
+            big = bench.drain(
+                arguments.backlog, f"big backlog ({arguments.backlog})", per_minute=True
+            )
             print(f"big backlog drains at {big / small:.0%} of the small one's rate")
             alone = bench.drain(arguments.small * 5, "drain without clean-up")
             rate, deleted, longest = bench.drain_with_clean_up(arguments.small * 5)
-            print(f"drain with the clean-up deleting {deleted} tasks meanwhile: {rate:.0f} "
-                  f"tasks/s ({rate / alone:.0%} of {alone:.0f}); longest delete batch "
-                  f"{longest * 1000:.0f} ms")
+            print(
+                f"drain with the clean-up deleting {deleted} tasks meanwhile: {rate:.0f} "
+                f"tasks/s ({rate / alone:.0%} of {alone:.0f}); longest delete batch "
+                f"{longest * 1000:.0f} ms"
+            )
         bench.steady(arguments.rate, arguments.steady_seconds)
     finally:
         bench.close()

@@ -32,7 +32,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(BENCH)]
 
-from common import migrations
+from common import migrations  # noqa: E402 - found through the path set just above
 
 LEASE_SECONDS = 5  # short, so that paused supervisors are fenced and their leases expire often
 WORKERS = 3
@@ -56,19 +56,33 @@ class Server:
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_user:
             shutil.chown(self.directory, "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                  "--no-sync")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, tool: str, *args: str) -> None:
-        subprocess.run([*self.as_user, str(self.bindir / tool), *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [*self.as_user, str(self.bindir / tool), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def _pg_ctl(self, *args: str) -> None:
-        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 " \
-                  f"-c max_connections=200 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.directory / "log"), "-w",
-                  "-o", options, *args)
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
+            f"-c max_connections=200 -c fsync=off"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.directory / "log"),
+            "-w",
+            "-o",
+            options,
+            *args,
+        )
 
     def start(self) -> None:
         self._pg_ctl("start")
@@ -104,17 +118,35 @@ class Chaos:
         self.random = random.Random(seed)
         self.figures = Figures()
         self.processors: list[subprocess.Popen | None] = [None, None]
-        self.log = open(Path(tempfile.gettempdir()) / f"tp-chaos-{os.getpid()}.log",  # noqa: SIM115
-                        "ab")  # the processors' output, for as long as the run lasts
+        self.log = open(  # noqa: SIM115 - the processors' log for the whole run, closed at its end
+            Path(tempfile.gettempdir()) / f"tp-chaos-{os.getpid()}.log",
+            "ab",
+        )  # the processors' output, for as long as the run lasts
 
     def start_processor(self, index: int) -> None:
-        env = {**os.environ, "DATABASE_URL": self.url,
-               "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO)])}
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.url,
+            "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO)]),
+        }
         self.processors[index] = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "--tasks", "chaos_tasks",
-             "--numthreads", str(WORKERS), "--lease-seconds", str(LEASE_SECONDS)],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "supervisor.cli",
+                "--tasks",
+                "chaos_tasks",
+                "--numthreads",
+                str(WORKERS),
+                "--lease-seconds",
+                str(LEASE_SECONDS),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def restart_dead_processors(self) -> None:
         for index, process in enumerate(self.processors):
@@ -140,7 +172,7 @@ class Chaos:
             try:
                 chaos_tasks.step.delay_many(calls)
                 break
-            except Exception as error:  # noqa: BLE001 - the database may be restarting
+            except Exception as error:
                 self.figures.enqueue_retries += 1
                 print(f"  enqueue failed ({type(error).__name__}); retrying", flush=True)
                 time.sleep(0.5)
@@ -230,8 +262,11 @@ def main() -> int:
 
         _query(url, chaos_tasks.ATTEMPTS_TABLE)
         os.environ.update(DATABASE_URL=url, TASK_RUN_METHOD="TASK_PROCESSOR")
-        print(f"chaos run: seed {options.seed}, {options.tasks} tasks, {options.seconds:.0f} s "
-              f"of chaos, 2 processors x {WORKERS} workers, lease {LEASE_SECONDS} s", flush=True)
+        print(
+            f"chaos run: seed {options.seed}, {options.tasks} tasks, {options.seconds:.0f} s "
+            f"of chaos, 2 processors x {WORKERS} workers, lease {LEASE_SECONDS} s",
+            flush=True,
+        )
 
         chaos = Chaos(url, options.seed)
         chaos.restart_dead_processors()
@@ -246,8 +281,9 @@ def main() -> int:
                 chaos.figures.database_restarts += 1
                 restart_database_at = 0.0
             if len(chaos.figures.keys) < options.tasks and time.monotonic() >= next_batch:
-                chaos.enqueue(min(options.tasks // batches + 1,
-                                  options.tasks - len(chaos.figures.keys)))
+                chaos.enqueue(
+                    min(options.tasks // batches + 1, options.tasks - len(chaos.figures.keys))
+                )
                 next_batch += batch_every
             chaos.act(server)
             chaos.restart_dead_processors()
@@ -258,46 +294,77 @@ def main() -> int:
         print("chaos over; waiting for every task to end", flush=True)
 
         def unfinished() -> int:
-            return _query(url, "SELECT count(*) FROM task_processor.tasks WHERE "
-                               "identifier = 'chaos_tasks.step' AND state NOT IN "
-                               "('succeeded', 'dead')")[0][0]
+            return _query(
+                url,
+                "SELECT count(*) FROM task_processor.tasks WHERE "
+                "identifier = 'chaos_tasks.step' AND state NOT IN "
+                "('succeeded', 'dead')",
+            )[0][0]
+
         deadline = time.monotonic() + 300
         while unfinished() and time.monotonic() < deadline:
             chaos.restart_dead_processors()
             time.sleep(0.5)
         settled = time.monotonic() - chaos_over
 
-        states = dict(_query(url, "SELECT state, count(*) FROM task_processor.tasks WHERE "
-                                  "identifier = 'chaos_tasks.step' GROUP BY state"))
-        stored_keys = {key for (key,) in _query(
-            url, "SELECT args_exact->>0 FROM task_processor.tasks "
-                 "WHERE identifier = 'chaos_tasks.step'")}
+        states = dict(
+            _query(
+                url,
+                "SELECT state, count(*) FROM task_processor.tasks WHERE "
+                "identifier = 'chaos_tasks.step' GROUP BY state",
+            )
+        )
+        stored_keys = {
+            key
+            for (key,) in _query(
+                url,
+                "SELECT args_exact->>0 FROM task_processor.tasks "
+                "WHERE identifier = 'chaos_tasks.step'",
+            )
+        }
         lost = len(set(chaos.figures.keys) - stored_keys)
-        succeeded_without_a_full_attempt = _query(url, """
+        succeeded_without_a_full_attempt = _query(
+            url,
+            """
             SELECT count(*) FROM task_processor.tasks t
             WHERE t.identifier = 'chaos_tasks.step' AND t.state = 'succeeded'
               AND NOT EXISTS (SELECT 1 FROM chaos_attempts a
-                              WHERE a.key = t.args_exact->>0 AND a.ended_at IS NOT NULL)""")[0][0]
+                              WHERE a.key = t.args_exact->>0 AND a.ended_at IS NOT NULL)""",
+        )[0][0]
         overlaps = _query(url, OVERLAPS)[0][0]
         attempts = _query(url, "SELECT count(*), count(ended_at) FROM chaos_attempts")[0]
-        runs = dict(_query(url, "SELECT result, count(*) FROM task_processor.runs r JOIN "
-                                "task_processor.tasks t ON t.id = r.task_id WHERE "
-                                "t.identifier = 'chaos_tasks.step' GROUP BY result"))
+        runs = dict(
+            _query(
+                url,
+                "SELECT result, count(*) FROM task_processor.runs r JOIN "
+                "task_processor.tasks t ON t.id = r.task_id WHERE "
+                "t.identifier = 'chaos_tasks.step' GROUP BY result",
+            )
+        )
         figures = chaos.figures
-        print(f"disturbances: {figures.worker_kills} worker SIGKILLs, {figures.worker_stops} "
-              f"worker SIGSTOP/SIGCONT, {figures.supervisor_stops} supervisor SIGSTOP/SIGCONT, "
-              f"{figures.supervisor_kills} supervisor SIGKILLs (restarted), "
-              f"{figures.database_restarts} PostgreSQL restarts, {figures.enqueue_retries} "
-              f"enqueue retries; {chaos.fenced_workers()} workers killed by their lease fence")
-        print(f"tasks enqueued: {len(figures.keys)}; in the queue: {len(stored_keys)}; "
-              f"states: {states}")
-        print(f"attempts started: {attempts[0]}, ran to their end: {attempts[1]}; "
-              f"runs recorded: {runs}")
+        print(
+            f"disturbances: {figures.worker_kills} worker SIGKILLs, {figures.worker_stops} "
+            f"worker SIGSTOP/SIGCONT, {figures.supervisor_stops} supervisor SIGSTOP/SIGCONT, "
+            f"{figures.supervisor_kills} supervisor SIGKILLs (restarted), "
+            f"{figures.database_restarts} PostgreSQL restarts, {figures.enqueue_retries} "
+            f"enqueue retries; {chaos.fenced_workers()} workers killed by their lease fence"
+        )
+        print(
+            f"tasks enqueued: {len(figures.keys)}; in the queue: {len(stored_keys)}; "
+            f"states: {states}"
+        )
+        print(
+            f"attempts started: {attempts[0]}, ran to their end: {attempts[1]}; "
+            f"runs recorded: {runs}"
+        )
         print(f"settled {settled:.1f} s after the chaos ended")
-        print(f"LOST: {lost}   OVERLAPPING ATTEMPTS: {overlaps}   NOT FINAL: {unfinished()}   "
-              f"SUCCEEDED WITHOUT A COMPLETE ATTEMPT: {succeeded_without_a_full_attempt}")
-        return 0 if not (lost or overlaps or unfinished() or succeeded_without_a_full_attempt) \
-            else 1
+        print(
+            f"LOST: {lost}   OVERLAPPING ATTEMPTS: {overlaps}   NOT FINAL: {unfinished()}   "
+            f"SUCCEEDED WITHOUT A COMPLETE ATTEMPT: {succeeded_without_a_full_attempt}"
+        )
+        return (
+            0 if not (lost or overlaps or unfinished() or succeeded_without_a_full_attempt) else 1
+        )
     finally:
         if chaos is not None:
             chaos.stop()

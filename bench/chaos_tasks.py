@@ -30,15 +30,22 @@ def step(key: str, seconds: float) -> None:
     connection.autocommit = True
     try:
         with connection.cursor() as cursor:
-            cursor.execute("INSERT INTO chaos_attempts (key, pid) VALUES (%s, %s) RETURNING id",
-                           (key, os.getpid()))
+            cursor.execute(
+                "INSERT INTO chaos_attempts (key, pid) VALUES (%s, %s) RETURNING id",
+                (key, os.getpid()),
+            )
             (attempt,) = cursor.fetchone()
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 time.sleep(0.05)
-                cursor.execute("UPDATE chaos_attempts SET seen_at = clock_timestamp() "
-                               "WHERE id = %s", (attempt,))
-            cursor.execute("UPDATE chaos_attempts SET seen_at = clock_timestamp(), "
-                           "ended_at = clock_timestamp() WHERE id = %s", (attempt,))
+                cursor.execute(
+                    "UPDATE chaos_attempts SET seen_at = clock_timestamp() WHERE id = %s",
+                    (attempt,),
+                )
+            cursor.execute(
+                "UPDATE chaos_attempts SET seen_at = clock_timestamp(), "
+                "ended_at = clock_timestamp() WHERE id = %s",
+                (attempt,),
+            )
     finally:
         connection.close()

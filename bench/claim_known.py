@@ -41,40 +41,63 @@ KNOWN = [f"app.task_{n}" for n in range(20)]
 
 # The alternative measured beside the claim: the same statement, its candidates read as a
 # filter on the priority-ordered index.
-_PER_IDENTIFIER = CLAIM[CLAIM.index("    SELECT c.id, c.priority"):CLAIM.index("), next AS")]
-FILTERED_CLAIM = CLAIM.replace(_PER_IDENTIFIER, """
+_PER_IDENTIFIER = CLAIM[CLAIM.index("    SELECT c.id, c.priority") : CLAIM.index("), next AS")]
+FILTERED_CLAIM = CLAIM.replace(
+    _PER_IDENTIFIER,
+    """
     SELECT id, priority, scheduled_for FROM task_processor.tasks
     WHERE state = 'waiting' AND scheduled_for <= now() AND identifier = ANY(%(known)s)
     ORDER BY priority, scheduled_for, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-""")
+""",
+)
 
 SCENARIOS = {
     "backlog": [
-        ("INSERT INTO task_processor.tasks (identifier, priority, scheduled_for) "
-         "SELECT 'app.task_' || (n %% 20), 20, now() - interval '1 hour' + n * interval '1 ms' "
-         "FROM generate_series(1, %s) AS n", (ROWS,)),
+        (
+            (
+                "INSERT INTO task_processor.tasks (identifier, priority, scheduled_for) "
+                "SELECT 'app.task_' || (n %% 20), 20, "
+                "now() - interval '1 hour' + n * interval '1 ms' "
+                "FROM generate_series(1, %s) AS n"
+            ),
+            (ROWS,),
+        ),
     ],
     "unknown ahead": [
-        ("INSERT INTO task_processor.tasks (identifier, priority, scheduled_for) "
-         "SELECT 'newer_release.task', 10, now() - interval '1 hour' "
-         "FROM generate_series(1, %s)", (ROWS,)),
-        ("INSERT INTO task_processor.tasks (identifier, priority, scheduled_for) "
-         "SELECT 'app.task_' || (n %% 20), 20, now() - interval '1 hour' "
-         "FROM generate_series(1, 1000) AS n", ()),
+        (
+            (
+                "INSERT INTO task_processor.tasks (identifier, priority, scheduled_for) "
+                "SELECT 'newer_release.task', 10, now() - interval '1 hour' "
+                "FROM generate_series(1, %s)"
+            ),
+            (ROWS,),
+        ),
+        (
+            (
+                "INSERT INTO task_processor.tasks (identifier, priority, scheduled_for) "
+                "SELECT 'app.task_' || (n %% 20), 20, now() - interval '1 hour' "
+                "FROM generate_series(1, 1000) AS n"
+            ),
+            (),
+        ),
     ],
     "idle": [
-        ("INSERT INTO task_processor.tasks (identifier, priority, scheduled_for) "
-         "SELECT 'app.task_' || (n %% 20), 20, now() + interval '1 day' "
-         "FROM generate_series(1, %s) AS n", (ROWS,)),
+        (
+            (
+                "INSERT INTO task_processor.tasks (identifier, priority, scheduled_for) "
+                "SELECT 'app.task_' || (n %% 20), 20, now() + interval '1 day' "
+                "FROM generate_series(1, %s) AS n"
+            ),
+            (ROWS,),
+        ),
     ],
 }
 
 
 def claim_parameters() -> dict:
-    return queries.claim_parameters(limit=10, owner="bench/0.1", lease_seconds=300,
-                                    known=KNOWN)
+    return queries.claim_parameters(limit=10, owner="bench/0.1", lease_seconds=300, known=KNOWN)
 
 
 def explain(connection, statement: str) -> list[str]:
@@ -121,11 +144,15 @@ def main() -> None:
             connection.cursor().execute("VACUUM ANALYZE task_processor.tasks")
             connection.autocommit = False
             print(f"== {scenario}")
-            for label, statement in (("claim", CLAIM), ("filter on tasks_claim_idx",
-                                                        FILTERED_CLAIM)):
+            for label, statement in (
+                ("claim", CLAIM),
+                ("filter on tasks_claim_idx", FILTERED_CLAIM),
+            ):
                 median, p99 = timed(connection, statement)
-                print(f"-- {label}: median {median:.2f} ms, p99 {p99:.2f} ms "
-                      f"({REPEATS} claims, each rolled back)")
+                print(
+                    f"-- {label}: median {median:.2f} ms, p99 {p99:.2f} ms "
+                    f"({REPEATS} claims, each rolled back)"
+                )
                 for line in explain(connection, statement):
                     print("   " + line.strip())
         connection.close()

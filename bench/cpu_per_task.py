@@ -69,18 +69,30 @@ class Run:
         with connect(admin_url).cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{self.name}"')
         self.url = admin_url.rsplit("/", 1)[0] + "/" + self.name
-        self.env = {**os.environ, "DATABASE_URL": self.url, "TASK_PROCESSOR_DATABASE_URL":
-                    self.url, "LOG_LEVEL": "WARNING",
-                    "PYTHONPATH": os.pathsep.join([str(BENCH), str(checkout)])}
-        subprocess.run([sys.executable, "-m", "common.admin", "migrate"], cwd=checkout,
-                       env=self.env, check=True, capture_output=True)
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": self.url,
+            "TASK_PROCESSOR_DATABASE_URL": self.url,
+            "LOG_LEVEL": "WARNING",
+            "PYTHONPATH": os.pathsep.join([str(BENCH), str(checkout)]),
+        }
+        subprocess.run(
+            [sys.executable, "-m", "common.admin", "migrate"],
+            cwd=checkout,
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
         self.db = connect(self.url)
         self.processor: subprocess.Popen | None = None
 
     def backends(self) -> list[psutil.Process]:
         with self.db.cursor() as cursor:
-            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND "
-                           "application_name LIKE 'task-processor %%'", (self.name,))
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND "
+                "application_name LIKE 'task-processor %%'",
+                (self.name,),
+            )
             return [psutil.Process(pid) for (pid,) in cursor.fetchall()]
 
     def tree(self) -> list[psutil.Process]:
@@ -88,32 +100,51 @@ class Run:
         return [supervisor, *supervisor.children()]
 
     def done(self) -> int:
-        return scalar(self.db, "SELECT count(*) FROM task_processor.tasks "
-                               "WHERE state = 'succeeded' AND identifier = 'bench_tasks.noop'")
+        return scalar(
+            self.db,
+            "SELECT count(*) FROM task_processor.tasks "
+            "WHERE state = 'succeeded' AND identifier = 'bench_tasks.noop'",
+        )
 
     def drain(self, tasks: int) -> dict[str, float]:
         self.processor = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "--tasks", "bench_tasks",
-             "--numthreads", str(self.numthreads)], cwd=self.checkout, env=self.env,
-            stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "supervisor.cli",
+                "--tasks",
+                "bench_tasks",
+                "--numthreads",
+                str(self.numthreads),
+            ],
+            cwd=self.checkout,
+            env=self.env,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         wait_until(lambda: len(self.backends()) >= self.numthreads + 1, 60)
         time.sleep(3)  # start-up work (migrations check, recurring tasks) is over
         processes, backends = self.tree(), self.backends()
         cpu_before = cpu_seconds(processes), cpu_seconds(backends)
         with self.db.cursor() as cursor:
-            cursor.execute("""
+            cursor.execute(
+                """
                 INSERT INTO task_processor.tasks (identifier, args, kwargs, priority,
                     scheduled_for, max_attempts, timeout_ms)
                 SELECT 'bench_tasks.noop', '[]', '{}', 20, now(), 3, 60000
-                FROM generate_series(1, %s)""", (tasks,))
+                FROM generate_series(1, %s)""",
+                (tasks,),
+            )
         start = time.monotonic()
         wait_until(lambda: self.done() >= tasks, 300, 0.01)
         elapsed = time.monotonic() - start
         cpu_after = cpu_seconds(processes), cpu_seconds(backends)
         self.stop()
-        return {"processor_us": (cpu_after[0] - cpu_before[0]) / tasks * 1e6,
-                "backends_us": (cpu_after[1] - cpu_before[1]) / tasks * 1e6,
-                "rate": tasks / elapsed}
+        return {
+            "processor_us": (cpu_after[0] - cpu_before[0]) / tasks * 1e6,
+            "backends_us": (cpu_after[1] - cpu_before[1]) / tasks * 1e6,
+            "rate": tasks / elapsed,
+        }
 
     def stop(self) -> None:
         if self.processor is not None:
@@ -131,8 +162,12 @@ class Run:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--checkout", action="append", type=Path,
-                        help="a checkout to measure (repeatable; default: this one)")
+    parser.add_argument(
+        "--checkout",
+        action="append",
+        type=Path,
+        help="a checkout to measure (repeatable; default: this one)",
+    )
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--numthreads", type=int, default=5)
@@ -147,16 +182,20 @@ def main() -> int:
             finally:
                 run.close()
             results[checkout].append(result)
-            print(f"rep {rep} {checkout}: {result['processor_us']:.0f} + "
-                  f"{result['backends_us']:.0f} us/task, {result['rate']:.0f} tasks/s",
-                  flush=True)
+            print(
+                f"rep {rep} {checkout}: {result['processor_us']:.0f} + "
+                f"{result['backends_us']:.0f} us/task, {result['rate']:.0f} tasks/s",
+                flush=True,
+            )
     print("\nmedians: processor + backends = CPU per task; drain rate")
     for checkout, runs in results.items():
         processor = statistics.median(r["processor_us"] for r in runs)
         backends = statistics.median(r["backends_us"] for r in runs)
         rate = statistics.median(r["rate"] for r in runs)
-        print(f"{checkout}: {processor:.0f} + {backends:.0f} = {processor + backends:.0f} "
-              f"us/task; {rate:.0f} tasks/s")
+        print(
+            f"{checkout}: {processor:.0f} + {backends:.0f} = {processor + backends:.0f} "
+            f"us/task; {rate:.0f} tasks/s"
+        )
     return 0
 
 

@@ -24,14 +24,14 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH.parent / "tests" / "support")]
 
-import psycopg2  # noqa: E402
-
 import processor_tasks  # noqa: E402
+import psycopg2  # noqa: E402
 from clusters import Cluster  # noqa: E402
 from commands import admin  # noqa: E402
-from common import db, enqueue  # noqa: E402
 from harness import Processor, query, wait_for  # noqa: E402
 from processor_tasks import RESULTS_TABLE  # noqa: E402
+
+from common import db, enqueue  # noqa: E402
 
 
 class Producer(threading.Thread):
@@ -57,16 +57,20 @@ class Producer(threading.Thread):
 def one_round(replication: str, producers: int) -> str:
     sync = {"synchronous_standby_names": "'standby'"} if replication == "sync" else {}
     primary = Cluster("bench-primary").init_primary(sync).start()
-    standby = Cluster("bench-standby").init_standby_of(
-        primary, {"synchronous_standby_names": "''"})
+    standby = Cluster("bench-standby").init_standby_of(primary, {"synchronous_standby_names": "''"})
     threads: list[Producer] = []
     processor = None
     try:
         standby.start()
-        wait_for(lambda: primary.query("SELECT count(*) FROM pg_stat_replication")[0][0] == 1,
-                 timeout=30, message="the standby streaming")
-        url = (f"postgresql://postgres@127.0.0.1:{primary.port},127.0.0.1:{standby.port}"
-               f"/postgres?target_session_attrs=read-write")
+        wait_for(
+            lambda: primary.query("SELECT count(*) FROM pg_stat_replication")[0][0] == 1,
+            timeout=30,
+            message="the standby streaming",
+        )
+        url = (
+            f"postgresql://postgres@127.0.0.1:{primary.port},127.0.0.1:{standby.port}"
+            f"/postgres?target_session_attrs=read-write"
+        )
         admin("migrate", DATABASE_URL=url)
         query(url, RESULTS_TABLE)
         os.environ.update(DATABASE_URL=url, TASK_RUN_METHOD="TASK_PROCESSOR")
@@ -80,26 +84,41 @@ def one_round(replication: str, producers: int) -> str:
         stopped_at = time.monotonic()
         primary.stop("immediate")
         standby.promote()
-        wait_for(lambda: any(at > stopped_at for thread in threads for at, _ in thread.given),
-                 timeout=60, message="an enqueue on the new primary")
-        first_new = min(task_id for thread in threads for at, task_id in thread.given
-                        if at > stopped_at)
-        wait_for(lambda: query(standby.url, "SELECT count(*) FROM task_processor.tasks WHERE "
-                                            "id >= %s AND state = 'succeeded'",
-                               (first_new,))[0][0] > 0,
-                 timeout=60, message="a task run on the new primary")
+        wait_for(
+            lambda: any(at > stopped_at for thread in threads for at, _ in thread.given),
+            timeout=60,
+            message="an enqueue on the new primary",
+        )
+        first_new = min(
+            task_id for thread in threads for at, task_id in thread.given if at > stopped_at
+        )
+        wait_for(
+            lambda: (
+                query(
+                    standby.url,
+                    "SELECT count(*) FROM task_processor.tasks WHERE "
+                    "id >= %s AND state = 'succeeded'",
+                    (first_new,),
+                )[0][0]
+                > 0
+            ),
+            timeout=60,
+            message="a task run on the new primary",
+        )
         recovered = time.monotonic() - stopped_at
         for thread in threads:
             thread.stop.set()
         for thread in threads:
             thread.join(30)
-        before = [task_id for thread in threads for at, task_id in thread.given
-                  if at <= stopped_at]
-        present = query(standby.url, "SELECT count(*) FROM task_processor.tasks "
-                                     "WHERE id = ANY(%s)", (before,))[0][0]
-        return (f"{replication}: {len(before)} enqueues returned an id before the primary "
-                f"stopped; {len(before) - present} of them missing on the promoted standby; "
-                f"the processor ran a new task {recovered:.1f} s after the stop")
+        before = [task_id for thread in threads for at, task_id in thread.given if at <= stopped_at]
+        present = query(
+            standby.url, "SELECT count(*) FROM task_processor.tasks WHERE id = ANY(%s)", (before,)
+        )[0][0]
+        return (
+            f"{replication}: {len(before)} enqueues returned an id before the primary "
+            f"stopped; {len(before) - present} of them missing on the promoted standby; "
+            f"the processor ran a new task {recovered:.1f} s after the stop"
+        )
     finally:
         for thread in threads:
             thread.stop.set()
@@ -110,15 +129,15 @@ def one_round(replication: str, producers: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--replication", choices=("async", "sync"), default="async")
     parser.add_argument("--producers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
     for number in range(1, options.rounds + 1):
-        print(f"round {number}: {one_round(options.replication, options.producers)}",
-              flush=True)
+        print(f"round {number}: {one_round(options.replication, options.producers)}", flush=True)
 
 
 if __name__ == "__main__":

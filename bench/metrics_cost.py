@@ -36,11 +36,28 @@ class MetricsBench(Bench):
         descriptor, self.log_path = tempfile.mkstemp(prefix="tp-bench-", suffix=".log")
         with os.fdopen(descriptor, "wb") as log:
             self.processor = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.cli", "--tasks", "bench_tasks",
-                 "--numthreads", "5", *args], cwd=REPO, env=env, stderr=log,
-                start_new_session=True)
-        wait_until(lambda: scalar(self.db, "SELECT count(*) FROM task_processor.workers "
-                                           "WHERE state = 'idle'") == 5, 60)
+                [
+                    sys.executable,
+                    "-m",
+                    "supervisor.cli",
+                    "--tasks",
+                    "bench_tasks",
+                    "--numthreads",
+                    "5",
+                    *args,
+                ],
+                cwd=REPO,
+                env=env,
+                stderr=log,
+                start_new_session=True,
+            )
+        wait_until(
+            lambda: (
+                scalar(self.db, "SELECT count(*) FROM task_processor.workers WHERE state = 'idle'")
+                == 5
+            ),
+            60,
+        )
 
     def counted(self) -> float:
         with open(self.log_path, "rb") as log:
@@ -48,10 +65,13 @@ class MetricsBench(Bench):
         assert found, "the processor did not say where its metrics are"
         with urllib.request.urlopen(f"http://{found.group(1).decode()}/metrics") as response:
             text = response.read().decode()
-        return sum(sample.value for family in text_string_to_metric_families(text)
-                   for sample in family.samples
-                   if sample.name == "task_processor_finished_tasks_total"
-                   and sample.labels["task_identifier"] == "bench_tasks.noop")
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "task_processor_finished_tasks_total"
+            and sample.labels["task_identifier"] == "bench_tasks.noop"
+        )
 
     def stop(self) -> None:
         if self.processor is not None:

@@ -103,8 +103,9 @@ def main() -> int:
             cursor.execute(PROCESSOR)
             cursor.execute("VACUUM ANALYZE task_processor.tasks")
             cursor.execute("VACUUM ANALYZE task_processor.runs")
-            cursor.execute("SELECT state, count(*) FROM task_processor.tasks GROUP BY 1 "
-                           "ORDER BY 2 DESC")
+            cursor.execute(
+                "SELECT state, count(*) FROM task_processor.tasks GROUP BY 1 ORDER BY 2 DESC"
+            )
             counts = ", ".join(f"{count:,} {state}" for state, count in cursor.fetchall())
             cursor.execute("SELECT count(*) FROM task_processor.runs")
             runs = cursor.fetchone()[0]
@@ -115,20 +116,48 @@ def main() -> int:
             print("\nEXPLAIN ANALYZE of the /metrics statement:")
             print("\n".join(row[0] for row in cursor.fetchall()))
         print()
-        measure(connection, "/metrics: the one statement per scrape",
-                metrics_queries.snapshot, arguments.repeat)
-        measure(connection, "dashboard overview: by identifier", dashboard.by_identifier,
-                arguments.repeat)
-        measure(connection, "dashboard overview: finished in the last hour",
-                lambda c: dashboard.overview(c, []), arguments.repeat)
-        measure(connection, "dashboard overview: chart (last hour)", dashboard.throughput,
-                arguments.repeat)
-        measure(connection, "dashboard overview: processors and workers",
-                dashboard.processors, arguments.repeat)
-        measure(connection, "dashboard task list: first page, one state",
-                lambda c: dashboard.tasks(c, "dead", None), arguments.repeat)
-        measure(connection, "dashboard task list: first page, one identifier",
-                lambda c: dashboard.tasks(c, None, "app.task_7"), arguments.repeat)
+        measure(
+            connection,
+            "/metrics: the one statement per scrape",
+            metrics_queries.snapshot,
+            arguments.repeat,
+        )
+        measure(
+            connection,
+            "dashboard overview: by identifier",
+            dashboard.by_identifier,
+            arguments.repeat,
+        )
+        measure(
+            connection,
+            "dashboard overview: finished in the last hour",
+            lambda c: dashboard.overview(c, []),
+            arguments.repeat,
+        )
+        measure(
+            connection,
+            "dashboard overview: chart (last hour)",
+            dashboard.throughput,
+            arguments.repeat,
+        )
+        measure(
+            connection,
+            "dashboard overview: processors and workers",
+            dashboard.processors,
+            arguments.repeat,
+        )
+        measure(
+            connection,
+            "dashboard task list: first page, one state",
+            lambda c: dashboard.tasks(c, "dead", None),
+            arguments.repeat,
+        )
+        measure(
+            connection,
+            "dashboard task list: first page, one identifier",
+            lambda c: dashboard.tasks(c, None, "app.task_7"),
+            arguments.repeat,
+        )
     finally:
         connection.close()
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -29,7 +29,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(BENCH)]
 
-from common import migrations, enqueue  # noqa: E402
+from common import enqueue, migrations  # noqa: E402
 
 
 def connect(url: str):
@@ -71,12 +71,22 @@ class Bench:
     def start_processor(self, wait: bool = True) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO)])}
         self.processor = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "--tasks", "bench_tasks",
-             "--numthreads", "5"], cwd=REPO, env=env, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+            [sys.executable, "-m", "supervisor.cli", "--tasks", "bench_tasks", "--numthreads", "5"],
+            cwd=REPO,
+            env=env,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         if wait:
-            wait_until(lambda: scalar(self.db, "SELECT count(*) FROM task_processor.workers "
-                                               "WHERE state = 'idle'") == 5, 30)
+            wait_until(
+                lambda: (
+                    scalar(
+                        self.db, "SELECT count(*) FROM task_processor.workers WHERE state = 'idle'"
+                    )
+                    == 5
+                ),
+                30,
+            )
 
     def stop_processor(self) -> None:
         if self.processor is not None:
@@ -85,8 +95,12 @@ class Bench:
             self.processor = None
 
     def count(self, state: str) -> int:
-        return scalar(self.db, "SELECT count(*) FROM task_processor.tasks WHERE state = %s "
-                               "AND identifier LIKE 'bench_tasks.%%'", (state,))
+        return scalar(
+            self.db,
+            "SELECT count(*) FROM task_processor.tasks WHERE state = %s "
+            "AND identifier LIKE 'bench_tasks.%%'",
+            (state,),
+        )
 
     def clear(self) -> None:
         with self.db.cursor() as cursor:
@@ -129,10 +143,13 @@ class Bench:
             time.sleep(1 / rate)
         wait_until(lambda: self.count("succeeded") >= len(ids), 30)
         with self.db.cursor() as cursor:
-            cursor.execute("""
+            cursor.execute(
+                """
                 SELECT extract(epoch FROM r.started_at - t.created_at) * 1000
                 FROM task_processor.runs r JOIN task_processor.tasks t ON t.id = r.task_id
-                WHERE t.id = ANY(%s)""", (ids,))
+                WHERE t.id = ANY(%s)""",
+                (ids,),
+            )
             latencies = sorted(row[0] for row in cursor.fetchall())
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
         return statistics.median(latencies), p99
@@ -143,14 +160,18 @@ class Bench:
         def totals():
             with admin.cursor() as cursor:
                 cursor.execute("SELECT pg_stat_clear_snapshot()")
-                cursor.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database "
-                               "WHERE datname = %s", (self.name,))
+                cursor.execute(
+                    "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+                    (self.name,),
+                )
                 transactions = cursor.fetchone()[0]
             with self.db.cursor() as cursor:
                 cursor.execute("SELECT pg_stat_clear_snapshot()")
-                cursor.execute("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) "
-                               "FROM pg_stat_user_tables WHERE schemaname = 'task_processor' "
-                               "AND relname IN ('tasks', 'runs', 'recurring_tasks')")
+                cursor.execute(
+                    "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) "
+                    "FROM pg_stat_user_tables WHERE schemaname = 'task_processor' "
+                    "AND relname IN ('tasks', 'runs', 'recurring_tasks')"
+                )
                 writes = int(cursor.fetchone()[0])
             return transactions, writes
 
@@ -168,18 +189,45 @@ class Bench:
 
     def requeue_after_kill(self) -> float:
         task_id = self.tasks.sleep.delay(args=(3,))
-        wait_until(lambda: scalar(self.db, "SELECT count(*) FROM task_processor.workers "
-                                           "WHERE task_id = %s AND state = 'busy'",
-                                  (task_id,)) == 1, 10)
+        wait_until(
+            lambda: (
+                scalar(
+                    self.db,
+                    "SELECT count(*) FROM task_processor.workers "
+                    "WHERE task_id = %s AND state = 'busy'",
+                    (task_id,),
+                )
+                == 1
+            ),
+            10,
+        )
         time.sleep(0.2)
-        pid = scalar(self.db, "SELECT pid FROM task_processor.workers WHERE task_id = %s",
-                     (task_id,))
+        pid = scalar(
+            self.db, "SELECT pid FROM task_processor.workers WHERE task_id = %s", (task_id,)
+        )
         killed_at = time.time()
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: scalar(self.db, "SELECT count(*) FROM task_processor.runs "
-                                           "WHERE task_id = %s", (task_id,)) >= 1, 10)
-        wait_until(lambda: scalar(self.db, "SELECT attempts FROM task_processor.tasks "
-                                           "WHERE id = %s", (task_id,)) >= 2, 10, 0.002)
+        wait_until(
+            lambda: (
+                scalar(
+                    self.db,
+                    "SELECT count(*) FROM task_processor.runs WHERE task_id = %s",
+                    (task_id,),
+                )
+                >= 1
+            ),
+            10,
+        )
+        wait_until(
+            lambda: (
+                scalar(
+                    self.db, "SELECT attempts FROM task_processor.tasks WHERE id = %s", (task_id,)
+                )
+                >= 2
+            ),
+            10,
+            0.002,
+        )
         return time.time() - killed_at
 
     def close(self) -> None:
@@ -200,20 +248,31 @@ def main() -> int:
         print(f"single-producer .delay():      {bench.delay_rate():8.0f} tasks/s")
         print(f"bulk enqueue (delay_many):     {bench.bulk_rate():8.0f} tasks/s")
         bench.clear()
-        print(f"drain, cold start ({arguments.drain}):  "
-              f"{bench.drain_rate(arguments.drain):8.0f} tasks/s")
-        wait_until(lambda: scalar(bench.db, "SELECT count(*) FROM task_processor.workers "
-                                            "WHERE state = 'idle'") == 5, 30)
+        print(
+            f"drain, cold start ({arguments.drain}):  "
+            f"{bench.drain_rate(arguments.drain):8.0f} tasks/s"
+        )
+        wait_until(
+            lambda: (
+                scalar(bench.db, "SELECT count(*) FROM task_processor.workers WHERE state = 'idle'")
+                == 5
+            ),
+            30,
+        )
         bench.clear()
-        print(f"drain, running ({arguments.drain}):     "
-              f"{bench.drain_rate_running(arguments.drain):8.0f} tasks/s")
+        print(
+            f"drain, running ({arguments.drain}):     "
+            f"{bench.drain_rate_running(arguments.drain):8.0f} tasks/s"
+        )
         bench.clear()
         time.sleep(1)
         p50, p99 = bench.pickup_latency()
         print(f"pickup latency at 20 tasks/s:  p50 {p50:.1f} ms, p99 {p99:.1f} ms")
         statements, writes = bench.idle_statements()
-        print(f"idle processor:                {statements:8.2f} statements/s, "
-              f"{writes} row writes to tasks/runs/recurring in 30 s")
+        print(
+            f"idle processor:                {statements:8.2f} statements/s, "
+            f"{writes} row writes to tasks/runs/recurring in 30 s"
+        )
         print(f"memory (PSS), supervisor + 5 workers: {bench.pss_mib():.1f} MiB")
         print(f"killed worker's task claimed again after {bench.requeue_after_kill():.3f} s")
     finally:

@@ -50,8 +50,12 @@ WHERE id IN (SELECT task_id FROM abandoned) AND identifier = %s AND state = 'wai
 """
 
 
-@register_task_handler(task_name="round_trip_health_check", priority=TaskPriority.HIGHEST,
-                       timeout=timedelta(seconds=30), max_attempts=1)
+@register_task_handler(
+    task_name="round_trip_health_check",
+    priority=TaskPriority.HIGHEST,
+    timeout=timedelta(seconds=30),
+    max_attempts=1,
+)
 def round_trip_health_check(probe_id: int) -> None:
     """Mark probe ``probe_id`` completed; a probe the API already gave up on is not an error."""
     connection = db.connect(db.queue_database_url(), "health-check")
@@ -71,14 +75,17 @@ def start_probe(cursor) -> tuple[int, int]:
     whatever ``TASK_RUN_METHOD`` the API runs with.
     """
     cursor.execute(_DELETE_FINISHED_TASKS, (round_trip_health_check.identifier,))
-    cursor.execute(_DELETE_ABANDONED_PROBES,
-                   (ABANDONED_AFTER_SECONDS, round_trip_health_check.identifier))
+    cursor.execute(
+        _DELETE_ABANDONED_PROBES, (ABANDONED_AFTER_SECONDS, round_trip_health_check.identifier)
+    )
     cursor.execute(_INSERT_PROBE)
     probe_id = cursor.fetchone()[0]
     args_json, kwargs_json = serialize_arguments(
-        round_trip_health_check.identifier, (probe_id,), None)
-    (task_id,) = enqueue.insert(cursor, round_trip_health_check.kind,
-                                [enqueue.NewTask(args_json, kwargs_json)])
+        round_trip_health_check.identifier, (probe_id,), None
+    )
+    (task_id,) = enqueue.insert(
+        cursor, round_trip_health_check.kind, [enqueue.NewTask(args_json, kwargs_json)]
+    )
     assert task_id is not None  # the probe task has no queue_size to refuse it
     cursor.execute(_LINK_TASK, (task_id, probe_id))
     return probe_id, task_id

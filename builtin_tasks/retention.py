@@ -1,9 +1,10 @@
 """The retention clean-up: a recurring task every processor runs.
 
-Succeeded and cancelled tasks (and their runs) go after ``--retention-days``, dead ones after the longer
-``--dead-retention-days`` (they are kept to be looked at and requeued), processor and worker
-rows once their processor has been stopped or silent for ``--retention-days``. Deletes go in
-small batches, each its own short transaction, so the queue never waits on the clean-up.
+Succeeded and cancelled tasks (and their runs) go after ``--retention-days``, dead ones after
+the longer ``--dead-retention-days`` (they are kept to be looked at and requeued), processor
+and worker rows once their processor has been stopped or silent for ``--retention-days``.
+Deletes go in small batches, each its own short transaction, so the queue never waits on the
+clean-up.
 """
 
 from __future__ import annotations
@@ -35,39 +36,62 @@ def delete_in_batches(connection, sql: str, params: dict, batch_size: int = BATC
             return total
 
 
-def clean_up(connection: db.Connection, retention_days: int, dead_retention_days: int,
-             batch_size: int = BATCH_SIZE) -> dict[str, int]:
+def clean_up(
+    connection: db.Connection,
+    retention_days: int,
+    dead_retention_days: int,
+    batch_size: int = BATCH_SIZE,
+) -> dict[str, int]:
     """Delete everything past its retention period; return the counts by kind."""
     days = retention_days
     counts = {
         "succeeded tasks": delete_in_batches(
-            connection, retention_queries.DELETE_FINISHED_TASKS,
-            {"state": "succeeded", "days": days}, batch_size),
+            connection,
+            retention_queries.DELETE_FINISHED_TASKS,
+            {"state": "succeeded", "days": days},
+            batch_size,
+        ),
         "dead tasks": delete_in_batches(
-            connection, retention_queries.DELETE_FINISHED_TASKS,
-            {"state": "dead", "days": dead_retention_days}, batch_size),
+            connection,
+            retention_queries.DELETE_FINISHED_TASKS,
+            {"state": "dead", "days": dead_retention_days},
+            batch_size,
+        ),
         "cancelled tasks": delete_in_batches(
-            connection, retention_queries.DELETE_FINISHED_TASKS,
-            {"state": "cancelled", "days": days}, batch_size),
+            connection,
+            retention_queries.DELETE_FINISHED_TASKS,
+            {"state": "cancelled", "days": days},
+            batch_size,
+        ),
         "processors": delete_in_batches(
-            connection, retention_queries.DELETE_OLD_PROCESSORS, {"days": days}, batch_size),
+            connection, retention_queries.DELETE_OLD_PROCESSORS, {"days": days}, batch_size
+        ),
         "workers": delete_in_batches(
-            connection, retention_queries.DELETE_SILENT_WORKERS, {"days": days}, batch_size),
+            connection, retention_queries.DELETE_SILENT_WORKERS, {"days": days}, batch_size
+        ),
     }
-    logger.info("retention clean-up deleted %s",
-                ", ".join(f"{count} {kind}" for kind, count in counts.items()))
+    logger.info(
+        "retention clean-up deleted %s",
+        ", ".join(f"{count} {kind}" for kind, count in counts.items()),
+    )
     return counts
 
 
-@register_recurring_task(run_every=timedelta(hours=1), timeout=timedelta(minutes=30),
-                         task_name="clean_up_old_tasks", priority=TaskPriority.LOW,
-                         max_attempts=1)
+@register_recurring_task(
+    run_every=timedelta(hours=1),
+    timeout=timedelta(minutes=30),
+    task_name="clean_up_old_tasks",
+    priority=TaskPriority.LOW,
+    max_attempts=1,
+)
 def clean_up_old_tasks() -> None:
     """The hourly clean-up; a failed run is simply done again by the next hour's run."""
     settings = processor_settings()
     if settings is None:
-        raise RuntimeError("the retention clean-up runs in a processor, whose options say how "
-                           "long to keep tasks; call clean_up() to run it elsewhere")
+        raise RuntimeError(
+            "the retention clean-up runs in a processor, whose options say how "
+            "long to keep tasks; call clean_up() to run it elsewhere"
+        )
     connection = db.connect(db.queue_database_url(), "retention")
     try:
         clean_up(connection, settings.retention_days, settings.dead_retention_days)

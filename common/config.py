@@ -13,8 +13,9 @@ import argparse
 import os
 import sys
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, NoReturn, Sequence
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import configargparse
@@ -66,7 +67,8 @@ def host_and_port(text: str) -> tuple[str, int]:
     host = host.strip("[]")
     if not separator or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise argparse.ArgumentTypeError(
-            f"expected HOST:PORT such as 127.0.0.1:8000 or [::1]:8000, got {text!r}")
+            f"expected HOST:PORT such as 127.0.0.1:8000 or [::1]:8000, got {text!r}"
+        )
     return host, int(port_text)
 
 
@@ -100,15 +102,19 @@ def validate_database_url(url: str) -> None:
     if "://" in url:
         _validate_url_shape(url)
     elif "=" not in url:
-        raise ConfigError(f"a database URL is expected, such as {_EXAMPLE_URL} (or a "
-                          f"keyword/value string such as 'host=HOST dbname=DBNAME')")
+        raise ConfigError(
+            f"a database URL is expected, such as {_EXAMPLE_URL} (or a "
+            f"keyword/value string such as 'host=HOST dbname=DBNAME')"
+        )
     try:
         params = psycopg2.extensions.parse_dsn(url)
     except psycopg2.ProgrammingError:
         # libpq's message may quote part of the password: never show it.
-        raise ConfigError(f"malformed database URL (libpq cannot read it; a password "
-                          f"containing / ? # @ : or spaces must be percent-encoded, or quoted "
-                          f"in a keyword/value string); expected {_EXAMPLE_URL}") from None
+        raise ConfigError(
+            f"malformed database URL (libpq cannot read it; a password "
+            f"containing / ? # @ : or spaces must be percent-encoded, or quoted "
+            f"in a keyword/value string); expected {_EXAMPLE_URL}"
+        ) from None
     if not (params.get("host") or params.get("hostaddr")):
         raise ConfigError(f"database URL names no host; expected {_EXAMPLE_URL}")
     if not params.get("dbname"):
@@ -133,9 +139,11 @@ def _validate_url_shape(url: str) -> None:
             f"expected {_EXAMPLE_URL}"
         )
     if parts.netloc.count("@") > 1:
-        raise ConfigError(f"malformed database URL: its password contains an unencoded @, "
-                          f"which makes part of it the host name; write @ as %40 in the "
-                          f"password; expected {_EXAMPLE_URL}")
+        raise ConfigError(
+            f"malformed database URL: its password contains an unencoded @, "
+            f"which makes part of it the host name; write @ as %40 in the "
+            f"password; expected {_EXAMPLE_URL}"
+        )
 
 
 def sentry_dsn(text: str) -> str:
@@ -151,7 +159,8 @@ def sentry_dsn(text: str) -> str:
     except BadDsn:
         raise argparse.ArgumentTypeError(
             "not a Sentry DSN; expected https://KEY@HOST/PROJECT_ID, as shown in the "
-            "project's Client Keys (DSN) settings") from None
+            "project's Client Keys (DSN) settings"
+        ) from None
     return text
 
 
@@ -189,133 +198,222 @@ OPTIONS: dict[str, Option] = {
     for option in (
         # -- shared by every command ------------------------------------------------------
         Option(
-            ("--database-url",), "database_url", env="DATABASE_URL", type=database_url,
-            metavar="URL", help="PostgreSQL URL of the application database (postgresql://...)",
+            ("--database-url",),
+            "database_url",
+            env="DATABASE_URL",
+            type=database_url,
+            metavar="URL",
+            help="PostgreSQL URL of the application database (postgresql://...)",
         ),
         Option(
-            ("--task-processor-database-url",), "task_processor_database_url",
-            env="TASK_PROCESSOR_DATABASE_URL", type=database_url, metavar="URL",
+            ("--task-processor-database-url",),
+            "task_processor_database_url",
+            env="TASK_PROCESSOR_DATABASE_URL",
+            type=database_url,
+            metavar="URL",
             help="PostgreSQL URL of a database of its own for the queue (default: DATABASE_URL)",
         ),
         Option(
-            ("--data-dir",), "data_dir", env="TASK_PROCESSOR_DATA_DIR", metavar="DIR",
+            ("--data-dir",),
+            "data_dir",
+            env="TASK_PROCESSOR_DATA_DIR",
+            metavar="DIR",
             help="with no database URL: the data directory of the embedded PostgreSQL server "
-                 "(default ~/.local/share/task-processor; /var/lib/task-processor for root)",
+            "(default ~/.local/share/task-processor; /var/lib/task-processor for root)",
         ),
         Option(
-            ("--log-level",), "log_level", env="LOG_LEVEL", default="INFO",
-            choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
+            ("--log-level",),
+            "log_level",
+            env="LOG_LEVEL",
+            default="INFO",
+            choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+            type=str.upper,
             help="log level (default INFO)",
         ),
         Option(
-            ("--log-format",), "log_format", env="LOG_FORMAT", default="text",
-            choices=("text", "json"), help="log line format: text or json (default text)",
+            ("--log-format",),
+            "log_format",
+            env="LOG_FORMAT",
+            default="text",
+            choices=("text", "json"),
+            help="log line format: text or json (default text)",
         ),
         Option(
-            ("--sentry-dsn",), "sentry_dsn", env="SENTRY_DSN", type=sentry_dsn, metavar="DSN",
+            ("--sentry-dsn",),
+            "sentry_dsn",
+            env="SENTRY_DSN",
+            type=sentry_dsn,
+            metavar="DSN",
             help="report errors to this Sentry DSN (off when unset)",
         ),
         # -- run-api ----------------------------------------------------------------------------
         Option(
-            ("--bind",), "bind", env="TASK_PROCESSOR_API_BIND", default="127.0.0.1:8000",
-            type=host_and_port, metavar="HOST:PORT",
+            ("--bind",),
+            "bind",
+            env="TASK_PROCESSOR_API_BIND",
+            default="127.0.0.1:8000",
+            type=host_and_port,
+            metavar="HOST:PORT",
             help="address the HTTP API listens on; port 0 picks a free one "
-                 "(default 127.0.0.1:8000)",
+            "(default 127.0.0.1:8000)",
         ),
         Option(
-            ("--workers",), "api_workers", env="TASK_PROCESSOR_API_WORKERS", default=2,
-            type=bounded_int(1, 64), metavar="N",
+            ("--workers",),
+            "api_workers",
+            env="TASK_PROCESSOR_API_WORKERS",
+            default=2,
+            type=bounded_int(1, 64),
+            metavar="N",
             help="HTTP server processes (default 2)",
         ),
         Option(
-            ("--threads",), "api_threads", env="TASK_PROCESSOR_API_THREADS", default=8,
-            type=bounded_int(1, 256), metavar="N",
+            ("--threads",),
+            "api_threads",
+            env="TASK_PROCESSOR_API_THREADS",
+            default=8,
+            type=bounded_int(1, 256),
+            metavar="N",
             help="request threads per HTTP server process (default 8)",
         ),
         Option(
-            ("--request-timeout",), "api_request_timeout",
-            env="TASK_PROCESSOR_API_REQUEST_TIMEOUT", default=10, type=bounded_int(1, 3600),
+            ("--request-timeout",),
+            "api_request_timeout",
+            env="TASK_PROCESSOR_API_REQUEST_TIMEOUT",
+            default=10,
+            type=bounded_int(1, 3600),
             metavar="SECONDS",
             help="close a connection whose client sends or reads nothing for this long "
-                 "(default 10)",
+            "(default 10)",
         ),
         # -- run-task-processor ---------------------------------------------------------------
         Option(
-            ("--tasks",), "tasks", env="TASK_PROCESSOR_TASKS", action="append", metavar="MODULE",
+            ("--tasks",),
+            "tasks",
+            env="TASK_PROCESSOR_TASKS",
+            action="append",
+            metavar="MODULE",
             help="module that defines tasks; repeat for several (env: comma-separated)",
         ),
         Option(
-            ("--numthreads",), "numthreads", env="TASK_PROCESSOR_NUM_THREADS", default=5,
-            type=bounded_int(1, 256), metavar="N",
+            ("--numthreads",),
+            "numthreads",
+            env="TASK_PROCESSOR_NUM_THREADS",
+            default=5,
+            type=bounded_int(1, 256),
+            metavar="N",
             help="number of worker processes (the name is the reference's) (default 5)",
         ),
         Option(
-            ("--sleepintervalms",), "sleepintervalms", env="TASK_PROCESSOR_SLEEP_INTERVAL_MS",
-            default=2000, type=bounded_int(10, 3_600_000), metavar="MS",
+            ("--sleepintervalms",),
+            "sleepintervalms",
+            env="TASK_PROCESSOR_SLEEP_INTERVAL_MS",
+            default=2000,
+            type=bounded_int(10, 3_600_000),
+            metavar="MS",
             help="the longest an idle worker waits before the queue is checked again (one "
-                 "check per interval for the whole processor); new tasks wake a worker at once "
-                 "(default 2000)",
+            "check per interval for the whole processor); new tasks wake a worker at once "
+            "(default 2000)",
         ),
         Option(
-            ("--listen-database-url",), "listen_database_url",
-            env="TASK_PROCESSOR_LISTEN_DATABASE_URL", type=listen_url, metavar="URL|none",
+            ("--listen-database-url",),
+            "listen_database_url",
+            env="TASK_PROCESSOR_LISTEN_DATABASE_URL",
+            type=listen_url,
+            metavar="URL|none",
             help="direct connection on which workers LISTEN for new tasks, when the queue's URL "
-                 "is a pooler in transaction mode; none: poll every --sleepintervalms only "
-                 "(default: the queue's URL)",
+            "is a pooler in transaction mode; none: poll every --sleepintervalms only "
+            "(default: the queue's URL)",
         ),
         Option(
-            ("--graceperiodms",), "graceperiodms", env="TASK_PROCESSOR_GRACE_PERIOD_MS",
-            default=20000, type=bounded_int(100, 86_400_000), metavar="MS",
+            ("--graceperiodms",),
+            "graceperiodms",
+            env="TASK_PROCESSOR_GRACE_PERIOD_MS",
+            default=20000,
+            type=bounded_int(100, 86_400_000),
+            metavar="MS",
             help="an idle worker silent this long is stuck and is replaced (default 20000)",
         ),
         Option(
-            ("--queuepopsize",), "queuepopsize", env="TASK_PROCESSOR_QUEUE_POP_SIZE",
-            default=10, type=bounded_int(1, 1000), metavar="N",
+            ("--queuepopsize",),
+            "queuepopsize",
+            env="TASK_PROCESSOR_QUEUE_POP_SIZE",
+            default=10,
+            type=bounded_int(1, 1000),
+            metavar="N",
             help="tasks a worker claims in one statement (default 10)",
         ),
         Option(
-            ("--drain-timeout",), "drain_timeout", env="TASK_PROCESSOR_DRAIN_TIMEOUT",
-            default=30, type=bounded_int(0, 86_400), metavar="SECONDS",
-            help="on SIGTERM, how long running tasks may finish before they are killed (default 30)",
+            ("--drain-timeout",),
+            "drain_timeout",
+            env="TASK_PROCESSOR_DRAIN_TIMEOUT",
+            default=30,
+            type=bounded_int(0, 86_400),
+            metavar="SECONDS",
+            help="on SIGTERM, how long running tasks may finish before they are killed "
+            "(default 30)",
         ),
         Option(
-            ("--max-tasks-per-worker",), "max_tasks_per_worker",
-            env="TASK_PROCESSOR_MAX_TASKS_PER_WORKER", default=0,
-            type=bounded_int(0, 1_000_000_000), metavar="N",
+            ("--max-tasks-per-worker",),
+            "max_tasks_per_worker",
+            env="TASK_PROCESSOR_MAX_TASKS_PER_WORKER",
+            default=0,
+            type=bounded_int(0, 1_000_000_000),
+            metavar="N",
             help="replace a worker after it ran this many tasks; 0 never (default 0)",
         ),
         Option(
-            ("--max-worker-memory-mb",), "max_worker_memory_mb",
-            env="TASK_PROCESSOR_MAX_WORKER_MEMORY_MB", default=0,
-            type=bounded_int(0, 1_000_000), metavar="MB",
+            ("--max-worker-memory-mb",),
+            "max_worker_memory_mb",
+            env="TASK_PROCESSOR_MAX_WORKER_MEMORY_MB",
+            default=0,
+            type=bounded_int(0, 1_000_000),
+            metavar="MB",
             help="replace a worker whose resident memory exceeds this; 0 never (default 0)",
         ),
         Option(
-            ("--lease-seconds",), "lease_seconds", env="TASK_PROCESSOR_LEASE_SECONDS",
-            default=60, type=bounded_int(2, 86_400), metavar="SECONDS",
+            ("--lease-seconds",),
+            "lease_seconds",
+            env="TASK_PROCESSOR_LEASE_SECONDS",
+            default=60,
+            type=bounded_int(2, 86_400),
+            metavar="SECONDS",
             help="lease of a claimed task, renewed while its processor lives; after a lost "
-                 "processor its tasks are requeued this long after its last renewal (default 60)",
+            "processor its tasks are requeued this long after its last renewal (default 60)",
         ),
         Option(
-            ("--retention-days",), "retention_days", env="TASK_PROCESSOR_RETENTION_DAYS",
-            default=30, type=bounded_int(1, 36_500), metavar="DAYS",
+            ("--retention-days",),
+            "retention_days",
+            env="TASK_PROCESSOR_RETENTION_DAYS",
+            default=30,
+            type=bounded_int(1, 36_500),
+            metavar="DAYS",
             help="delete finished tasks and their runs after this many days (default 30)",
         ),
         Option(
-            ("--dead-retention-days",), "dead_retention_days",
-            env="TASK_PROCESSOR_DEAD_RETENTION_DAYS", default=90,
-            type=bounded_int(1, 36_500), metavar="DAYS",
+            ("--dead-retention-days",),
+            "dead_retention_days",
+            env="TASK_PROCESSOR_DEAD_RETENTION_DAYS",
+            default=90,
+            type=bounded_int(1, 36_500),
+            metavar="DAYS",
             help="delete dead tasks (out of attempts) after this many days (default 90)",
         ),
         Option(
-            ("--metrics-bind",), "metrics_bind", env="TASK_PROCESSOR_METRICS_BIND",
-            type=host_and_port, metavar="HOST:PORT",
+            ("--metrics-bind",),
+            "metrics_bind",
+            env="TASK_PROCESSOR_METRICS_BIND",
+            type=host_and_port,
+            metavar="HOST:PORT",
             help="serve the processor's Prometheus metrics on http://HOST:PORT/metrics (needs "
-                 "the metrics extra); port 0 picks a free one (default: off)",
+            "the metrics extra); port 0 picks a free one (default: off)",
         ),
         Option(
-            ("--migrate",), "migrate", env="TASK_PROCESSOR_MIGRATE", default=True,
-            type=parse_bool, metavar="BOOL",
+            ("--migrate",),
+            "migrate",
+            env="TASK_PROCESSOR_MIGRATE",
+            default=True,
+            type=parse_bool,
+            metavar="BOOL",
             help="apply pending schema migrations at start (default true)",
         ),
     )
@@ -343,10 +441,12 @@ class _Parser(configargparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise ConfigError(message)
 
-    def parse_known_args(self, args=None, namespace=None, config_file_contents=None,
-                         env_vars=os.environ, **kwargs):
-        return super().parse_known_args(args, namespace, config_file_contents,
-                                        with_legacy_names(env_vars), **kwargs)
+    def parse_known_args(
+        self, args=None, namespace=None, config_file_contents=None, env_vars=os.environ, **kwargs
+    ):
+        return super().parse_known_args(
+            args, namespace, config_file_contents, with_legacy_names(env_vars), **kwargs
+        )
 
 
 def _config_file_parser(options: Sequence[str]) -> type:
@@ -364,15 +464,18 @@ def _config_file_parser(options: Sequence[str]) -> type:
                 raise ConfigError(
                     f"config file {getattr(stream, 'name', '?')} is not UTF-8 text (byte "
                     f"{error.object[error.start]:#04x} at offset {error.start}); save it as "
-                    f"UTF-8") from None
-            return OrderedDict((key, value) for key, value in items.items()
-                               if key.lstrip("-") not in others)
+                    f"UTF-8"
+                ) from None
+            return OrderedDict(
+                (key, value) for key, value in items.items() if key.lstrip("-") not in others
+            )
 
     return SharedConfigFileParser
 
 
-def build_parser(prog: str, description: str, options: Sequence[str],
-                 config_file: bool = True) -> configargparse.ArgumentParser:
+def build_parser(
+    prog: str, description: str, options: Sequence[str], config_file: bool = True
+) -> configargparse.ArgumentParser:
     """A parser for ``prog`` with the named options of :data:`OPTIONS`, plus ``--config``."""
     parser = _Parser(
         config_file_parser_class=_config_file_parser(options),
@@ -390,8 +493,9 @@ def build_parser(prog: str, description: str, options: Sequence[str],
     return parser
 
 
-def parse_args(parser: configargparse.ArgumentParser,
-               argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    parser: configargparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
     """Parse ``argv``; report a configuration error on stderr and exit 78."""
     try:
         namespace = parser.parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -8,7 +8,7 @@ worker claiming the same task: whichever commits first wins, and the other chang
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from common import db
 from common.lifecycle import CANCEL, WAKE

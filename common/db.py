@@ -39,8 +39,9 @@ class DatabaseRefused(DatabaseUnavailable):
     briefly refuse."""
 
 
-def queue_database_url(explicit: str | None = None, fallback: str | None = None,
-                       data_dir: str | None = None) -> str:
+def queue_database_url(
+    explicit: str | None = None, fallback: str | None = None, data_dir: str | None = None
+) -> str:
     """The URL of the queue's database: inside a processor, the processor's own (given as a
     flag or in a config file, maybe); else ``TASK_PROCESSOR_DATABASE_URL``, else
     ``DATABASE_URL``, else the embedded server in ``data_dir`` (``--data-dir``,
@@ -50,9 +51,13 @@ def queue_database_url(explicit: str | None = None, fallback: str | None = None,
     parsed them.
     """
     processor = processor_settings()
-    url = (explicit or (processor.database_url if processor else None)
-           or os.environ.get("TASK_PROCESSOR_DATABASE_URL")
-           or fallback or os.environ.get("DATABASE_URL"))
+    url = (
+        explicit
+        or (processor.database_url if processor else None)
+        or os.environ.get("TASK_PROCESSOR_DATABASE_URL")
+        or fallback
+        or os.environ.get("DATABASE_URL")
+    )
     if not url:
         return embedded_postgres.queue_url(data_dir)
     validate_database_url(url)
@@ -66,13 +71,23 @@ def describe(url: str) -> str:
         params = psycopg2.extensions.parse_dsn(url)
     except psycopg2.ProgrammingError:
         params = {}
-    hosts = (params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST")
-             or "the default host").split(",")
+    hosts = (
+        params.get("host")
+        or params.get("hostaddr")
+        or os.environ.get("PGHOST")
+        or "the default host"
+    ).split(",")
     ports = (params.get("port") or os.environ.get("PGPORT") or "5432").split(",")
-    where = ",".join(f"{host}:{ports[min(index, len(ports) - 1)]}"
-                     for index, host in enumerate(hosts))
-    name = (params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user")
-            or os.environ.get("PGUSER") or "(default)")
+    where = ",".join(
+        f"{host}:{ports[min(index, len(ports) - 1)]}" for index, host in enumerate(hosts)
+    )
+    name = (
+        params.get("dbname")
+        or os.environ.get("PGDATABASE")
+        or params.get("user")
+        or os.environ.get("PGUSER")
+        or "(default)"
+    )
     return f"database {name!r} on {where}"
 
 
@@ -87,7 +102,7 @@ class _TimedCursor(psycopg2.extensions.cursor):
 
     timeout_ms = 0
 
-    def execute(self, query: Any, vars: Any = None) -> None:  # noqa: A002 - psycopg2's name
+    def execute(self, query: Any, vars: Any = None) -> None:
         if isinstance(query, sql.Composable):
             query = query.as_string(self)
         super().execute(f"SET LOCAL statement_timeout = {self.timeout_ms}; {query}", vars)
@@ -97,9 +112,14 @@ def _timed_cursor(timeout_ms: int) -> type[psycopg2.extensions.cursor]:
     return type("TimedCursor", (_TimedCursor,), {"timeout_ms": timeout_ms})
 
 
-def connect(url: str, role: str, *, autocommit: bool = True,
-            statement_timeout_ms: int | None = None,
-            connect_timeout: int = CONNECT_TIMEOUT_SECONDS) -> Connection:
+def connect(
+    url: str,
+    role: str,
+    *,
+    autocommit: bool = True,
+    statement_timeout_ms: int | None = None,
+    connect_timeout: int = CONNECT_TIMEOUT_SECONDS,
+) -> Connection:
     """Open a connection named ``task-processor <role>``; raise :class:`DatabaseUnavailable`.
 
     With ``statement_timeout_ms``, every statement of the connection's cursors is cancelled
@@ -131,18 +151,30 @@ def connect(url: str, role: str, *, autocommit: bool = True,
 # PostgreSQL sends these in English unless its lc_messages says otherwise; a refusal in
 # another language is treated as an outage (retried).
 _REFUSALS = (
-    (re.compile("password authentication failed"),
-     "fix the password in the database URL (or PGPASSWORD)"),
-    (re.compile("no password supplied"),
-     "add the password to the database URL (or set PGPASSWORD)"),
-    (re.compile("authentication failed"),
-     "check the user in the database URL and the server's pg_hba.conf"),
-    (re.compile('role ".*" does not exist'),
-     "create the role (CREATE ROLE ... LOGIN) or fix the user in the database URL"),
-    (re.compile('database ".*" does not exist'),
-     "create the database (createdb) or fix its name in the database URL"),
-    (re.compile("pg_hba.conf"),
-     "allow this user, database and address in the server's pg_hba.conf"),
+    (
+        re.compile("password authentication failed"),
+        "fix the password in the database URL (or PGPASSWORD)",
+    ),
+    (
+        re.compile("no password supplied"),
+        "add the password to the database URL (or set PGPASSWORD)",
+    ),
+    (
+        re.compile("authentication failed"),
+        "check the user in the database URL and the server's pg_hba.conf",
+    ),
+    (
+        re.compile('role ".*" does not exist'),
+        "create the role (CREATE ROLE ... LOGIN) or fix the user in the database URL",
+    ),
+    (
+        re.compile('database ".*" does not exist'),
+        "create the database (createdb) or fix its name in the database URL",
+    ),
+    (
+        re.compile("pg_hba.conf"),
+        "allow this user, database and address in the server's pg_hba.conf",
+    ),
     (re.compile("is not permitted to log in"), "let the role log in (ALTER ROLE ... LOGIN)"),
     (re.compile("permission denied for database"), "grant the role CONNECT on the database"),
 )
@@ -152,21 +184,27 @@ def _connect_error(url: str, reason: str) -> DatabaseUnavailable:
     """The one-line error for a failed connect. The whole of it is scrubbed: the driver's
     text, and even a host as libpq read it, can quote parts of the URL."""
     refusal = reason.partition("FATAL: ")[2].strip()
-    fix = next((fix for pattern, fix in _REFUSALS if refusal and pattern.search(refusal)),
-               None)
+    fix = next((fix for pattern, fix in _REFUSALS if refusal and pattern.search(refusal)), None)
     if fix is not None:
-        return DatabaseRefused(redaction.scrub(
-            f"{describe(url)} refused the connection: {refusal}. To fix: {fix} "
-            f"(DATABASE_URL or TASK_PROCESSOR_DATABASE_URL)."))
-    return DatabaseUnavailable(redaction.scrub(
-        f"cannot connect to {describe(url)}: {reason}. Check that PostgreSQL is running "
-        f"and that DATABASE_URL / TASK_PROCESSOR_DATABASE_URL is right."))
+        return DatabaseRefused(
+            redaction.scrub(
+                f"{describe(url)} refused the connection: {refusal}. To fix: {fix} "
+                f"(DATABASE_URL or TASK_PROCESSOR_DATABASE_URL)."
+            )
+        )
+    return DatabaseUnavailable(
+        redaction.scrub(
+            f"cannot connect to {describe(url)}: {reason}. Check that PostgreSQL is running "
+            f"and that DATABASE_URL / TASK_PROCESSOR_DATABASE_URL is right."
+        )
+    )
 
 
 def is_connection_error(error: BaseException) -> bool:
     """True for errors that mean the connection is gone (reconnect), not that a query is bad."""
-    return isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError,
-                              DatabaseUnavailable))
+    return isinstance(
+        error, (psycopg2.OperationalError, psycopg2.InterfaceError, DatabaseUnavailable)
+    )
 
 
 def close_quietly(connection: Connection | None) -> None:
@@ -196,7 +234,7 @@ class Deadline:
         self._timer = threading.Timer(seconds, self._cut)
         self._timer.daemon = True
 
-    def __enter__(self) -> "Deadline":
+    def __enter__(self) -> Deadline:
         self._timer.start()
         return self
 

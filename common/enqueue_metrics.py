@@ -14,9 +14,11 @@ try:
 except ImportError:  # the extra is not installed: no metrics, no cost
     ENQUEUED = None
 else:
-    ENQUEUED = Counter("task_processor_enqueued_tasks",
-                       "Tasks enqueued by this process, by task identifier.",
-                       ["task_identifier"])
+    ENQUEUED = Counter(
+        "task_processor_enqueued_tasks",
+        "Tasks enqueued by this process, by task identifier.",
+        ["task_identifier"],
+    )
 
 
 def count_enqueued(identifier: str, number: int) -> None:

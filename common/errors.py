@@ -24,8 +24,10 @@ class TaskQueueFullError(TaskProcessingError):
     None, as the reference does; ``.delay(raise_if_full=True)`` raises it instead."""
 
     def __init__(self, identifier: str, queue_size: int) -> None:
-        super().__init__(f"queue of task {identifier} is full: {queue_size} tasks already "
-                         f"wait (queue_size={queue_size}); the task was not queued")
+        super().__init__(
+            f"queue of task {identifier} is full: {queue_size} tasks already "
+            f"wait (queue_size={queue_size}); the task was not queued"
+        )
         self.identifier = identifier
         self.queue_size = queue_size
 

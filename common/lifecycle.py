@@ -65,16 +65,19 @@ NO_TIME_LIMIT_MS = 2**31 - 1
 OUT_OF_ATTEMPTS = "attempts >= max_attempts"
 
 # The delay before the retry of the attempt just counted.
-RETRY_DELAY = (f"least({RETRY_BACKOFF_SECONDS} * power(2, attempts - 1), "
-               f"{MAX_RETRY_BACKOFF_SECONDS}) * (0.5 + random() / 2) * interval '1 second'")
+RETRY_DELAY = (
+    f"least({RETRY_BACKOFF_SECONDS} * power(2, attempts - 1), "
+    f"{MAX_RETRY_BACKOFF_SECONDS}) * (0.5 + random() / 2) * interval '1 second'"
+)
 
 # After an attempt that did not succeed: retried, or dead when it was the last.
 WAITING_OR_DEAD = f"CASE WHEN {OUT_OF_ATTEMPTS} THEN 'dead' ELSE 'waiting' END"
 FINISHED_IF_DEAD = f"CASE WHEN {OUT_OF_ATTEMPTS} THEN now() END"
 
 # A claimed task that was never started goes back as it was: its attempt undone.
-GIVE_BACK_UNSTARTED = ("state = 'waiting', attempts = attempts - 1, lease_owner = NULL, "
-                       "lease_expires_at = NULL")
+GIVE_BACK_UNSTARTED = (
+    "state = 'waiting', attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL"
+)
 
 LEASE_FREED = "lease_owner = NULL, lease_expires_at = NULL"
 
@@ -83,5 +86,7 @@ CANCEL = "state = 'cancelled', finished_at = now(), lease_owner = NULL, lease_ex
 
 # A dead task requeued by an operator: due now, with a fresh budget of attempts. The last error
 # stays for reference; the runs keep the history.
-REVIVE = ("state = 'waiting', attempts = 0, scheduled_for = now(), finished_at = NULL, "
-          "lease_owner = NULL, lease_expires_at = NULL")
+REVIVE = (
+    "state = 'waiting', attempts = 0, scheduled_for = now(), finished_at = NULL, "
+    "lease_owner = NULL, lease_expires_at = NULL"
+)

@@ -44,8 +44,9 @@ def configure(level: str = "INFO", fmt: str = "text", role: str = "") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         prefix = f"[{role} {os.getpid()}] " if role else ""
-        handler.setFormatter(TextFormatter(
-            f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"))
+        handler.setFormatter(
+            TextFormatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -55,5 +56,6 @@ def one_line(error: BaseException | str, limit: int | None = None) -> str:
     """An error's text on one line (its type's name if it has none), cut at ``limit``
     characters: what log lines and one-line messages show."""
     text = " ".join(str(error).split()) or (
-        type(error).__name__ if isinstance(error, BaseException) else "")
+        type(error).__name__ if isinstance(error, BaseException) else ""
+    )
     return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

@@ -63,9 +63,10 @@ def warn_if_left_behind(database_url: str | None, queue_url: str | None) -> None
         return
     try:
         found = left_behind(old)
-    except Exception as error:  # noqa: BLE001 - a check at start must never stop the start
-        logger.warning("could not check %s for tasks left behind: %s", db.describe(old),
-                       one_line(error, 200))
+    except Exception as error:
+        logger.warning(
+            "could not check %s for tasks left behind: %s", db.describe(old), one_line(error, 200)
+        )
         return
     if found is None or not (found.waiting or found.running):
         return
@@ -73,4 +74,8 @@ def warn_if_left_behind(database_url: str | None, queue_url: str | None) -> None
         "%d tasks wait (and %d run) in the task_processor schema of %s (DATABASE_URL), but this "
         "processor runs the queue of %s (TASK_PROCESSOR_DATABASE_URL): nothing runs them there. "
         "Move them with `task-processor move-queue` (see docs/operations.md, Moving the queue)",
-        found.waiting, found.running, db.describe(old), db.describe(queue_url or ""))
+        found.waiting,
+        found.running,
+        db.describe(old),
+        db.describe(queue_url or ""),
+    )

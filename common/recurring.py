@@ -10,7 +10,7 @@ slot. After downtime of several periods the latest passed slot runs once. See do
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from datetime import time as time_of_day
 from typing import Any
 
@@ -47,8 +47,10 @@ _definitions: dict[str, RecurringDefinition] = {}
 def check_run_every(run_every: Any) -> timedelta:
     """``run_every`` if it is a usable period; TypeError or ValueError saying why not."""
     if not isinstance(run_every, timedelta):
-        raise TypeError(f"run_every must be a timedelta (e.g. timedelta(hours=1)), got "
-                        f"{type(run_every).__name__}")
+        raise TypeError(
+            f"run_every must be a timedelta (e.g. timedelta(hours=1)), got "
+            f"{type(run_every).__name__}"
+        )
     if run_every < MIN_RUN_EVERY:
         raise ValueError(f"run_every must be at least {MIN_RUN_EVERY}, got {run_every}")
     return run_every
@@ -62,8 +64,10 @@ def grid_origin(first_run_time: datetime | time_of_day | None) -> datetime | Non
         return None
     if isinstance(first_run_time, datetime):
         if first_run_time.tzinfo is None:
-            raise ValueError(f"first_run_time {first_run_time} must be timezone-aware, e.g. "
-                             f"datetime(2024, 1, 1, 3, 0, tzinfo=timezone.utc)")
+            raise ValueError(
+                f"first_run_time {first_run_time} must be timezone-aware, e.g. "
+                f"datetime(2024, 1, 1, 3, 0, tzinfo=timezone.utc)"
+            )
         return first_run_time
     if isinstance(first_run_time, time_of_day):
         zone = first_run_time.tzinfo
@@ -71,13 +75,16 @@ def grid_origin(first_run_time: datetime | time_of_day | None) -> datetime | Non
             raise ValueError(
                 f"first_run_time {first_run_time} carries the zone {zone}, whose offset changes "
                 f"over the year: the grid is fixed and cannot follow it. Give a time in UTC or "
-                f"with a fixed offset (datetime.timezone), or an aware datetime")
+                f"with a fixed offset (datetime.timezone), or an aware datetime"
+            )
         anchored = datetime.combine(TIME_OF_DAY_EPOCH, first_run_time)
         if anchored.tzinfo is None:
-            return anchored.replace(tzinfo=timezone.utc)
+            return anchored.replace(tzinfo=UTC)
         return anchored
-    raise TypeError(f"first_run_time must be a datetime, a time of day or None, got "
-                    f"{type(first_run_time).__name__}")
+    raise TypeError(
+        f"first_run_time must be a datetime, a time of day or None, got "
+        f"{type(first_run_time).__name__}"
+    )
 
 
 def add(definition: RecurringDefinition) -> None:

@@ -35,8 +35,9 @@ DATABASE_VARIABLES = ("DATABASE_URL", "TASK_PROCESSOR_DATABASE_URL")
 TOKEN_VARIABLES = ("PGPASSWORD", "TASK_PROCESSOR_MONITORING_TOKEN")
 
 _URL_PASSWORD = re.compile(r"(://[^:/?#@\s]*:)(\S*)@")
-_PASSWORD_PARAMETER = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s'\"]+)",
-                                 re.IGNORECASE)
+_PASSWORD_PARAMETER = re.compile(
+    r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s'\"]+)", re.IGNORECASE
+)
 
 _remembered: set[str] = set()
 _from_environment: tuple[tuple[str | None, ...], frozenset[str]] = ((), frozenset())
@@ -91,15 +92,16 @@ def remember_sentry_dsn(dsn: str) -> None:
 
 def known_secrets() -> list[str]:
     """Every secret known now, longest first (so that a part never masks half a whole)."""
-    secrets = (_remembered | _environment_secrets())
+    secrets = _remembered | _environment_secrets()
     return sorted((s for s in secrets if len(s) >= MIN_SECRET_LENGTH), key=len, reverse=True)
 
 
 def _environment_secrets() -> frozenset[str]:
     """Secrets in the environment, read again only when it changed."""
     global _from_environment
-    values = tuple(os.environ.get(name) for name in
-                   (*DATABASE_VARIABLES, *TOKEN_VARIABLES, "SENTRY_DSN"))
+    values = tuple(
+        os.environ.get(name) for name in (*DATABASE_VARIABLES, *TOKEN_VARIABLES, "SENTRY_DSN")
+    )
     if values != _from_environment[0]:
         *urls, password, token, sentry_dsn = values
         secrets = {secret for secret in (password, token) if secret}
@@ -117,11 +119,11 @@ def scrub(text: str) -> str:
     for secret in known_secrets():
         text = text.replace(secret, MASK)
     text = _URL_PASSWORD.sub(
-        lambda match: match[0] if match[2] in ("PASSWORD", MASK) else f"{match[1]}{MASK}@",
-        text)
+        lambda match: match[0] if match[2] in ("PASSWORD", MASK) else f"{match[1]}{MASK}@", text
+    )
     return _PASSWORD_PARAMETER.sub(
-        lambda match: match[0] if match[2] in ("PASSWORD", MASK) else f"{match[1]}{MASK}",
-        text)
+        lambda match: match[0] if match[2] in ("PASSWORD", MASK) else f"{match[1]}{MASK}", text
+    )
 
 
 def scrub_data(value: Any) -> Any:

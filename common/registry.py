@@ -6,9 +6,9 @@ import importlib
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterable
 from types import ModuleType
-from typing import Any, Callable, Iterable, Protocol
-
+from typing import Any, Protocol
 
 from common.errors import TaskProcessingError
 
@@ -114,7 +114,8 @@ def _is_part_of(module: str, missing: str) -> bool:
 
 def _import_failed(module: str, error: Exception) -> TaskModuleError:
     return TaskModuleError(
-        f"cannot import task module {module!r}: {type(error).__name__}: {error}{_where(error)}")
+        f"cannot import task module {module!r}: {type(error).__name__}: {error}{_where(error)}"
+    )
 
 
 def _defines_tasks(module: ModuleType, registered_by_import: set[str]) -> bool:
@@ -122,7 +123,8 @@ def _defines_tasks(module: ModuleType, registered_by_import: set[str]) -> bool:
     been imported before, by another task module)?"""
     registered = {id(handler) for handler in _handlers.values()}
     return bool(registered_by_import) or any(
-        id(value) in registered for value in vars(module).values())
+        id(value) in registered for value in vars(module).values()
+    )
 
 
 def _where(error: Exception) -> str:

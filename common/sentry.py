@@ -23,8 +23,13 @@ def init(dsn: str | None, role: str) -> bool:
     import sentry_sdk
 
     redaction.remember_sentry_dsn(dsn)
-    sentry_sdk.init(dsn=dsn, server_name=None, default_integrations=True,
-                    before_send=scrub_event, before_send_transaction=scrub_event)
+    sentry_sdk.init(
+        dsn=dsn,
+        server_name=None,
+        default_integrations=True,
+        before_send=scrub_event,
+        before_send_transaction=scrub_event,
+    )
     sentry_sdk.set_tag("task_processor.role", role)
     logger.debug("Sentry reporting is on for %s", role)
     return True

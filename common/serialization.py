@@ -17,7 +17,8 @@ import json
 import math
 import os
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from common.config import ConfigError, bounded_int
 from common.errors import InvalidArgumentsError
@@ -47,12 +48,16 @@ def _check(value: Any, path: str, depth: int = 0) -> None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise ArgumentError(f"{path} contains a lone surrogate ({_preview(value)}), which "
-                                f"is not valid text; decode the bytes it came from with "
-                                f"errors='replace'") from None
+            raise ArgumentError(
+                f"{path} contains a lone surrogate ({_preview(value)}), which "
+                f"is not valid text; decode the bytes it came from with "
+                f"errors='replace'"
+            ) from None
         if "\x00" in value:
-            raise ArgumentError(f"{path} contains a NUL character, which PostgreSQL's jsonb "
-                                f"cannot store; remove it or encode the text (e.g. base64)")
+            raise ArgumentError(
+                f"{path} contains a NUL character, which PostgreSQL's jsonb "
+                f"cannot store; remove it or encode the text (e.g. base64)"
+            )
         return
     if value is None or isinstance(value, bool):
         return
@@ -61,13 +66,16 @@ def _check(value: Any, path: str, depth: int = 0) -> None:
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ArgumentError(f"{path} is {value!r}, which JSON cannot carry; pass a finite "
-                                f"number or None")
+            raise ArgumentError(
+                f"{path} is {value!r}, which JSON cannot carry; pass a finite number or None"
+            )
         return
     if isinstance(value, (list, tuple, dict)) and depth >= MAX_NESTING:
         where = path.split("[", 1)[0] + "[" + path.split("[", 1)[1][:40] + "...]"
-        raise ArgumentError(f"{where} is nested more than {MAX_NESTING} lists or dicts deep; "
-                            f"flatten it, or pass a reference (an id) to the data instead")
+        raise ArgumentError(
+            f"{where} is nested more than {MAX_NESTING} lists or dicts deep; "
+            f"flatten it, or pass a reference (an id) to the data instead"
+        )
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             _check(item, f"{path}[{index}]", depth + 1)
@@ -75,8 +83,10 @@ def _check(value: Any, path: str, depth: int = 0) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ArgumentError(f"{path} has the key {key!r} ({type(key).__name__}); JSON "
-                                    f"object keys must be strings")
+                raise ArgumentError(
+                    f"{path} has the key {key!r} ({type(key).__name__}); JSON "
+                    f"object keys must be strings"
+                )
             _check(key, f"{path} key {key!r}")
             _check(item, f"{path}[{key!r}]", depth + 1)
         return
@@ -95,8 +105,10 @@ def _check_digits(value: int, path: str) -> None:
     try:
         str(value)
     except ValueError:
-        raise ArgumentError(f"{path} is an integer of more than {limit} digits, which cannot "
-                            f"be carried as JSON text; pass it as a string") from None
+        raise ArgumentError(
+            f"{path} is an integer of more than {limit} digits, which cannot "
+            f"be carried as JSON text; pass it as a string"
+        ) from None
 
 
 def _preview(value: Any) -> str:
@@ -109,8 +121,9 @@ def _preview(value: Any) -> str:
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
-def serialize_arguments(task: str, args: Sequence[Any] = (),
-                        kwargs: Mapping[str, Any] | None = None) -> tuple[str, str]:
+def serialize_arguments(
+    task: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+) -> tuple[str, str]:
     """Return ``(args_json, kwargs_json)``; raise :class:`ArgumentError` naming the argument."""
     if not isinstance(args, (list, tuple)):
         raise ArgumentError(f"{task}: args must be a tuple or list, got {type(args).__name__}")

@@ -12,7 +12,6 @@ inline. Inside the processor ``.delay()`` always writes a task row.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import functools
 import inspect
@@ -21,17 +20,18 @@ import logging
 import os
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from datetime import time as time_of_day
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from common import control, db, enqueue, recurring, registry
 from common.config import ConfigError
 from common.db import Connection
 from common.errors import TaskBackoffError, TaskQueueFullError
 from common.lifecycle import NO_TIME_LIMIT_MS
-from common.settings import processor_settings
 from common.serialization import serialize_arguments
+from common.settings import processor_settings
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,15 @@ class TaskRunMethod(enum.Enum):
     SYNCHRONOUSLY = "SYNCHRONOUSLY"
 
 
-__all__ = ["TaskBackoffError", "TaskHandler", "TaskPriority", "TaskRunMethod",
-           "register_recurring_task", "register_task_handler", "run_method"]
+__all__ = [
+    "TaskBackoffError",
+    "TaskHandler",
+    "TaskPriority",
+    "TaskRunMethod",
+    "register_recurring_task",
+    "register_task_handler",
+    "run_method",
+]
 
 
 def run_method() -> TaskRunMethod:
@@ -69,8 +76,9 @@ def run_method() -> TaskRunMethod:
         raise ConfigError(f"TASK_RUN_METHOD is {raw!r}; valid values are {valid}") from None
 
 
-def _run_logged(function: Callable[..., Any], identifier: str, args: Sequence[Any],
-                kwargs: Mapping[str, Any]) -> None:
+def _run_logged(
+    function: Callable[..., Any], identifier: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> None:
     """Run a task in a thread that nobody joins: its exception must reach the log."""
     try:
         function(*args, **kwargs)
@@ -86,24 +94,34 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_settings(identifier: str, priority: Any, timeout: Any, max_attempts: Any,
-                    queue_size: Any) -> None:
+def _check_settings(
+    identifier: str, priority: Any, timeout: Any, max_attempts: Any, queue_size: Any
+) -> None:
     """Refuse a bad setting at import time, where the mistake is, not when a task runs."""
     if not _is_int(priority) or not TaskPriority.HIGHEST <= priority <= TaskPriority.LOWEST:
-        raise ValueError(f"{identifier}: priority must be a whole number from "
-                         f"{TaskPriority.HIGHEST:d} (runs first) to {TaskPriority.LOWEST:d}, "
-                         f"e.g. TaskPriority.HIGH; got {priority!r}")
-    if timeout is not None and (not isinstance(timeout, timedelta)
-                                or not timedelta(0) < timeout <= _MAX_TIMEOUT):
-        raise ValueError(f"{identifier}: timeout must be a timedelta above zero and at most "
-                         f"{_MAX_TIMEOUT}, e.g. timedelta(seconds=60), or None for no time "
-                         f"limit; got {timeout!r}")
+        raise ValueError(
+            f"{identifier}: priority must be a whole number from "
+            f"{TaskPriority.HIGHEST:d} (runs first) to {TaskPriority.LOWEST:d}, "
+            f"e.g. TaskPriority.HIGH; got {priority!r}"
+        )
+    if timeout is not None and (
+        not isinstance(timeout, timedelta) or not timedelta(0) < timeout <= _MAX_TIMEOUT
+    ):
+        raise ValueError(
+            f"{identifier}: timeout must be a timedelta above zero and at most "
+            f"{_MAX_TIMEOUT}, e.g. timedelta(seconds=60), or None for no time "
+            f"limit; got {timeout!r}"
+        )
     if not _is_int(max_attempts) or not 1 <= max_attempts <= _MAX_ATTEMPTS:
-        raise ValueError(f"{identifier}: max_attempts must be a whole number from 1 to "
-                         f"{_MAX_ATTEMPTS}; got {max_attempts!r}")
+        raise ValueError(
+            f"{identifier}: max_attempts must be a whole number from 1 to "
+            f"{_MAX_ATTEMPTS}; got {max_attempts!r}"
+        )
     if queue_size is not None and (not _is_int(queue_size) or queue_size < 1):
-        raise ValueError(f"{identifier}: queue_size must be None (no limit) or a whole number "
-                         f"of at least 1; got {queue_size!r}")
+        raise ValueError(
+            f"{identifier}: queue_size must be None (no limit) or a whole number "
+            f"of at least 1; got {queue_size!r}"
+        )
 
 
 def _after_commit(start: Callable[[], None]) -> None:
@@ -116,8 +134,10 @@ def _after_commit(start: Callable[[], None]) -> None:
     """
     if "django" in sys.modules:
         from django.conf import settings
+
         if settings.configured and settings.DATABASES:
             from django.db import transaction
+
             transaction.on_commit(start)
             return
     start()
@@ -126,13 +146,22 @@ def _after_commit(start: Callable[[], None]) -> None:
 class TaskHandler:
     """A registered task: call it, ``.delay()`` it, or ``.run_in_thread()`` it."""
 
-    def __init__(self, function: Callable[..., Any], identifier: str, priority: int,
-                 timeout: timedelta | None, max_attempts: int, queue_size: int | None,
-                 transaction_on_commit: bool = True) -> None:
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        identifier: str,
+        priority: int,
+        timeout: timedelta | None,
+        max_attempts: int,
+        queue_size: int | None,
+        transaction_on_commit: bool = True,
+    ) -> None:
         _check_settings(identifier, priority, timeout, max_attempts, queue_size)
         if not isinstance(transaction_on_commit, bool):
-            raise ValueError(f"{identifier}: transaction_on_commit must be True or False; got "
-                             f"{transaction_on_commit!r}")
+            raise ValueError(
+                f"{identifier}: transaction_on_commit must be True or False; got "
+                f"{transaction_on_commit!r}"
+            )
         self.function = function
         self.identifier = identifier
         self.priority = int(priority)
@@ -154,8 +183,11 @@ class TaskHandler:
 
     @property
     def kind(self) -> enqueue.TaskKind:
-        timeout_ms = NO_TIME_LIMIT_MS if self.timeout is None else \
-            max(1, int(self.timeout.total_seconds() * 1000))
+        timeout_ms = (
+            NO_TIME_LIMIT_MS
+            if self.timeout is None
+            else max(1, int(self.timeout.total_seconds() * 1000))
+        )
         return enqueue.TaskKind(
             identifier=self.identifier,
             priority=self.priority,
@@ -173,9 +205,14 @@ class TaskHandler:
     def __repr__(self) -> str:
         return f"<TaskHandler {self.identifier}>"
 
-    def delay(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
-              delay_until: datetime | None = None,
-              connection: Connection | None = None, raise_if_full: bool = False) -> int | None:
+    def delay(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        delay_until: datetime | None = None,
+        connection: Connection | None = None,
+        raise_if_full: bool = False,
+    ) -> int | None:
         """Run the task by ``TASK_RUN_METHOD``; return its id when it was queued, else None.
 
         With ``connection=`` (TASK_PROCESSOR mode) the row is inserted in the caller's open
@@ -184,34 +221,41 @@ class TaskHandler:
         a :class:`TaskQueueFullError`.
         """
         _check_connection(self.identifier, connection)
-        new_task = self._new_task({"args": args, "kwargs": kwargs, "delay_until": delay_until},
-                                  self.identifier)
+        new_task = self._new_task(
+            {"args": args, "kwargs": kwargs, "delay_until": delay_until}, self.identifier
+        )
         task_id = self._enqueue([new_task], connection)[0]
         if task_id is None and raise_if_full and run_method() is TaskRunMethod.TASK_PROCESSOR:
             raise TaskQueueFullError(self.identifier, self.queue_size or 0)
         return task_id
 
-    def delay_many(self, calls: Iterable[Mapping[str, Any]],
-                   connection: Connection | None = None) -> list[int | None]:
+    def delay_many(
+        self, calls: Iterable[Mapping[str, Any]], connection: Connection | None = None
+    ) -> list[int | None]:
         """Enqueue many calls in one round trip; each call is a dict with optional keys
         ``args``, ``kwargs`` and ``delay_until``. Returns one id (or None) per call. A bad
         call refuses them all, naming its index."""
         if isinstance(calls, (Mapping, str, bytes)):
-            raise TypeError(f"{self.identifier}: delay_many takes a list of calls (dicts with "
-                            f"args, kwargs and delay_until), got a {type(calls).__name__}; for "
-                            f"one call use .delay() or wrap it in a list")
+            raise TypeError(
+                f"{self.identifier}: delay_many takes a list of calls (dicts with "
+                f"args, kwargs and delay_until), got a {type(calls).__name__}; for "
+                f"one call use .delay() or wrap it in a list"
+            )
         _check_connection(self.identifier, connection)
         new_tasks = []
         for index, call in enumerate(calls):
             label = f"{self.identifier} calls[{index}]"
             if not isinstance(call, Mapping):
-                raise TypeError(f"{label}: a call must be a dict with args, kwargs and "
-                                f"delay_until, got {type(call).__name__}")
+                raise TypeError(
+                    f"{label}: a call must be a dict with args, kwargs and "
+                    f"delay_until, got {type(call).__name__}"
+                )
             new_tasks.append(self._new_task(call, label))
         return self._enqueue(new_tasks, connection)
 
-    def _enqueue(self, new_tasks: list[enqueue.NewTask],
-                 connection: Connection | None) -> list[int | None]:
+    def _enqueue(
+        self, new_tasks: list[enqueue.NewTask], connection: Connection | None
+    ) -> list[int | None]:
         method = run_method()
         if method is not TaskRunMethod.TASK_PROCESSOR:
             for task in new_tasks:
@@ -220,27 +264,38 @@ class TaskHandler:
         ids = enqueue.enqueue(self.kind, new_tasks, connection)
         refused = ids.count(None)
         if refused:
-            logger.warning("task %s: queue_size %s reached; %d of %d not queued",
-                           self.identifier, self.queue_size, refused, len(ids))
+            logger.warning(
+                "task %s: queue_size %s reached; %d of %d not queued",
+                self.identifier,
+                self.queue_size,
+                refused,
+                len(ids),
+            )
         return ids
 
     def _new_task(self, call: Mapping[str, Any], label: str) -> enqueue.NewTask:
         """One call as a row to insert; ``label`` names the call in errors."""
         unknown = set(call) - {"args", "kwargs", "delay_until"}
         if unknown:
-            raise TypeError(f"{label}: unknown keys in a call: {sorted(unknown)}; "
-                            f"use args, kwargs and delay_until")
+            raise TypeError(
+                f"{label}: unknown keys in a call: {sorted(unknown)}; "
+                f"use args, kwargs and delay_until"
+            )
         args_json, kwargs_json = serialize_arguments(
-            label, _none_as(call.get("args"), ()), call.get("kwargs"))
+            label, _none_as(call.get("args"), ()), call.get("kwargs")
+        )
         delay_until = call.get("delay_until")
         if delay_until is not None:
             if not isinstance(delay_until, datetime):
-                raise TypeError(f"{label}: delay_until must be a datetime, got "
-                                f"{type(delay_until).__name__}")
+                raise TypeError(
+                    f"{label}: delay_until must be a datetime, got {type(delay_until).__name__}"
+                )
             if delay_until.utcoffset() is None:  # naive, or a tzinfo that gives no offset
-                raise ValueError(f"{label}: delay_until must be timezone-aware, with a tzinfo "
-                                 f"that gives its UTC offset (e.g. datetime.now(timezone.utc) "
-                                 f"+ timedelta(hours=1))")
+                raise ValueError(
+                    f"{label}: delay_until must be timezone-aware, with a tzinfo "
+                    f"that gives its UTC offset (e.g. datetime.now(timezone.utc) "
+                    f"+ timedelta(hours=1))"
+                )
         return enqueue.NewTask(args_json, kwargs_json, delay_until)
 
     def _run_here(self, method: TaskRunMethod, task: enqueue.NewTask) -> None:
@@ -253,7 +308,7 @@ class TaskHandler:
             return
         wait = 0.0
         if task.scheduled_for is not None:
-            wait = max(0.0, (task.scheduled_for - datetime.now(timezone.utc)).total_seconds())
+            wait = max(0.0, (task.scheduled_for - datetime.now(UTC)).total_seconds())
         timer = threading.Timer(wait, _run_logged, (self.function, self.identifier, args, kwargs))
         timer.daemon = True
         self._start_thread(timer)
@@ -266,15 +321,19 @@ class TaskHandler:
         else:
             thread.start()
 
-    def run_in_thread(self, args: Sequence[Any] = (),
-                      kwargs: Mapping[str, Any] | None = None) -> threading.Thread:
+    def run_in_thread(
+        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+    ) -> threading.Thread:
         """Run in an unmanaged daemon thread (no persistence, no retry): now, or with
         ``transaction_on_commit`` once the application's transaction commits. The arguments
         are checked as ``.delay()`` checks them."""
         serialize_arguments(self.identifier, _none_as(args, ()), kwargs)
         thread = threading.Thread(
-            target=_run_logged, args=(self.function, self.identifier, args, kwargs or {}),
-            name=f"task {self.identifier}", daemon=True)
+            target=_run_logged,
+            args=(self.function, self.identifier, args, kwargs or {}),
+            name=f"task {self.identifier}",
+            daemon=True,
+        )
         self._start_thread(thread)
         return thread
 
@@ -283,9 +342,11 @@ def _check_connection(identifier: str, connection: Any) -> None:
     """``connection=`` must be a psycopg2 connection: anything else would fail later, or
     worse, be ignored."""
     if connection is not None and not isinstance(connection, Connection):
-        raise TypeError(f"{identifier}: connection= must be an open psycopg2 connection (the "
-                        f"one whose transaction the task joins) or None, got "
-                        f"{type(connection).__name__}")
+        raise TypeError(
+            f"{identifier}: connection= must be an open psycopg2 connection (the "
+            f"one whose transaction the task joins) or None, got "
+            f"{type(connection).__name__}"
+        )
 
 
 def _none_as(value: Any, default: Any) -> Any:
@@ -300,35 +361,43 @@ def _default_identifier(function: Callable[..., Any], task_name: str | None) -> 
     return f"{module_name}.{task_name or getattr(function, '__name__', type(function).__name__)}"
 
 
-def register_task_handler(task_name: str | None = None,
-                          priority: int = TaskPriority.NORMAL,
-                          timeout: timedelta | None = timedelta(seconds=60),
-                          max_attempts: int = 3,
-                          queue_size: int | None = None,
-                          transaction_on_commit: bool = True,
-                          ) -> Callable[[Callable[..., Any]], TaskHandler]:
+def register_task_handler(
+    task_name: str | None = None,
+    priority: int = TaskPriority.NORMAL,
+    timeout: timedelta | None = timedelta(seconds=60),
+    max_attempts: int = 3,
+    queue_size: int | None = None,
+    transaction_on_commit: bool = True,
+) -> Callable[[Callable[..., Any]], TaskHandler]:
     """Register the decorated function as a task; ``timeout=None`` sets no time limit."""
 
     def decorator(function: Callable[..., Any]) -> TaskHandler:
-        handler = TaskHandler(function, _default_identifier(function, task_name), priority,
-                              timeout, max_attempts, queue_size, transaction_on_commit)
+        handler = TaskHandler(
+            function,
+            _default_identifier(function, task_name),
+            priority,
+            timeout,
+            max_attempts,
+            queue_size,
+            transaction_on_commit,
+        )
         registry.register(handler)
         return handler
 
     return decorator
 
 
-
-def register_recurring_task(run_every: timedelta,
-                            first_run_time: datetime | time_of_day | None = None,
-                            timeout: timedelta | None = timedelta(minutes=30),
-                            args: Sequence[Any] = (),
-                            kwargs: Mapping[str, Any] | None = None,
-                            task_name: str | None = None,
-                            *,
-                            priority: int | None = None,
-                            max_attempts: int | None = None,
-                            ) -> Callable[[Callable[..., Any]], TaskHandler]:
+def register_recurring_task(
+    run_every: timedelta,
+    first_run_time: datetime | time_of_day | None = None,
+    timeout: timedelta | None = timedelta(minutes=30),
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    task_name: str | None = None,
+    *,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+) -> Callable[[Callable[..., Any]], TaskHandler]:
     """Register the decorated function as a task that runs every ``run_every``
     (see :mod:`common.recurring` for the schedule).
 
@@ -350,11 +419,14 @@ def register_recurring_task(run_every: timedelta,
         except Exception:
             registry.unregister(handler.identifier)
             raise
-        recurring.add(recurring.RecurringDefinition(
-            handler.kind, run_every, origin, args_json, kwargs_json))
+        recurring.add(
+            recurring.RecurringDefinition(handler.kind, run_every, origin, args_json, kwargs_json)
+        )
         return handler
 
     return decorator
+
+
 def cancel_task(task_id: int, connection: Connection | None = None) -> bool:
     """Cancel a waiting task: it will not run. True if cancelled; False if it is not waiting
     (running, finished, already cancelled) or does not exist.
@@ -371,4 +443,3 @@ def cancel_task(task_id: int, connection: Connection | None = None) -> bool:
             return bool(control.cancel(cursor, [task_id]))
     finally:
         own.close()
-

@@ -8,8 +8,9 @@ endpoint and every processor (which warns about tasks it cannot run that wait lo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 # Due waiting tasks per identifier outside ``%(known)s`` (NULL: outside what every live
 # processor knows; a live processor from before task_identifiers existed knows everything).

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from common.tasks import TaskRunMethod, run_method
 from examples.tasks import count_slowly, flaky, greet, greetings_file
@@ -28,8 +28,7 @@ def enqueue_examples() -> list[int | None]:
         greet.delay(args=("world",)),
         greet.delay(kwargs={"name": "processor", "greeting": "Good morning"}),
         count_slowly.delay(args=(2,)),
-        greet.delay(args=("later",),
-                    delay_until=datetime.now(timezone.utc) + timedelta(seconds=3)),
+        greet.delay(args=("later",), delay_until=datetime.now(UTC) + timedelta(seconds=3)),
     ]
     ids += greet.delay_many([{"args": (f"guest {number}",)} for number in range(1, 6)])
     try:

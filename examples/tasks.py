@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 def greetings_file() -> str:
     """Where ``greet`` writes: read at call time, so a test can point it elsewhere."""
     return os.environ.get("EXAMPLE_GREETINGS_FILE") or os.path.join(
-        tempfile.gettempdir(), "task-processor-greetings.log")
+        tempfile.gettempdir(), "task-processor-greetings.log"
+    )
 
 
 @register_task_handler(priority=TaskPriority.HIGH, timeout=timedelta(seconds=10))

@@ -12,12 +12,12 @@ import argparse
 import json
 import socket
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from common import db, redaction
+from common.config import ConfigError, bounded_int, build_parser
 from common.logs import one_line
 from health import queries
-from common.config import ConfigError, bounded_int, build_parser
 from health.report import Report, judge, nothing_to_check
 
 HEALTHY, UNHEALTHY = 0, 1
@@ -37,19 +37,34 @@ and configuration errors (Docker HEALTHCHECK semantics).
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = build_parser("check-health", _DESCRIPTION,
-                          ["database_url", "task_processor_database_url", "data_dir"])
+    parser = build_parser(
+        "check-health", _DESCRIPTION, ["database_url", "task_processor_database_url", "data_dir"]
+    )
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--processor-id", metavar="ID",
-                       help="check this processor (its id in task_processor.processors)")
-    which.add_argument("--all", action="store_true",
-                       help="check every processor in the database that has not stopped")
-    parser.add_argument("--json", action="store_true",
-                        help="print the full state (processors, workers, ages, current tasks) "
-                             "as JSON instead of one line")
-    parser.add_argument("--timeout", type=bounded_int(1, 60), default=5, metavar="SECONDS",
-                        help="connect and statement timeout; an unanswering database is "
-                             "unhealthy after this long (default 5)")
+    which.add_argument(
+        "--processor-id",
+        metavar="ID",
+        help="check this processor (its id in task_processor.processors)",
+    )
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="check every processor in the database that has not stopped",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the full state (processors, workers, ages, current tasks) "
+        "as JSON instead of one line",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=bounded_int(1, 60),
+        default=5,
+        metavar="SECONDS",
+        help="connect and statement timeout; an unanswering database is "
+        "unhealthy after this long (default 5)",
+    )
     return parser
 
 
@@ -58,14 +73,19 @@ def _check(cursor, arguments: argparse.Namespace) -> Report:
         scope = "all processors"
         processors = queries.processors_not_stopped(cursor)
         if not processors:
-            return nothing_to_check(scope, "no task processor is running (none in the "
-                                           "database has a state other than stopped)")
+            return nothing_to_check(
+                scope,
+                "no task processor is running (none in the "
+                "database has a state other than stopped)",
+            )
     elif arguments.processor_id:
         scope = f"processor {arguments.processor_id}"
         found = queries.processor_by_id(cursor, arguments.processor_id)
         if found is None:
-            return nothing_to_check(scope, f"no processor with id {arguments.processor_id!r} "
-                                           f"in task_processor.processors")
+            return nothing_to_check(
+                scope,
+                f"no processor with id {arguments.processor_id!r} in task_processor.processors",
+            )
         processors = [found]
     else:
         host = socket.gethostname()
@@ -88,13 +108,18 @@ def _print(report: Report, as_json: bool) -> None:
 def run(arguments: argparse.Namespace) -> Report:
     """Connect with short timeouts and judge; database errors become an unhealthy report."""
     try:
-        url = db.queue_database_url(arguments.task_processor_database_url,
-                                    arguments.database_url, arguments.data_dir)
+        url = db.queue_database_url(
+            arguments.task_processor_database_url, arguments.database_url, arguments.data_dir
+        )
     except ConfigError as error:
         return nothing_to_check("configuration", f"configuration error: {error}")
     try:
-        connection = db.connect(url, "check-health", connect_timeout=arguments.timeout,
-                                statement_timeout_ms=arguments.timeout * 1000)
+        connection = db.connect(
+            url,
+            "check-health",
+            connect_timeout=arguments.timeout,
+            statement_timeout_ms=arguments.timeout * 1000,
+        )
     except db.DatabaseUnavailable as error:
         return nothing_to_check("database", str(error))
     try:
@@ -104,8 +129,9 @@ def run(arguments: argparse.Namespace) -> Report:
             return _check(cursor, arguments)
     except Exception as error:  # any database error means "cannot tell": unhealthy
         reason = one_line(error)
-        return nothing_to_check("database", f"cannot read the heartbeat tables of "
-                                            f"{db.describe(url)}: {reason}")
+        return nothing_to_check(
+            "database", f"cannot read the heartbeat tables of {db.describe(url)}: {reason}"
+        )
     finally:
         connection.close()
 

@@ -21,12 +21,18 @@ FROM task_processor.processors p
 """
 
 # The processor a host runs is its newest one that did not stop cleanly.
-_NEWEST_ON_HOST = _PROCESSOR_COLUMNS + """
+_NEWEST_ON_HOST = (
+    _PROCESSOR_COLUMNS
+    + """
 WHERE p.host = %s AND p.state <> 'stopped' ORDER BY p.started_at DESC, p.id LIMIT 1
 """
-_NEWEST_STOPPED_ON_HOST = _PROCESSOR_COLUMNS + """
+)
+_NEWEST_STOPPED_ON_HOST = (
+    _PROCESSOR_COLUMNS
+    + """
 WHERE p.host = %s ORDER BY p.started_at DESC, p.id LIMIT 1
 """
+)
 _BY_ID = _PROCESSOR_COLUMNS + "WHERE p.id = %s"
 _ALL_NOT_STOPPED = _PROCESSOR_COLUMNS + "WHERE p.state <> 'stopped' ORDER BY p.started_at, p.id"
 
@@ -95,8 +101,9 @@ def _processors(cursor, sql: str, params: tuple) -> list[ProcessorRow]:
 
 def processor_of_host(cursor, host: str) -> ProcessorRow | None:
     """The newest processor on ``host`` that has not stopped, else its newest stopped one."""
-    found = (_processors(cursor, _NEWEST_ON_HOST, (host,))
-             or _processors(cursor, _NEWEST_STOPPED_ON_HOST, (host,)))
+    found = _processors(cursor, _NEWEST_ON_HOST, (host,)) or _processors(
+        cursor, _NEWEST_STOPPED_ON_HOST, (host,)
+    )
     return found[0] if found else None
 
 

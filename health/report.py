@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from health.queries import ProcessorRow, WorkerRow
@@ -37,14 +37,17 @@ class Report:
             return f"unhealthy: {self.problems[0]}{suffix}"
         described = ", ".join(
             f"processor {p.id} (pid {p.pid} on {p.host}, {p.num_workers} workers, "
-            f"heartbeat {p.beat_age_seconds:.1f} s ago)" for p in self.processors)
+            f"heartbeat {p.beat_age_seconds:.1f} s ago)"
+            for p in self.processors
+        )
         return f"healthy: {described}"
 
     def as_json(self) -> dict[str, Any]:
         workers_by_processor: dict[str, list[dict[str, Any]]] = {}
         for worker in self.workers:
             workers_by_processor.setdefault(worker.processor_id, []).append(
-                _plain(dataclasses.asdict(worker)))
+                _plain(dataclasses.asdict(worker))
+            )
         return {
             "healthy": self.healthy,
             "summary": self.summary(),
@@ -58,12 +61,14 @@ class Report:
 
 
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
-    return {key: _timestamp(value) if isinstance(value, datetime) else value
-            for key, value in values.items()}
+    return {
+        key: _timestamp(value) if isinstance(value, datetime) else value
+        for key, value in values.items()
+    }
 
 
 def _timestamp(moment: datetime | None) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds") if moment else "?"
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds") if moment else "?"
 
 
 def _seconds(milliseconds: int) -> str:
@@ -76,10 +81,12 @@ def processor_problem(processor: ProcessorRow) -> str | None:
     if processor.state == "stopped":
         return f"{name} stopped at {_timestamp(processor.stopped_at)}"
     if not processor.beat_fresh:
-        return (f"{name}: supervisor heartbeat last written at "
-                f"{_timestamp(processor.last_beat_at)}, {processor.beat_age_seconds:.1f} s ago, "
-                f"longer than the grace period of {_seconds(processor.grace_period_ms)}: "
-                f"the supervisor is frozen or dead")
+        return (
+            f"{name}: supervisor heartbeat last written at "
+            f"{_timestamp(processor.last_beat_at)}, {processor.beat_age_seconds:.1f} s ago, "
+            f"longer than the grace period of {_seconds(processor.grace_period_ms)}: "
+            f"the supervisor is frozen or dead"
+        )
     if processor.state == "draining":
         return f"{name} is draining: it finishes its running tasks and claims no new ones"
     return None
@@ -91,19 +98,27 @@ def worker_problem(worker: WorkerRow, processor: ProcessorRow) -> str | None:
         return None
     grace = _seconds(processor.grace_period_ms)
     if worker.state is None:
-        return (f"worker {worker.slot} of processor {processor.id} has not reported since the "
-                f"processor started at {_timestamp(processor.started_at)}, longer ago than the "
-                f"grace period of {grace}")
-    name = (f"worker {worker.slot} (pid {worker.pid}, generation {worker.generation}) of "
-            f"processor {processor.id}")
+        return (
+            f"worker {worker.slot} of processor {processor.id} has not reported since the "
+            f"processor started at {_timestamp(processor.started_at)}, longer ago than the "
+            f"grace period of {grace}"
+        )
+    name = (
+        f"worker {worker.slot} (pid {worker.pid}, generation {worker.generation}) of "
+        f"processor {processor.id}"
+    )
     if worker.state == "busy" and worker.task_deadline is not None:
-        return (f"{name}: busy since {_timestamp(worker.last_beat_at)} on task {worker.task_id} "
-                f"({worker.task_identifier or 'unknown task'}), "
-                f"{worker.past_deadline_seconds:.1f} s past its deadline "
-                f"{_timestamp(worker.task_deadline)} and not replaced within the grace period of "
-                f"{grace}")
-    return (f"{name}: {worker.state} since {_timestamp(worker.last_beat_at)}, no heartbeat for "
-            f"{worker.beat_age_seconds:.1f} s, longer than the grace period of {grace}")
+        return (
+            f"{name}: busy since {_timestamp(worker.last_beat_at)} on task {worker.task_id} "
+            f"({worker.task_identifier or 'unknown task'}), "
+            f"{worker.past_deadline_seconds:.1f} s past its deadline "
+            f"{_timestamp(worker.task_deadline)} and not replaced within the grace period of "
+            f"{grace}"
+        )
+    return (
+        f"{name}: {worker.state} since {_timestamp(worker.last_beat_at)}, no heartbeat for "
+        f"{worker.beat_age_seconds:.1f} s, longer than the grace period of {grace}"
+    )
 
 
 def judge(scope: str, processors: list[ProcessorRow], workers: list[WorkerRow]) -> Report:
@@ -115,8 +130,14 @@ def judge(scope: str, processors: list[ProcessorRow], workers: list[WorkerRow]) 
             report.problems.append(problem)
             continue
         report.problems.extend(
-            problem for problem in (worker_problem(worker, processor) for worker in workers
-                                    if worker.processor_id == processor.id) if problem)
+            problem
+            for problem in (
+                worker_problem(worker, processor)
+                for worker in workers
+                if worker.processor_id == processor.id
+            )
+            if problem
+        )
     return report
 
 

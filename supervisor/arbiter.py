@@ -16,8 +16,9 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any
 
 import setproctitle
 
@@ -46,8 +47,15 @@ CRASH_LOOP_LIMIT = 5  # that many quick deaths in a row in one slot stop the pro
 RESPAWN_DELAY_CAP = 30.0
 
 EXIT_OK, EXIT_FATAL = 0, 1
-HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
-                   signal.SIGTTOU, signal.SIGCHLD}
+HANDLED_SIGNALS = {
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+}
 
 
 @dataclass
@@ -105,8 +113,12 @@ class Supervisor:
         self.database = SupervisorDatabase(self.settings, self.host, self.pid)
         self.wakeups = WakeUps()
         # On the queue's database, or on a direct connection past a pooler; none: poll only.
-        self.listener = Listener(self.settings.wake_up_url, self.settings.sleep_interval,
-                                 self.database.statement_deadline, self.wakeups)
+        self.listener = Listener(
+            self.settings.wake_up_url,
+            self.settings.sleep_interval,
+            self.database.statement_deadline,
+            self.wakeups,
+        )
         self.signal_pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.turn_ends = 0.0
         self.draining_until: float | None = None
@@ -122,15 +134,20 @@ class Supervisor:
         self._install_signal_handlers()
         self._title("starting")
         self.metrics.start(HANDLED_SIGNALS)  # before any connection or worker exists
-        if not self.database.start(self.num_workers, self._signal_pending, self.duties,
-                                   self.migrate):
+        if not self.database.start(
+            self.num_workers, self._signal_pending, self.duties, self.migrate
+        ):
             return self.exit_code  # stopped by a signal while waiting for the database
         self._publish_fence()
-        logger.info("processor %s starting %d workers on %s", self.settings.processor_id,
-                    self.num_workers, db.describe(self.settings.database_url))
+        logger.info(
+            "processor %s starting %d workers on %s",
+            self.settings.processor_id,
+            self.num_workers,
+            db.describe(self.settings.database_url),
+        )
         try:
             self._loop()
-        except Exception:  # noqa: BLE001 - a bug must still stop the workers and free leases
+        except Exception:
             logger.critical("unexpected error in the supervisor's loop; stopping", exc_info=True)
             self.exit_code = EXIT_FATAL
         self._shutdown()
@@ -188,8 +205,9 @@ class Supervisor:
         if signum == signal.SIGCHLD:
             return  # the loop reaps next
         name = signal_name(signum)
-        if signum == signal.SIGQUIT or (signum in (signal.SIGTERM, signal.SIGINT)
-                                        and self.draining_until is not None):
+        if signum == signal.SIGQUIT or (
+            signum in (signal.SIGTERM, signal.SIGINT) and self.draining_until is not None
+        ):
             logger.info("got %s: stopping at once", name)
             self.stopping_now = True
         elif signum in (signal.SIGTERM, signal.SIGINT):
@@ -202,8 +220,9 @@ class Supervisor:
             self._resize(self.num_workers - 1)
 
     def _start_drain(self, name: str) -> None:
-        logger.info("got %s: draining (running tasks may finish within %.0f s)", name,
-                    self.drain_timeout)
+        logger.info(
+            "got %s: draining (running tasks may finish within %.0f s)", name, self.drain_timeout
+        )
         self.draining_until = time.monotonic() + self.drain_timeout
         self.notifier.stopping(f"draining {len(self.workers)} workers")
         self.database.state = "draining"
@@ -247,8 +266,8 @@ class Supervisor:
             idle = self._idle_beats()
             timeout = min(max(0.0, self.turn_ends - now), self.listener.timeout(now, idle))
             try:
-                readable, _, _ = select.select([signal_read, *self.listener.fds()], [], [],
-                                               timeout)
+                watched: list[Any] = [signal_read, *self.listener.fds()]
+                readable, _, _ = select.select(watched, [], [], timeout)
             except (OSError, ValueError):  # the listening connection broke under select
                 readable = []
             notified = any(item is not signal_read for item in readable)
@@ -297,15 +316,24 @@ class Supervisor:
             return
         if pid == 0:
             try:
-                Worker(settings, self.slots, slot, history.generation, self.pid, mask,
-                       fence_board=self.fence, wakeups=self.wakeups,
-                       metrics_board=self.metrics.board).run()
+                Worker(
+                    settings,
+                    self.slots,
+                    slot,
+                    history.generation,
+                    self.pid,
+                    mask,
+                    fence_board=self.fence,
+                    wakeups=self.wakeups,
+                    metrics_board=self.metrics.board,
+                ).run()
             finally:
                 os._exit(1)  # never back into the supervisor's loop
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.metrics.worker_started(slot)
-        self.workers[slot] = WorkerProcess(slot, history.generation, pid, time.monotonic(),
-                                           settings)
+        self.workers[slot] = WorkerProcess(
+            slot, history.generation, pid, time.monotonic(), settings
+        )
         logger.debug("worker %d started: pid %d, generation %d", slot, pid, history.generation)
 
     def _reap(self) -> None:
@@ -331,14 +359,19 @@ class Supervisor:
     def _worker_exited(self, process: WorkerProcess, status: int) -> None:
         history = self.history[process.slot]
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
-               else signal_name(os.WTERMSIG(status)))
+        how = (
+            f"exit status {os.WEXITSTATUS(status)}"
+            if os.WIFEXITED(status)
+            else signal_name(os.WTERMSIG(status))
+        )
         beat = self._read_beat(process)  # the slot outlives its writer
         self.slots.clear(process.slot)
         task_id = beat.task_id if beat and beat.state == WorkerState.BUSY else 0
         if not process.kill_reason and self._fenced(status):
-            process.kill_reason = (f"worker {process.slot} (pid {process.pid}) was killed by its "
-                                   f"lease fence: its leases were not renewed in time")
+            process.kill_reason = (
+                f"worker {process.slot} (pid {process.pid}) was killed by its "
+                f"lease fence: its leases were not renewed in time"
+            )
             process.kill_kind = why_killed.KILLED_LEASE_FENCE
             logger.error("%s", process.kill_reason)
         self._count_exit(process, clean)
@@ -350,11 +383,18 @@ class Supervisor:
         elif clean:
             reason, result = "worker stopped", RunResult.WORKER_LOST
         else:
-            reason, result = f"worker {process.slot} (pid {process.pid}) died: {how}", \
-                RunResult.WORKER_LOST
+            reason, result = (
+                f"worker {process.slot} (pid {process.pid}) died: {how}",
+                RunResult.WORKER_LOST,
+            )
             logger.error("%s%s", reason, f" while running task {task_id}" if task_id else "")
-        self.database.release_worker(process.owner, task_id, reason, result,
-                                     time.monotonic() - beat.beat if task_id and beat else 0.0)
+        self.database.release_worker(
+            process.owner,
+            task_id,
+            reason,
+            result,
+            time.monotonic() - beat.beat if task_id and beat else 0.0,
+        )
         if process.slot >= self.num_workers:
             self.database.forget_slot(process.slot)
         if clean or process.kill_reason or process.stop_requested:
@@ -366,9 +406,13 @@ class Supervisor:
         lived = time.monotonic() - process.started
         history.quick_deaths = history.quick_deaths + 1 if lived < MIN_UPTIME else 0
         if history.quick_deaths >= CRASH_LOOP_LIMIT:
-            logger.critical("worker %d died %d times in a row within %.0f s of starting: crash "
-                            "loop; stopping the processor", process.slot, history.quick_deaths,
-                            MIN_UPTIME)
+            logger.critical(
+                "worker %d died %d times in a row within %.0f s of starting: crash "
+                "loop; stopping the processor",
+                process.slot,
+                history.quick_deaths,
+                MIN_UPTIME,
+            )
             self.exit_code = EXIT_FATAL
             self.stopping_now = True
         elif history.quick_deaths:
@@ -385,22 +429,40 @@ class Supervisor:
             if process.kill_reason:
                 self._finish_kill(process, now)
             elif self.draining_until is not None and now >= self.draining_until:
-                self._kill(process, "killed at the drain deadline", RunResult.WORKER_LOST,
-                           why_killed.KILLED_DRAIN_DEADLINE)
+                self._kill(
+                    process,
+                    "killed at the drain deadline",
+                    RunResult.WORKER_LOST,
+                    why_killed.KILLED_DRAIN_DEADLINE,
+                )
             elif self._stopped_too_long(process, now):
-                self._kill(process, f"worker {process.slot} was stopped (SIGSTOP) for more than "
-                                    f"the grace period of {grace:.1f} s", RunResult.WORKER_LOST,
-                           why_killed.KILLED_STOPPED)
+                self._kill(
+                    process,
+                    f"worker {process.slot} was stopped (SIGSTOP) for more than "
+                    f"the grace period of {grace:.1f} s",
+                    RunResult.WORKER_LOST,
+                    why_killed.KILLED_STOPPED,
+                )
             elif (verdict := stuck(beat, process.started, now, grace, process.slot)) is not None:
                 reason, result = verdict
-                kind = why_killed.KILLED_TIMEOUT if result == RunResult.TIMEOUT \
+                kind = (
+                    why_killed.KILLED_TIMEOUT
+                    if result == RunResult.TIMEOUT
                     else why_killed.KILLED_STUCK
+                )
                 self._kill(process, reason, result, kind, cancellable=True)
-            elif (beat is not None and beat.state == WorkerState.BUSY
-                  and (grown := self._over_memory(process)) is not None):
-                self._kill(process, f"task {beat.task_id} grew past the worker memory limit "
-                                    f"({grown:.0f} MiB > {process.settings.max_memory_mb} MiB)",
-                           RunResult.FAILURE, why_killed.KILLED_MEMORY)
+            elif (
+                beat is not None
+                and beat.state == WorkerState.BUSY
+                and (grown := self._over_memory(process)) is not None
+            ):
+                self._kill(
+                    process,
+                    f"task {beat.task_id} grew past the worker memory limit "
+                    f"({grown:.0f} MiB > {process.settings.max_memory_mb} MiB)",
+                    RunResult.FAILURE,
+                    why_killed.KILLED_MEMORY,
+                )
 
     def _over_memory(self, process: WorkerProcess) -> float | None:
         """The resident MiB of a busy worker over ``--max-worker-memory-mb``, else None. The
@@ -429,13 +491,24 @@ class Supervisor:
             process.last_beat = beat
         return process.last_beat
 
-    def _kill(self, process: WorkerProcess, reason: str, result: RunResult, kind: str,
-              cancellable: bool = False) -> None:
+    def _kill(
+        self,
+        process: WorkerProcess,
+        reason: str,
+        result: RunResult,
+        kind: str,
+        cancellable: bool = False,
+    ) -> None:
         """Dump the worker's stack (SIGUSR1), then SIGKILL it a moment later: only SIGKILL
         stops a worker stuck in C code. A kill for being stuck is called off if the worker
         beats again meanwhile (its task ended just in time): the next task must not pay."""
-        logger.error("killing worker %d (pid %d, task %s): %s", process.slot, process.pid,
-                     process.last_beat.task_id if process.last_beat else "-", reason)
+        logger.error(
+            "killing worker %d (pid %d, task %s): %s",
+            process.slot,
+            process.pid,
+            process.last_beat.task_id if process.last_beat else "-",
+            reason,
+        )
         process.kill_reason, process.kill_result, process.kill_kind = reason, result, kind
         process.kill_beat, process.kill_cancellable = process.last_beat, cancellable
         process.dump_sent_at = time.monotonic()
@@ -445,8 +518,7 @@ class Supervisor:
         if process.dump_sent_at is None or now - process.dump_sent_at < KILL_AFTER_DUMP:
             return
         if process.kill_cancellable and process.last_beat != process.kill_beat:
-            logger.warning("worker %d beat again before it was killed; it lives on",
-                           process.slot)
+            logger.warning("worker %d beat again before it was killed; it lives on", process.slot)
             process.kill_reason, process.kill_beat, process.dump_sent_at = None, None, None
             return
         _send(process.pid, signal.SIGKILL)
@@ -462,8 +534,11 @@ class Supervisor:
         respawned with the new one, and the next follows once it is up."""
         if any(p.stop_requested for p in self.workers.values()):
             return
-        if any(p.last_beat is None or p.last_beat.state == WorkerState.BOOTING
-               for p in self.workers.values() if p.settings is self.settings):
+        if any(
+            p.last_beat is None or p.last_beat.state == WorkerState.BOOTING
+            for p in self.workers.values()
+            if p.settings is self.settings
+        ):
             return
         for process in self.workers.values():
             if process.settings is not self.settings:
@@ -485,9 +560,12 @@ class Supervisor:
             why = "renewed too late" if lapsed else "could not be renewed (database unreachable)"
             for process in self.workers.values():
                 if not process.kill_reason:
-                    self._kill(process, f"its lease {why}; stopped so that no other processor "
-                                        f"runs its tasks twice", RunResult.WORKER_LOST,
-                               why_killed.KILLED_LEASE)
+                    self._kill(
+                        process,
+                        f"its lease {why}; stopped so that no other processor runs its tasks twice",
+                        RunResult.WORKER_LOST,
+                        why_killed.KILLED_LEASE,
+                    )
 
     def _tend_metrics(self) -> None:
         """Publish the supervisor's counters; restart the metrics server if it died."""
@@ -507,33 +585,47 @@ class Supervisor:
         shortest lease (workers of an older configuration may hold shorter ones) after the
         start of the last successful renewal. Each worker is killed by its own kernel timer at
         that time unless a later renewal moves it (see worker/fence.py)."""
-        lease = min([self.settings.lease_seconds]
-                    + [p.settings.lease_seconds for p in self.workers.values()])
+        lease = min(
+            [self.settings.lease_seconds]
+            + [p.settings.lease_seconds for p in self.workers.values()]
+        )
         self.fence.publish(self.database.renewed_at + fence.FENCE_FRACTION * lease)
 
     def _fenced(self, status: int) -> bool:
         """Did the lease fence kill this worker (SIGKILL once the published deadline passed)?"""
         deadline = self.fence.read()
-        return (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-                and deadline is not None and fence.now() >= deadline)
+        return (
+            os.WIFSIGNALED(status)
+            and os.WTERMSIG(status) == signal.SIGKILL
+            and deadline is not None
+            and fence.now() >= deadline
+        )
 
     def _worker_rows(self) -> WorkerRows:
         """The live workers' rows for the database, from their latest beats."""
-        live = [p for p in self.workers.values() if p.last_beat is not None
-                and p.last_beat.pid == p.pid]
-        return worker_rows([p.last_beat for p in live], [p.slot for p in live],
-                           self.settings.grace_period)
+        live = [
+            p for p in self.workers.values() if p.last_beat is not None and p.last_beat.pid == p.pid
+        ]
+        return worker_rows(
+            [p.last_beat for p in live], [p.slot for p in live], self.settings.grace_period
+        )
 
     def _talk_to_systemd(self) -> None:
         now = time.monotonic()
-        if not self.ready_sent and self.workers and all(
-                p.last_beat is not None and p.last_beat.state in (WorkerState.IDLE,
-                                                                  WorkerState.BUSY)
-                for p in self.workers.values()):
+        if (
+            not self.ready_sent
+            and self.workers
+            and all(
+                p.last_beat is not None
+                and p.last_beat.state in (WorkerState.IDLE, WorkerState.BUSY)
+                for p in self.workers.values()
+            )
+        ):
             self.ready_sent = True
             self.notifier.ready(self._status_line())
-            logger.info("processor %s ready: %d workers", self.settings.processor_id,
-                        len(self.workers))
+            logger.info(
+                "processor %s ready: %d workers", self.settings.processor_id, len(self.workers)
+            )
         interval = self.notifier.watchdog_interval
         if interval and now >= self.next_watchdog:
             self.notifier.watchdog()
@@ -545,12 +637,17 @@ class Supervisor:
             self._title(status)
 
     def _status_line(self) -> str:
-        busy = sum(1 for p in self.workers.values()
-                   if p.last_beat is not None and p.last_beat.state == WorkerState.BUSY)
+        busy = sum(
+            1
+            for p in self.workers.values()
+            if p.last_beat is not None and p.last_beat.state == WorkerState.BUSY
+        )
         done = sum(p.last_beat.tasks_done for p in self.workers.values() if p.last_beat)
         mode = "draining, " if self.draining_until is not None else ""
-        return f"{mode}{len(self.workers)}/{self.num_workers} workers, {busy} busy, " \
-               f"{done} tasks by current workers"
+        return (
+            f"{mode}{len(self.workers)}/{self.num_workers} workers, {busy} busy, "
+            f"{done} tasks by current workers"
+        )
 
     def _title(self, text: str) -> None:
         setproctitle.setproctitle(f"tp-supervisor {text}")
@@ -578,22 +675,26 @@ class Supervisor:
         logger.info("processor %s stopped", self.settings.processor_id)
 
 
-def stuck(beat: Beat | None, started: float, now: float, grace: float,
-          slot: int) -> tuple[str, RunResult] | None:
+def stuck(
+    beat: Beat | None, started: float, now: float, grace: float, slot: int
+) -> tuple[str, RunResult] | None:
     """Why a worker is stuck, as (reason, result to record), or None if it is not: busy past
     its task's deadline, or idle or booting and silent for longer than the grace period. A
     worker that never beat counts from ``started``."""
     if beat is not None and beat.state == WorkerState.BUSY:
         if now > beat.deadline:
-            reason = f"task {beat.task_id} exceeded its timeout of " \
-                     f"{beat.deadline - beat.beat:.1f} s"
+            reason = (
+                f"task {beat.task_id} exceeded its timeout of {beat.deadline - beat.beat:.1f} s"
+            )
             return reason, RunResult.TIMEOUT
         return None
     last = beat.beat if beat is not None else started
     if now - last > grace:
         state = beat.state.name.lower() if beat else "booting"
-        reason = f"worker {slot} was {state} and silent for {now - last:.1f} s " \
-                 f"(grace period {grace:.1f} s)"
+        reason = (
+            f"worker {slot} was {state} and silent for {now - last:.1f} s "
+            f"(grace period {grace:.1f} s)"
+        )
         return reason, RunResult.WORKER_LOST
     return None
 

@@ -12,7 +12,7 @@ import secrets
 import socket
 import sys
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 from builtin_tasks import BUILTIN_TASK_MODULES
 from common import db, logs, move_queue, registry, sentry
@@ -44,17 +44,35 @@ QUIT stops at once, HUP reloads the configuration, TTIN/TTOU add or remove a wor
 Exit status: 0 stopped on request, 78 configuration error, 1 fatal error (crash loop)."""
 
 OPTIONS = (
-    "tasks", "numthreads", "sleepintervalms", "listen_database_url", "graceperiodms", "queuepopsize", "drain_timeout",
-    "max_tasks_per_worker", "max_worker_memory_mb", "lease_seconds", "retention_days",
-    "dead_retention_days", "metrics_bind", "migrate", "database_url", "task_processor_database_url", "data_dir",
-    "log_level", "log_format", "sentry_dsn",
+    "tasks",
+    "numthreads",
+    "sleepintervalms",
+    "listen_database_url",
+    "graceperiodms",
+    "queuepopsize",
+    "drain_timeout",
+    "max_tasks_per_worker",
+    "max_worker_memory_mb",
+    "lease_seconds",
+    "retention_days",
+    "dead_retention_days",
+    "metrics_bind",
+    "migrate",
+    "database_url",
+    "task_processor_database_url",
+    "data_dir",
+    "log_level",
+    "log_format",
+    "sentry_dsn",
 )
+
 
 def processor_settings(options: argparse.Namespace, processor_id: str) -> ProcessorSettings:
     """The processor's settings, from parsed options; ConfigError if no database is set."""
     return ProcessorSettings(
-        database_url=db.queue_database_url(options.task_processor_database_url,
-                                           options.database_url, options.data_dir),
+        database_url=db.queue_database_url(
+            options.task_processor_database_url, options.database_url, options.data_dir
+        ),
         processor_id=processor_id,
         sleep_interval=options.sleepintervalms / 1000,
         grace_period=options.graceperiodms / 1000,
@@ -67,7 +85,8 @@ def processor_settings(options: argparse.Namespace, processor_id: str) -> Proces
         log_level=options.log_level,
         log_format=options.log_format,
         sentry_dsn=options.sentry_dsn,
-        listen_database_url=None if options.listen_database_url == POLL_ONLY
+        listen_database_url=None
+        if options.listen_database_url == POLL_ONLY
         else options.listen_database_url,
         poll_only=options.listen_database_url == POLL_ONLY,
     )
@@ -80,8 +99,11 @@ def processor_metrics(bind: tuple[str, int] | None) -> ProcessorMetrics:
     try:
         from supervisor import metrics_server  # imports prometheus_client: only when asked
     except ImportError as error:
-        exit_config_error(PROG, f"--metrics-bind needs prometheus_client ({error}); install "
-                                f"the metrics extra: pip install 'task-processor[metrics]'")
+        exit_config_error(
+            PROG,
+            f"--metrics-bind needs prometheus_client ({error}); install "
+            f"the metrics extra: pip install 'task-processor[metrics]'",
+        )
     return ProcessorMetrics(bind, metrics_server.serve, MAX_WORKERS)
 
 
@@ -110,8 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         exit_config_error(PROG, str(error))
     if not options.tasks:
-        logger.warning("no task modules given (--tasks or TASK_PROCESSOR_TASKS): this "
-                       "processor runs only the built-in tasks")
+        logger.warning(
+            "no task modules given (--tasks or TASK_PROCESSOR_TASKS): this "
+            "processor runs only the built-in tasks"
+        )
     metrics = processor_metrics(options.metrics_bind)
     import_task_modules(options.tasks or [])
     sentry.init(options.sentry_dsn, "supervisor")
@@ -124,21 +148,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             if new.tasks is not None:
                 new.tasks = split_modules(new.tasks)
             if sorted(new.tasks or []) != sorted(options.tasks or []):
-                logger.warning("SIGHUP cannot change --tasks: restart the processor to load "
-                               "other task modules")
+                logger.warning(
+                    "SIGHUP cannot change --tasks: restart the processor to load other task modules"
+                )
             return processor_settings(new, processor_id), new.numthreads
         except (ConfigError, SystemExit) as error:
             logger.error("SIGHUP: %s", error)
             return None
 
     move_queue.warn_if_left_behind(options.database_url, settings.database_url)
-    supervisor = Supervisor(settings=settings, num_workers=options.numthreads,
-                            drain_timeout=options.drain_timeout, reload_settings=reload,
-                            duties=[RecurringDuty(processor_id), UnrunnableWatch()],
-                            migrate=options.migrate, metrics=metrics)
+    supervisor = Supervisor(
+        settings=settings,
+        num_workers=options.numthreads,
+        drain_timeout=options.drain_timeout,
+        reload_settings=reload,
+        duties=[RecurringDuty(processor_id), UnrunnableWatch()],
+        migrate=options.migrate,
+        metrics=metrics,
+    )
     try:
         return supervisor.run()
-    except (SchemaOutdated, db.DatabaseRefused, MetricsServerError) as error:  # errors no restart can fix
+    except (
+        SchemaOutdated,
+        db.DatabaseRefused,
+        MetricsServerError,
+    ) as error:  # errors no restart can fix
         exit_config_error(PROG, str(error))
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from typing import Any, Protocol
 
 import psycopg2
 
@@ -57,10 +58,14 @@ class Release:
 class SupervisorDatabase:
     def __init__(self, settings: ProcessorSettings, host: str, pid: int) -> None:
         self.settings = settings
-        self.identity = {"host": host, "pid": pid, "host_key": host_key(),
-                         "process_start_ticks": start_ticks(pid),
-                         # what this processor's workers claim, for the status of the queue
-                         "task_identifiers": registry.identifiers()}
+        self.identity = {
+            "host": host,
+            "pid": pid,
+            "host_key": host_key(),
+            "process_start_ticks": start_ticks(pid),
+            # what this processor's workers claim, for the status of the queue
+            "task_identifiers": registry.identifiers(),
+        }
         self.state = "running"
         self.connection: db.Connection | None = None
         self.pending: list[Release] = []
@@ -83,8 +88,13 @@ class SupervisorDatabase:
 
     # -- start and stop -----------------------------------------------------------------------
 
-    def start(self, num_workers: int, stop_requested: Callable[[float], bool],
-              duties: list[Duty], migrate: bool = True) -> bool:
+    def start(
+        self,
+        num_workers: int,
+        stop_requested: Callable[[float], bool],
+        duties: list[Duty],
+        migrate: bool = True,
+    ) -> bool:
         """Wait for the database (retrying with backoff), migrate, register this processor and
         requeue what dead processors on this host left. False if a signal said stop first;
         :class:`db.DatabaseRefused` (a refused password, a missing role or database) is raised
@@ -94,31 +104,42 @@ class SupervisorDatabase:
             try:
                 self._connect()
                 if migrate:
-                    applied = migrations.migrate(self.connection)
+                    applied = migrations.migrate(self._connected())
                     for migration in applied:
-                        logger.info("applied migration %04d_%s", migration.version,
-                                    migration.name)
+                        logger.info("applied migration %04d_%s", migration.version, migration.name)
                 else:
-                    migrations.check_current(self.connection)
-                self._execute(queries.REGISTER, {
-                    "processor_id": self.settings.processor_id, **self.identity,
-                    "num_workers": num_workers,
-                    "grace_period_ms": int(self.settings.grace_period * 1000)})
+                    migrations.check_current(self._connected())
+                self._execute(
+                    queries.REGISTER,
+                    {
+                        "processor_id": self.settings.processor_id,
+                        **self.identity,
+                        "num_workers": num_workers,
+                        "grace_period_ms": int(self.settings.grace_period * 1000),
+                    },
+                )
                 self._requeue_dead_local_processors()
                 for duty in duties:
-                    with db.Deadline(self.connection, DUTY_STATEMENTS * self.statement_deadline):
-                        duty.start(self.connection)
+                    connection = self._connected()
+                    with db.Deadline(connection, DUTY_STATEMENTS * self.statement_deadline):
+                        duty.start(connection)
                 self.duties = duties
                 self.last_renewal, self.renewed_at = time.monotonic(), fence.now()
                 return True
             except db.DatabaseRefused:  # a configuration error: no retry will fix it
                 self._drop()
                 raise
-            except (psycopg2.OperationalError, psycopg2.InterfaceError,
-                    db.DatabaseUnavailable) as error:
+            except (
+                psycopg2.OperationalError,
+                psycopg2.InterfaceError,
+                db.DatabaseUnavailable,
+            ) as error:
                 self._drop()
-                logger.warning("database unavailable at start (%s); retrying in %.1f s",
-                               one_line(error, 300), delay)
+                logger.warning(
+                    "database unavailable at start (%s); retrying in %.1f s",
+                    one_line(error, 300),
+                    delay,
+                )
                 if stop_requested(delay):
                     return False
                 delay = min(delay * 2, RECONNECT_CAP)
@@ -142,8 +163,7 @@ class SupervisorDatabase:
 
     # -- the loop's calls ---------------------------------------------------------------------
 
-    def tend(self, num_workers: int, own_owners: list[str],
-             rows: WorkerRows = NO_ROWS) -> None:
+    def tend(self, num_workers: int, own_owners: list[str], rows: WorkerRows = NO_ROWS) -> None:
         """Beat (with the workers' rows), renew leases, requeue, run the periodic duties: each
         when it is due."""
         now = time.monotonic()
@@ -153,13 +173,16 @@ class SupervisorDatabase:
             if self.connection is None:
                 self._connect()
             self._flush_releases()
-            if now >= self.next_beat or (rows.key != self.written_rows
-                                         and now - self.last_beat >= REFRESH_AFTER):
+            if now >= self.next_beat or (
+                rows.key != self.written_rows and now - self.last_beat >= REFRESH_AFTER
+            ):
                 self._beat(num_workers, own_owners, rows)
                 self.next_beat = now + self.beat_interval
             if now >= self.next_requeue:
-                self._execute(queries.REQUEUE_EXPIRED, {
-                    "own_owners": own_owners, "reason": "its lease expired"})
+                self._execute(
+                    queries.REQUEUE_EXPIRED,
+                    {"own_owners": own_owners, "reason": "its lease expired"},
+                )
                 self._requeue_dead_local_processors()
                 self.next_requeue = now + REQUEUE_EVERY
             self._run_duties(now)
@@ -169,8 +192,9 @@ class SupervisorDatabase:
             if now >= self.next_beat:
                 self.renewals_failed += 1
             self.next_attempt = now + self.reconnect_delay
-            logger.warning("database: %s; retrying in %.1f s", one_line(error, 300),
-                           self.reconnect_delay)
+            logger.warning(
+                "database: %s; retrying in %.1f s", one_line(error, 300), self.reconnect_delay
+            )
             # Never wait longer than a beat: the leases must be renewed in time.
             self.reconnect_delay = min(self.reconnect_delay * 2, self.beat_interval)
 
@@ -182,13 +206,17 @@ class SupervisorDatabase:
         for duty in self.duties:
             if now >= duty.next_due():
                 try:
-                    with db.Deadline(self.connection, DUTY_STATEMENTS * self.statement_deadline):
-                        duty.run(self.connection)
+                    connection = self._connected()
+                    with db.Deadline(connection, DUTY_STATEMENTS * self.statement_deadline):
+                        duty.run(connection)
                 except psycopg2.Error:
                     raise
-                except Exception:  # noqa: BLE001
-                    logger.exception("periodic duty %s failed; retrying in %.0f s",
-                                     type(duty).__name__, DUTY_PAUSE)
+                except Exception:
+                    logger.exception(
+                        "periodic duty %s failed; retrying in %.0f s",
+                        type(duty).__name__,
+                        DUTY_PAUSE,
+                    )
                     self.duties_paused_until = now + DUTY_PAUSE
 
     def take_lapse(self) -> bool:
@@ -202,14 +230,17 @@ class SupervisorDatabase:
         take this processor's tasks."""
         return time.monotonic() - self.last_renewal > self.settings.lease_seconds * 0.75
 
-    def release_worker(self, owner: str, task_id: int, reason: str, result: RunResult,
-                       running_seconds: float) -> None:
+    def release_worker(
+        self, owner: str, task_id: int, reason: str, result: RunResult, running_seconds: float
+    ) -> None:
         """Give back a dead worker's tasks now, or as soon as the database answers; and once
         more a little later, for a claim the worker sent as it died, which the server may
         commit after the first release."""
         release = Release(owner, task_id, reason, result, running_seconds)
-        self.pending += [release, replace(release, task_id=0,
-                                          not_before=time.monotonic() + LATE_CLAIM_SECONDS)]
+        self.pending += [
+            release,
+            replace(release, task_id=0, not_before=time.monotonic() + LATE_CLAIM_SECONDS),
+        ]
         if time.monotonic() >= self.next_attempt:  # else the database is known to be away
             self.tend_releases()
 
@@ -226,12 +257,15 @@ class SupervisorDatabase:
     def forget_slot(self, slot: int) -> None:
         try:
             if self.connection is not None:
-                self._execute(queries.FORGET_WORKER_SLOT,
-                              {"processor_id": self.settings.processor_id, "slot": slot})
+                self._execute(
+                    queries.FORGET_WORKER_SLOT,
+                    {"processor_id": self.settings.processor_id, "slot": slot},
+                )
         except psycopg2.Error as error:
             self._drop()
-            logger.warning("could not delete the row of worker slot %d: %s", slot,
-                           one_line(error, 300))
+            logger.warning(
+                "could not delete the row of worker slot %d: %s", slot, one_line(error, 300)
+            )
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -241,12 +275,19 @@ class SupervisorDatabase:
         blocked) may be too late, and says so through :meth:`take_lapse`."""
         started, fence_started = time.monotonic(), fence.now()
         late = started - self.last_renewal > self.settings.lease_seconds * LAPSE_FRACTION
-        self._execute(queries.BEAT, {
-            "processor_id": self.settings.processor_id, **self.identity,
-            "num_workers": num_workers,
-            "grace_period_ms": int(self.settings.grace_period * 1000),
-            "state": self.state, "lease_seconds": self.settings.lease_seconds,
-            "own_owners": own_owners, **rows.params()})
+        self._execute(
+            queries.BEAT,
+            {
+                "processor_id": self.settings.processor_id,
+                **self.identity,
+                "num_workers": num_workers,
+                "grace_period_ms": int(self.settings.grace_period * 1000),
+                "state": self.state,
+                "lease_seconds": self.settings.lease_seconds,
+                "own_owners": own_owners,
+                **rows.params(),
+            },
+        )
         self.last_renewal = self.last_beat = started
         self.renewed_at = fence_started
         self.written_rows = rows.key
@@ -255,39 +296,63 @@ class SupervisorDatabase:
     def _flush_releases(self, everything: bool = False) -> None:
         now = time.monotonic()
         for release in [r for r in self.pending if everything or r.not_before <= now]:
-            self._execute(queries.RELEASE_WORKER, {
-                "owner": release.owner, "task_id": release.task_id, "reason": release.reason,
-                "result": release.result.value,
-                "backoff": release.result in (RunResult.TIMEOUT, RunResult.FAILURE),
-                "running_seconds": release.running_seconds})
+            self._execute(
+                queries.RELEASE_WORKER,
+                {
+                    "owner": release.owner,
+                    "task_id": release.task_id,
+                    "reason": release.reason,
+                    "result": release.result.value,
+                    "backoff": release.result in (RunResult.TIMEOUT, RunResult.FAILURE),
+                    "running_seconds": release.running_seconds,
+                },
+            )
             self.pending.remove(release)
 
     def _requeue_dead_local_processors(self) -> None:
         """Processors on this host whose process is gone: requeue their leases now instead of
         waiting for them to expire, and mark them stopped."""
-        rows = self._execute(queries.PROCESSORS_ON_HOST, {
-            "host_key": self.identity["host_key"], "processor_id": self.settings.processor_id})
+        rows = self._execute(
+            queries.PROCESSORS_ON_HOST,
+            {"host_key": self.identity["host_key"], "processor_id": self.settings.processor_id},
+        )
         for processor_id, pid, process_start_ticks in rows:
             if process_alive(pid, process_start_ticks):
                 continue
-            requeued = self._execute(queries.REQUEUE_PROCESSOR, {
-                "owner_prefix": lease_owner_prefix(processor_id),
-                "reason": f"its processor {processor_id} died"})
+            requeued = self._execute(
+                queries.REQUEUE_PROCESSOR,
+                {
+                    "owner_prefix": lease_owner_prefix(processor_id),
+                    "reason": f"its processor {processor_id} died",
+                },
+            )
             self._execute(queries.MARK_STOPPED, {"processor_id": processor_id})
-            logger.warning("processor %s (pid %d) is gone: requeued %d of its tasks",
-                           processor_id, pid, requeued[0][0] if requeued else 0)
+            logger.warning(
+                "processor %s (pid %d) is gone: requeued %d of its tasks",
+                processor_id,
+                pid,
+                requeued[0][0] if requeued else 0,
+            )
 
     def _connect(self) -> None:
         if self.connection is None:
-            self.connection = db.connect(self.settings.database_url, "supervisor",
-                                         statement_timeout_ms=STATEMENT_TIMEOUT_MS,
-                                         connect_timeout=max(2, int(self.statement_deadline)))
+            self.connection = db.connect(
+                self.settings.database_url,
+                "supervisor",
+                statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+                connect_timeout=max(2, int(self.statement_deadline)),
+            )
 
-    def _execute(self, statement, params: dict) -> list[tuple]:
-        with db.Deadline(self.connection, self.statement_deadline):
-            with self.connection.cursor() as cursor:
-                cursor.execute(statement, params)
-                return cursor.fetchall() if cursor.description else []
+    def _execute(self, statement: Any, params: dict) -> list[tuple]:
+        connection = self._connected()
+        with db.Deadline(connection, self.statement_deadline), connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+
+    def _connected(self) -> db.Connection:
+        """The open connection (its callers connect first)."""
+        assert self.connection is not None
+        return self.connection
 
     @property
     def statement_deadline(self) -> float:

@@ -40,8 +40,13 @@ RECONNECT_BASE, RECONNECT_CAP = 0.5, 5.0
 
 
 class Listener:
-    def __init__(self, database_url: str | None, sleep_interval: float, statement_deadline: float,
-                 wakeups: WakeUps) -> None:
+    def __init__(
+        self,
+        database_url: str | None,
+        sleep_interval: float,
+        statement_deadline: float,
+        wakeups: WakeUps,
+    ) -> None:
         self.database_url = database_url
         self.sleep_interval = sleep_interval
         self.statement_deadline = statement_deadline
@@ -68,8 +73,7 @@ class Listener:
         workers as there are reasons to: notifications, a due time reached, the poll."""
         now = time.monotonic()
         announced = self._take_notifications() if readable else 0
-        if self.connection is None and self.database_url is not None \
-                and now >= self.next_connect:
+        if self.connection is None and self.database_url is not None and now >= self.next_connect:
             self._connect(now)
         tokens = min(announced, len(idle))
         due = [moment for moment in self._pending_due(idle) if moment <= now]
@@ -99,10 +103,13 @@ class Listener:
     def _connect(self, now: float) -> None:
         assert self.database_url is not None
         try:
-            self.connection = db.connect(self.database_url, "listener",
-                                         connect_timeout=CONNECT_TIMEOUT)
-            with db.Deadline(self.connection, self.statement_deadline), \
-                    self.connection.cursor() as cursor:
+            self.connection = db.connect(
+                self.database_url, "listener", connect_timeout=CONNECT_TIMEOUT
+            )
+            with (
+                db.Deadline(self.connection, self.statement_deadline),
+                self.connection.cursor() as cursor,
+            ):
                 cursor.execute(LISTEN)
         except (psycopg2.Error, db.DatabaseUnavailable) as error:
             self._drop(now, error)
@@ -125,8 +132,11 @@ class Listener:
         return count
 
     def _drop(self, now: float, error: BaseException) -> None:
-        logger.warning("listening connection: %s; reconnecting in %.1f s",
-                       " ".join(str(error).split())[:300], self.reconnect_delay)
+        logger.warning(
+            "listening connection: %s; reconnecting in %.1f s",
+            " ".join(str(error).split())[:300],
+            self.reconnect_delay,
+        )
         self.close()
         self.next_connect = now + self.reconnect_delay
         self.reconnect_delay = min(self.reconnect_delay * 2, RECONNECT_CAP)

@@ -39,8 +39,17 @@ KILLED_LEASE_FENCE = "lease_fence"  # its own lease fence fired (the supervisor 
 KILLED_DRAIN_DEADLINE = "drain_deadline"  # still running at the end of --drain-timeout
 KILLED_SHUTDOWN = "shutdown"  # the processor was stopped at once
 DIED = "died"  # not killed by the supervisor: a crash, the OOM killer, a kill from outside
-KILL_REASONS = (KILLED_TIMEOUT, KILLED_STUCK, KILLED_STOPPED, KILLED_MEMORY, KILLED_LEASE,
-                KILLED_LEASE_FENCE, KILLED_DRAIN_DEADLINE, KILLED_SHUTDOWN, DIED)
+KILL_REASONS = (
+    KILLED_TIMEOUT,
+    KILLED_STUCK,
+    KILLED_STOPPED,
+    KILLED_MEMORY,
+    KILLED_LEASE,
+    KILLED_LEASE_FENCE,
+    KILLED_DRAIN_DEADLINE,
+    KILLED_SHUTDOWN,
+    DIED,
+)
 
 START_TIMEOUT = 10.0  # how long the server process may take to bind
 RESTART_DELAY = 1.0
@@ -55,8 +64,9 @@ class MetricsServerError(Exception):
 
 
 class ProcessorMetrics:
-    def __init__(self, bind: tuple[str, int] | None, serve: Serve | None,
-                 worker_pages: int) -> None:
+    def __init__(
+        self, bind: tuple[str, int] | None, serve: Serve | None, worker_pages: int
+    ) -> None:
         self.bind = bind
         self.serve = serve
         self.worker_pages = worker_pages
@@ -124,8 +134,10 @@ class ProcessorMetrics:
             os.close(read)
         if "port" not in answer:
             self._kill_server()
-            raise MetricsServerError(f"cannot serve metrics on {_address(*self.bind)}: "
-                                     f"{answer.get('error', 'no answer')}")
+            raise MetricsServerError(
+                f"cannot serve metrics on {_address(*self.bind)}: "
+                f"{answer.get('error', 'no answer')}"
+            )
         self.bind = (self.bind[0], answer["port"])
         logger.info("metrics on http://%s/metrics", _address(*self.bind))
 
@@ -133,8 +145,9 @@ class ProcessorMetrics:
         """The supervisor reaped ``pid``: True if it was the server process."""
         if pid != self.server_pid or self.server_pid is None:
             return False
-        logger.error("the metrics server (pid %d) exited; restarting it in %.0f s", pid,
-                     RESTART_DELAY)
+        logger.error(
+            "the metrics server (pid %d) exited; restarting it in %.0f s", pid, RESTART_DELAY
+        )
         self.server_pid = None
         self.restart_at = time.monotonic() + RESTART_DELAY
         return True
@@ -169,8 +182,7 @@ def _become_server_process(signal_mask: set[int]) -> None:
     terminal's Ctrl-C reaches the whole group), then let signals in."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     signal.set_wakeup_fd(-1)
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
-                   signal.SIGQUIT):
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -36,8 +36,12 @@ class BoardCollector(Collector):
         self.supervisor_page = board.pages - 1
 
     def collect(self) -> Iterator[Metric]:
-        slots_used, started, killed, renewals_failed = \
-            self.board.read(self.supervisor_page) or (0, 0, {}, 0)
+        slots_used, started, killed, renewals_failed = self.board.read(self.supervisor_page) or (
+            0,
+            0,
+            {},
+            0,
+        )
         durations: dict[tuple, Series] = {}
         start_delays: dict[tuple, Series] = {}
         for page in range(slots_used):
@@ -47,33 +51,44 @@ class BoardCollector(Collector):
                 _add(start_delays, published[1])
 
         finished = CounterMetricFamily(
-            "task_processor_finished_tasks", "Attempts finished by this processor's workers.",
-            labels=["task_identifier", "task_type", "result"])
+            "task_processor_finished_tasks",
+            "Attempts finished by this processor's workers.",
+            labels=["task_identifier", "task_type", "result"],
+        )
         duration = HistogramMetricFamily(
-            "task_processor_task_duration_seconds", "How long each attempt ran.",
-            labels=["task_identifier", "task_type", "result"])
+            "task_processor_task_duration_seconds",
+            "How long each attempt ran.",
+            labels=["task_identifier", "task_type", "result"],
+        )
         for key, series in sorted(durations.items()):
             finished.add_metric(list(key), sum(series[:-1]))
             duration.add_metric(list(key), _buckets(series, DURATION_BUCKETS), series[-1])
         start_delay = HistogramMetricFamily(
             "task_processor_task_start_delay_seconds",
             "From when a task was due (enqueued, or its delay_until or retry time) to the "
-            "start of its attempt.", labels=["task_identifier", "task_type"])
+            "start of its attempt.",
+            labels=["task_identifier", "task_type"],
+        )
         for key, series in sorted(start_delays.items()):
             start_delay.add_metric(list(key), _buckets(series, START_DELAY_BUCKETS), series[-1])
         yield from (finished, duration, start_delay)
 
         kills = CounterMetricFamily(
-            "task_processor_workers_killed", "Worker processes that ended without being asked "
-            "to stop, by reason.", labels=["reason"])
+            "task_processor_workers_killed",
+            "Worker processes that ended without being asked to stop, by reason.",
+            labels=["reason"],
+        )
         for reason in sorted({*KILL_REASONS, *killed}):
             kills.add_metric([reason], killed.get(reason, 0))
         yield kills
-        yield CounterMetricFamily("task_processor_workers_started",
-                                  "Worker processes started.", value=started)
-        yield CounterMetricFamily("task_processor_lease_renewals_failed",
-                                  "Lease renewals that were due and failed (database "
-                                  "unreachable or too slow).", value=renewals_failed)
+        yield CounterMetricFamily(
+            "task_processor_workers_started", "Worker processes started.", value=started
+        )
+        yield CounterMetricFamily(
+            "task_processor_lease_renewals_failed",
+            "Lease renewals that were due and failed (database unreachable or too slow).",
+            value=renewals_failed,
+        )
 
 
 def serve(board: MetricsBoard, host: str, port: int, report: int) -> NoReturn:

@@ -9,7 +9,6 @@ from common.lifecycle import (
     FINISHED_IF_DEAD,
     GIVE_BACK_UNSTARTED,
     LEASE_FREED,
-    OUT_OF_ATTEMPTS,
     RETRY_DELAY,
     WAITING_OR_DEAD,
     WAKE,
@@ -45,19 +44,23 @@ SELECT count(*) FROM requeued, LATERAL (SELECT {WAKE}) AS wake
 
 # Expired leases anywhere in the cluster (a processor on another host died with its tasks),
 # a bounded batch per heartbeat so that one statement never locks much.
-REQUEUE_EXPIRED = sql.SQL(_REQUEUE_LOST).format(select=sql.SQL("""
+REQUEUE_EXPIRED = sql.SQL(_REQUEUE_LOST).format(
+    select=sql.SQL("""
     SELECT id, lease_owner FROM task_processor.tasks
     WHERE state = 'running' AND lease_expires_at < now()
       AND NOT (lease_owner = ANY(%(own_owners)s))
     ORDER BY lease_expires_at
     LIMIT 500
-    FOR UPDATE SKIP LOCKED"""))
+    FOR UPDATE SKIP LOCKED""")
+)
 
 # Every lease of one processor that is known to be dead.
-REQUEUE_PROCESSOR = sql.SQL(_REQUEUE_LOST).format(select=sql.SQL("""
+REQUEUE_PROCESSOR = sql.SQL(_REQUEUE_LOST).format(
+    select=sql.SQL("""
     SELECT id, lease_owner FROM task_processor.tasks
     WHERE state = 'running' AND starts_with(lease_owner, %(owner_prefix)s)
-    FOR UPDATE"""))
+    FOR UPDATE""")
+)
 
 # The supervisor's heartbeat: its row (re-created if an operator deleted it), the leases of
 # its live workers, renewed, and their rows (from the heartbeat slots), in one statement.

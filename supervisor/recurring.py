@@ -40,16 +40,21 @@ class RecurringDuty:
         """Record what this processor knows, write its definitions, retire removed ones."""
         self._known = {definition.identifier: definition for definition in definitions()}
         self._write_definitions(connection, list(self._known.values()))
-        logger.info("recurring tasks of this processor: %s",
-                    ", ".join(self._known) or "none")
+        logger.info("recurring tasks of this processor: %s", ", ".join(self._known) or "none")
         self._retire_removed(connection)
         self._next_due = time.monotonic()
 
-    def _write_definitions(self, connection: db.Connection, known: list[RecurringDefinition]) -> None:
+    def _write_definitions(
+        self, connection: db.Connection, known: list[RecurringDefinition]
+    ) -> None:
         with connection.cursor() as cursor:
-            cursor.execute(recurring_queries.RECORD_KNOWN, {
-                "processor_id": self.processor_id,
-                "identifiers": [definition.identifier for definition in known]})
+            cursor.execute(
+                recurring_queries.RECORD_KNOWN,
+                {
+                    "processor_id": self.processor_id,
+                    "identifiers": [definition.identifier for definition in known],
+                },
+            )
             cursor.execute(recurring_queries.UPSERT_DEFINITIONS, self._definition_rows(known))
 
     def next_due(self) -> float:
@@ -66,13 +71,17 @@ class RecurringDuty:
         upcoming = self._due_soon(connection)
         missing = [identifier for identifier, seconds in upcoming if seconds is None]
         if missing:
-            logger.warning("recurring tasks %s had no definition row (retired while this "
-                           "processor could not reach the database, or deleted): writing them "
-                           "again", ", ".join(missing))
+            logger.warning(
+                "recurring tasks %s had no definition row (retired while this "
+                "processor could not reach the database, or deleted): writing them "
+                "again",
+                ", ".join(missing),
+            )
             self._write_definitions(connection, [self._known[i] for i in missing])
             upcoming = self._due_soon(connection)
-        due = [identifier for identifier, seconds in upcoming if seconds is not None
-               and seconds <= 0]
+        due = [
+            identifier for identifier, seconds in upcoming if seconds is not None and seconds <= 0
+        ]
         for identifier in due:
             self._enqueue(connection, self._known[identifier])
         if due:  # learn the new times, whoever advanced them
@@ -92,39 +101,63 @@ class RecurringDuty:
 
     def _due_soon(self, connection: db.Connection) -> list[tuple[str, float]]:
         with connection.cursor() as cursor:
-            cursor.execute(recurring_queries.DUE_SOON, {"horizon_seconds": RECHECK_SECONDS,
-                                                    "identifiers": list(self._known)})
+            cursor.execute(
+                recurring_queries.DUE_SOON,
+                {"horizon_seconds": RECHECK_SECONDS, "identifiers": list(self._known)},
+            )
             return cursor.fetchall()
 
     def _enqueue(self, connection: db.Connection, definition: RecurringDefinition) -> None:
         kind = definition.kind
         with connection.cursor() as cursor:
-            cursor.execute(recurring_queries.ENQUEUE_DUE, {
-                "identifier": definition.identifier, "priority": kind.priority,
-                "max_attempts": kind.max_attempts, "timeout_ms": kind.timeout_ms})
+            cursor.execute(
+                recurring_queries.ENQUEUE_DUE,
+                {
+                    "identifier": definition.identifier,
+                    "priority": kind.priority,
+                    "max_attempts": kind.max_attempts,
+                    "timeout_ms": kind.timeout_ms,
+                },
+            )
             row = cursor.fetchone()
         if row is None:
             return  # another processor enqueued this slot first
         slot, task_id = row
         if task_id is None:
-            logger.warning("recurring task %s: slot %s already had a task", definition.identifier,
-                           slot.isoformat())
+            logger.warning(
+                "recurring task %s: slot %s already had a task",
+                definition.identifier,
+                slot.isoformat(),
+            )
         else:
-            logger.info("recurring task %s: queued task %s for %s", definition.identifier,
-                        task_id, slot.isoformat())
+            logger.info(
+                "recurring task %s: queued task %s for %s",
+                definition.identifier,
+                task_id,
+                slot.isoformat(),
+            )
 
     def _retire_removed(self, connection: db.Connection) -> None:
         with connection.cursor() as cursor:
-            cursor.execute(recurring_queries.RETIRE_REMOVED, {
-                "processor_id": self.processor_id, "identifiers": list(self._known),
-                "silent_seconds": SILENT_PROCESSOR_SECONDS})
+            cursor.execute(
+                recurring_queries.RETIRE_REMOVED,
+                {
+                    "processor_id": self.processor_id,
+                    "identifiers": list(self._known),
+                    "silent_seconds": SILENT_PROCESSOR_SECONDS,
+                },
+            )
             removed = cursor.fetchall()
         for identifier, retired in removed:
             if retired:
                 logger.info("recurring task %s is no longer defined: retired", identifier)
             else:
-                logger.info("recurring task %s is no longer defined here but a live processor "
-                            "still has it: retiring it later", identifier)
+                logger.info(
+                    "recurring task %s is no longer defined here but a live processor "
+                    "still has it: retiring it later",
+                    identifier,
+                )
         self._retirement_pending = not all(retired for _, retired in removed)
-        self._next_retirement_check = (time.monotonic() + RECHECK_SECONDS
-                                       if self._retirement_pending else float("inf"))
+        self._next_retirement_check = (
+            time.monotonic() + RECHECK_SECONDS if self._retirement_pending else float("inf")
+        )

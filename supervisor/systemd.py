@@ -45,7 +45,9 @@ class Notifier:
             return
         try:
             if self._socket is None:
-                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._socket = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                )
             self._socket.sendto("\n".join(lines).encode(), self._address)
         except OSError as error:
             logger.warning("could not notify systemd at %r: %s", self._address, error)

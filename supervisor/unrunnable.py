@@ -35,11 +35,18 @@ class UnrunnableWatch:
         for group in found:
             if group.oldest_seconds < WAITED_LONG:
                 continue
-            others = (f"{group.live_processors_knowing} live processors know it but have not "
-                      f"kept up" if group.live_processors_knowing else
-                      "no live processor knows it: start one whose --tasks modules register "
-                      "it, or delete these tasks")
-            logger.warning("%d tasks of %s have waited up to %.0f s: this processor does not "
-                           "know %s (it is not registered by its --tasks modules); %s",
-                           group.waiting, group.identifier, group.oldest_seconds,
-                           group.identifier, others)
+            others = (
+                f"{group.live_processors_knowing} live processors know it but have not kept up"
+                if group.live_processors_knowing
+                else "no live processor knows it: start one whose --tasks modules register "
+                "it, or delete these tasks"
+            )
+            logger.warning(
+                "%d tasks of %s have waited up to %.0f s: this processor does not "
+                "know %s (it is not registered by its --tasks modules); %s",
+                group.waiting,
+                group.identifier,
+                group.oldest_seconds,
+                group.identifier,
+                others,
+            )

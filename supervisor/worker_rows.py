@@ -39,13 +39,20 @@ class WorkerRows:
     @property
     def key(self) -> tuple:
         """What the rows say besides the passing of time: a change is worth writing soon."""
-        return tuple(zip(self.slots, self.pids, self.generations, self.states, self.task_ids))
+        columns = (self.slots, self.pids, self.generations, self.states, self.task_ids)
+        return tuple(zip(*columns, strict=True))
 
     def params(self) -> dict[str, list]:
-        return {"worker_slots": self.slots, "worker_pids": self.pids,
-                "worker_generations": self.generations, "worker_states": self.states,
-                "worker_task_ids": self.task_ids, "worker_deadlines_in": self.deadlines_in,
-                "worker_beat_ages": self.beat_ages, "worker_rss_bytes": self.rss_bytes}
+        return {
+            "worker_slots": self.slots,
+            "worker_pids": self.pids,
+            "worker_generations": self.generations,
+            "worker_states": self.states,
+            "worker_task_ids": self.task_ids,
+            "worker_deadlines_in": self.deadlines_in,
+            "worker_beat_ages": self.beat_ages,
+            "worker_rss_bytes": self.rss_bytes,
+        }
 
 
 NO_ROWS = WorkerRows([], [], [], [], [], [], [], [])
@@ -60,7 +67,7 @@ def worker_rows(beats: list[Beat | None], slots: list[int], grace: float) -> Wor
     keeps the age of its last beat; a busy one, the start of its task."""
     now = time.monotonic()
     rows = WorkerRows([], [], [], [], [], [], [], [])
-    for slot, beat in zip(slots, beats):
+    for slot, beat in zip(slots, beats, strict=True):
         if beat is None or beat.state not in _STATES:
             continue
         busy = beat.state == WorkerState.BUSY

@@ -1,7 +1,10 @@
 """The exceptions, where the reference's users import them from."""
 
-from common.errors import (InvalidArgumentsError, TaskBackoffError, TaskProcessingError,
-                           TaskQueueFullError)
+from common.errors import (
+    InvalidArgumentsError,
+    TaskBackoffError,
+    TaskProcessingError,
+    TaskQueueFullError,
+)
 
-__all__ = ["InvalidArgumentsError", "TaskBackoffError", "TaskProcessingError",
-           "TaskQueueFullError"]
+__all__ = ["InvalidArgumentsError", "TaskBackoffError", "TaskProcessingError", "TaskQueueFullError"]

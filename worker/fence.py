@@ -86,8 +86,12 @@ class _Itimerspec(ctypes.Structure):
 
 
 class _Sigevent(ctypes.Structure):  # struct sigevent on Linux: 64 bytes
-    _fields_ = [("sigev_value", ctypes.c_void_p), ("sigev_signo", ctypes.c_int),
-                ("sigev_notify", ctypes.c_int), ("_rest", ctypes.c_byte * 48)]
+    _fields_ = [
+        ("sigev_value", ctypes.c_void_p),
+        ("sigev_signo", ctypes.c_int),
+        ("sigev_notify", ctypes.c_int),
+        ("_rest", ctypes.c_byte * 48),
+    ]
 
 
 class KillTimer:

@@ -56,20 +56,37 @@ class Slots:
             raise IndexError(f"slot {slot} outside 0..{self.capacity - 1}")
         return slot * SLOT_SIZE
 
-    def write(self, slot: int, pid: int, generation: int, state: WorkerState,
-              task_id: int = 0, deadline: float = 0.0, tasks_done: int = 0) -> None:
+    def write(
+        self,
+        slot: int,
+        pid: int,
+        generation: int,
+        state: WorkerState,
+        task_id: int = 0,
+        deadline: float = 0.0,
+        tasks_done: int = 0,
+    ) -> None:
         """Publish a beat: bump the sequence to odd, write, bump it back to even."""
         offset = self._offset(slot)
         sequence = self._sequence.get(offset)
         self._sequence.set(offset, sequence + 1)
-        _FIELDS.pack_into(self._memory, offset + 8, pid, generation, int(state),
-                          time.monotonic(), task_id, deadline, tasks_done)
+        _FIELDS.pack_into(
+            self._memory,
+            offset + 8,
+            pid,
+            generation,
+            int(state),
+            time.monotonic(),
+            task_id,
+            deadline,
+            tasks_done,
+        )
         self._sequence.set(offset, sequence + 2)
 
     def clear(self, slot: int) -> None:
         """Reset a slot to EMPTY with an even sequence (the supervisor, before a new worker)."""
         offset = self._offset(slot)
-        self._memory[offset:offset + SLOT_SIZE] = bytes(SLOT_SIZE)
+        self._memory[offset : offset + SLOT_SIZE] = bytes(SLOT_SIZE)
 
     def read(self, slot: int) -> Beat | None:
         """A consistent reading, or None if the writer stayed mid-write for every try (it was
@@ -82,8 +99,7 @@ class Slots:
                 after = self._sequence.get(offset)
                 if before == after:
                     pid, generation, state, beat, task_id, deadline, done = fields
-                    return Beat(pid, generation, WorkerState(state), beat, task_id, deadline,
-                                done)
+                    return Beat(pid, generation, WorkerState(state), beat, task_id, deadline, done)
         return None
 
     def any_idle(self, besides: int) -> bool:

@@ -49,8 +49,9 @@ def run_waiting_tasks(database_url: str | None = None, max_tasks: int = 1000) ->
     return the attempts in the order they ran. Tasks of other identifiers, and tasks due later
     (``delay_until``, a retry's backoff), stay waiting."""
     url = database_url or db.queue_database_url()
-    settings = ProcessorSettings(database_url=url, processor_id=f"tests-{os.getpid()}",
-                                 lease_seconds=LEASE_SECONDS)
+    settings = ProcessorSettings(
+        database_url=url, processor_id=f"tests-{os.getpid()}", lease_seconds=LEASE_SECONDS
+    )
     owner = lease_owner(settings.processor_id, 0, 1)
     connection = db.connect(url, "tests")
     ran: list[RanTask] = []
@@ -62,14 +63,19 @@ def run_waiting_tasks(database_url: str | None = None, max_tasks: int = 1000) ->
                     return ran
                 if len(ran) + len(batch) > max_tasks:
                     _give_back(connection, owner, batch)
-                    raise TooManyTasks(f"more than {max_tasks} tasks ran and more are due; "
-                                       f"raise max_tasks if that is expected")
+                    raise TooManyTasks(
+                        f"more than {max_tasks} tasks ran and more are due; "
+                        f"raise max_tasks if that is expected"
+                    )
                 outcomes = [run_task(task) for task in batch]
                 with connection.cursor() as cursor:
                     cursor.execute(queries.FINISH, queries.finish_parameters(outcomes, owner))
-                ran += [RanTask(task.id, task.identifier, *_arguments(task), outcome.result,
-                                outcome.error)
-                        for task, outcome in zip(batch, outcomes, strict=True)]
+                ran += [
+                    RanTask(
+                        task.id, task.identifier, *_arguments(task), outcome.result, outcome.error
+                    )
+                    for task, outcome in zip(batch, outcomes, strict=True)
+                ]
     finally:
         connection.close()
 
@@ -85,14 +91,18 @@ def _arguments(task: ClaimedTask) -> tuple[list[Any], dict[str, Any]]:
 
 def _claim(connection: db.Connection, owner: str) -> list[ClaimedTask]:
     with connection.cursor() as cursor:
-        cursor.execute(queries.CLAIM, queries.claim_parameters(
-            limit=BATCH, owner=owner, lease_seconds=LEASE_SECONDS,
-            known=registry.identifiers()))
+        cursor.execute(
+            queries.CLAIM,
+            queries.claim_parameters(
+                limit=BATCH, owner=owner, lease_seconds=LEASE_SECONDS, known=registry.identifiers()
+            ),
+        )
         rows = cursor.fetchall()
     return [ClaimedTask(*row[:-1]) for row in rows if row[0] is not None]
 
 
 def _give_back(connection: db.Connection, owner: str, batch: list[ClaimedTask]) -> None:
     with connection.cursor() as cursor:
-        cursor.execute(queries.RELEASE_UNSTARTED,
-                       {"ids": [task.id for task in batch], "owner": owner})
+        cursor.execute(
+            queries.RELEASE_UNSTARTED, {"ids": [task.id for task in batch], "owner": owner}
+        )

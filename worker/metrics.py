@@ -27,11 +27,43 @@ from worker.runner import ClaimedTask
 logger = logging.getLogger(__name__)
 
 # prometheus_client's default buckets: the reference's duration histogram uses them.
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-                    10.0, math.inf)
+DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    math.inf,
+)
 # From due to started: milliseconds when the processors keep up, hours behind a backlog.
-START_DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                       60.0, 300.0, 900.0, 3600.0, math.inf)
+START_DELAY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    math.inf,
+)
 
 PAGE_SIZE = 128 * 1024  # two buffers; only the pages a process touches take memory
 _HEADER = struct.Struct("=QI")  # sequence (odd while writing), length of the data
@@ -63,7 +95,7 @@ class MetricsBoard:
         odd = max(sequences) + (1 if max(sequences) % 2 == 0 else 2)
         _HEADER.pack_into(self._memory, target, odd, len(data))
         start = target + _HEADER.size
-        self._memory[start:start + len(data)] = data
+        self._memory[start : start + len(data)] = data
         _HEADER.pack_into(self._memory, target, odd + 1, len(data))
         return True
 
@@ -92,7 +124,7 @@ class MetricsBoard:
                 if before == 0 or before % 2:
                     break  # never written, or a writer died in it (or is in it: try later)
                 start = offset + _HEADER.size
-                data = bytes(self._memory[start:start + min(length, self._half)])
+                data = bytes(self._memory[start : start + min(length, self._half)])
                 if _HEADER.unpack_from(self._memory, offset)[0] == before:
                     if best is None or before > best[0]:
                         best = (before, data, offset)
@@ -120,10 +152,18 @@ class AttemptMetrics:
 
     def observe(self, task: ClaimedTask, result: str, started: float, finished: float) -> None:
         task_type = "recurring" if task.recurring else "standard"
-        _observe(self.durations, (task.identifier, task_type, result), DURATION_BUCKETS,
-                 finished - started)
-        _observe(self.start_delays, (task.identifier, task_type), START_DELAY_BUCKETS,
-                 max(0.0, task.waited + started - self.claimed_at))
+        _observe(
+            self.durations,
+            (task.identifier, task_type, result),
+            DURATION_BUCKETS,
+            finished - started,
+        )
+        _observe(
+            self.start_delays,
+            (task.identifier, task_type),
+            START_DELAY_BUCKETS,
+            max(0.0, task.waited + started - self.claimed_at),
+        )
         self._changed = True
 
     def publish(self) -> None:
@@ -131,15 +171,22 @@ class AttemptMetrics:
         if not self._changed:
             return
         self._changed = False
-        if not self.board.write(self.page, (self.durations, self.start_delays)) \
-                and not self._too_large:
+        if (
+            not self.board.write(self.page, (self.durations, self.start_delays))
+            and not self._too_large
+        ):
             self._too_large = True  # thousands of task identifiers: say it once
-            logger.error("the attempt metrics of %d series do not fit in %d bytes; this "
-                         "worker's are no longer updated", len(self.durations), PAGE_SIZE // 2)
+            logger.error(
+                "the attempt metrics of %d series do not fit in %d bytes; this "
+                "worker's are no longer updated",
+                len(self.durations),
+                PAGE_SIZE // 2,
+            )
 
 
-def _observe(series_of: dict[Any, Series], key: Any, buckets: tuple[float, ...],
-             value: float) -> None:
+def _observe(
+    series_of: dict[Any, Series], key: Any, buckets: tuple[float, ...], value: float
+) -> None:
     series = series_of.get(key)
     if series is None:
         series = series_of[key] = [0] * len(buckets) + [0.0]

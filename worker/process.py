@@ -16,6 +16,7 @@ import select
 import signal
 import sys
 import time
+from typing import Any
 
 import psutil
 import psycopg2
@@ -47,10 +48,19 @@ _RETRY_BASE, _RETRY_CAP = 0.1, 5.0  # reconnect backoff while the database is do
 
 
 class Worker:
-    def __init__(self, settings: ProcessorSettings, slots: Slots, slot: int, generation: int,
-                 parent_pid: int, signal_mask: set[int] | None = None, *,
-                 fence_board: FenceBoard, wakeups: WakeUps,
-                 metrics_board: MetricsBoard | None = None) -> None:
+    def __init__(
+        self,
+        settings: ProcessorSettings,
+        slots: Slots,
+        slot: int,
+        generation: int,
+        parent_pid: int,
+        signal_mask: set[int] | None = None,
+        *,
+        fence_board: FenceBoard,
+        wakeups: WakeUps,
+        metrics_board: MetricsBoard | None = None,
+    ) -> None:
         self.settings = settings
         self.slots = slots
         self.slot = slot
@@ -82,9 +92,11 @@ class Worker:
             self._boot()
             self._loop()
         except _StopRequested:
-            logger.info("worker %s leaves without waiting for the database: it was asked to "
-                        "stop", self.owner)
-        except BaseException:  # noqa: BLE001 - a worker must always leave through _exit
+            logger.info(
+                "worker %s leaves without waiting for the database: it was asked to stop",
+                self.owner,
+            )
+        except BaseException:
             logger.exception("worker %s crashed", self.owner)
             code = 1
         finally:
@@ -99,8 +111,9 @@ class Worker:
         self._reset_signals()
         self.pid = os.getpid()
         self._beat(WorkerState.BOOTING)
-        logs.configure(self.settings.log_level, self.settings.log_format,
-                       role=f"worker {self.slot}")
+        logs.configure(
+            self.settings.log_level, self.settings.log_format, role=f"worker {self.slot}"
+        )
         sentry.init(self.settings.sentry_dsn, f"worker {self.slot}")
         enter_processor(self.settings)
         # Programs that tasks start find the queue even when its URL was given to the
@@ -142,8 +155,13 @@ class Worker:
         """Drop the supervisor's handlers: TERM asks this worker to stop after its task; the
         rest is the supervisor's business. USR1 dumps every thread's stack to the log."""
         signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
-                       signal.SIGQUIT):
+        for signum in (
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGTTIN,
+            signal.SIGTTOU,
+            signal.SIGQUIT,
+        ):
             # Caught and dropped rather than SIG_IGN: an ignored signal would stay ignored in
             # every program a task starts, while a handler resets to the default on exec.
             signal.signal(signum, _drop_signal)
@@ -197,7 +215,9 @@ class Worker:
     def _wait(self, timeout: float, take_token: bool = True) -> bool:
         """Sleep until a wake-up token (if ``take_token``), a signal or ``timeout``; True if
         this worker took a token (it claims next)."""
-        watched = [self._wakeup_read, self.wakeups] if take_token else [self._wakeup_read]
+        watched: list[Any] = (
+            [self._wakeup_read, self.wakeups] if take_token else [self._wakeup_read]
+        )
         try:
             readable, _, _ = select.select(watched, [], [], timeout)
         except OSError:
@@ -264,15 +284,19 @@ class Worker:
         try:
             return self._database(lambda: self._finish(outcomes))
         except (psycopg2.Error, ValueError) as error:
-            logger.error("worker %s could not record %d outcomes together (%s); recording them "
-                         "one by one", self.owner, len(outcomes), one_line(error))
+            logger.error(
+                "worker %s could not record %d outcomes together (%s); recording them one by one",
+                self.owner,
+                len(outcomes),
+                one_line(error),
+            )
         kept = True
         for outcome in outcomes:
             try:
-                kept &= self._database(lambda: self._finish([outcome]))
+                kept &= self._database(lambda one=outcome: self._finish([one]))
             except (psycopg2.Error, ValueError) as error:
                 replacement = outcome.unrecordable(error)
-                kept &= self._database(lambda: self._finish([replacement]))
+                kept &= self._database(lambda one=replacement: self._finish([one]))
         return kept
 
     def _give_back(self, tasks: list[ClaimedTask]) -> None:
@@ -294,17 +318,26 @@ class Worker:
             except psycopg2.errors.InvalidSqlStatementName:
                 if not self.prepared:
                     raise
-                logger.info("worker %s: the database connection does not keep prepared "
-                            "statements (a pooler in transaction mode?): sending them as text",
-                            self.owner)
+                logger.info(
+                    "worker %s: the database connection does not keep prepared "
+                    "statements (a pooler in transaction mode?): sending them as text",
+                    self.owner,
+                )
                 self.prepared = False
-            except (psycopg2.OperationalError, psycopg2.InterfaceError, db.DatabaseUnavailable) \
-                    as error:
+            except (
+                psycopg2.OperationalError,
+                psycopg2.InterfaceError,
+                db.DatabaseUnavailable,
+            ) as error:
                 self._drop_connection()
                 if self.stopping:
                     raise _StopRequested from error
-                logger.warning("worker %s: database unavailable (%s); retrying in %.1f s",
-                               self.owner, one_line(error, 200), delay)
+                logger.warning(
+                    "worker %s: database unavailable (%s); retrying in %.1f s",
+                    self.owner,
+                    one_line(error, 200),
+                    delay,
+                )
                 self._sleep_beating(delay)
                 delay = min(delay * 2, _RETRY_CAP)
 
@@ -343,14 +376,20 @@ class Worker:
             self.metrics.publish()
         try:
             with self._cursor() as cursor:
-                cursor.execute(self._sql(queries.RECORD_THEN_CLAIM_STATEMENT),
-                               {**self._outcome_params(outcomes), **self._claim_params()})
+                cursor.execute(
+                    self._sql(queries.RECORD_THEN_CLAIM_STATEMENT),
+                    {**self._outcome_params(outcomes), **self._claim_params()},
+                )
                 rows = cursor.fetchall()
         except (psycopg2.Error, ValueError) as error:
             if db.is_connection_error(error) or vanished(error):
                 raise  # reconnect, or send plain statements, and try again (see _database)
-            logger.error("worker %s could not record %d outcomes with its claim (%s)",
-                         self.owner, len(outcomes), one_line(error))
+            logger.error(
+                "worker %s could not record %d outcomes with its claim (%s)",
+                self.owner,
+                len(outcomes),
+                one_line(error),
+            )
             self.unrecorded = []
             self._record(outcomes)
             return self._claim()
@@ -359,9 +398,12 @@ class Worker:
         return self._claimed([row[:-1] for row in rows])
 
     def _claim_params(self) -> dict:
-        return queries.claim_parameters(limit=self.settings.queue_pop_size, owner=self.owner,
-                                        lease_seconds=self.settings.lease_seconds,
-                                        known=self.known)
+        return queries.claim_parameters(
+            limit=self.settings.queue_pop_size,
+            owner=self.owner,
+            lease_seconds=self.settings.lease_seconds,
+            known=self.known,
+        )
 
     def _claimed(self, rows: list[tuple]) -> tuple[list[ClaimedTask], float | None]:
         """The tasks of a claim's rows, and in how many seconds the next delayed one is due."""
@@ -377,8 +419,12 @@ class Worker:
         """False, with a warning, if a lease was lost before its outcome was recorded."""
         lost = [o.task_id for o in outcomes if o.task_id not in recorded]
         if lost:
-            logger.warning("worker %s lost the lease of tasks %s before recording them; their "
-                           "results were not written", self.owner, lost)
+            logger.warning(
+                "worker %s lost the lease of tasks %s before recording them; their "
+                "results were not written",
+                self.owner,
+                lost,
+            )
         return not lost
 
     def _finish(self, outcomes: list[Outcome]) -> bool:
@@ -401,8 +447,9 @@ class Worker:
     # -- heartbeats and housekeeping ----------------------------------------------------------
 
     def _beat(self, state: WorkerState, task_id: int = 0, deadline: float = 0.0) -> None:
-        self.slots.write(self.slot, self.pid, self.generation, state, task_id, deadline,
-                         self.tasks_done)
+        self.slots.write(
+            self.slot, self.pid, self.generation, state, task_id, deadline, self.tasks_done
+        )
 
     def _sleep_beating(self, seconds: float) -> None:
         """Sleep ``seconds`` (without a connection), beating; a signal ends the sleep."""
@@ -423,8 +470,12 @@ class Worker:
         if self.settings.max_memory_mb and self.tasks_done:
             rss_mb = self._process.memory_info().rss / (1024 * 1024)
             if rss_mb > self.settings.max_memory_mb:
-                logger.info("worker %s uses %.0f MiB (limit %d); recycling", self.owner,
-                            rss_mb, self.settings.max_memory_mb)
+                logger.info(
+                    "worker %s uses %.0f MiB (limit %d); recycling",
+                    self.owner,
+                    rss_mb,
+                    self.settings.max_memory_mb,
+                )
                 return True
         return False
 

@@ -10,7 +10,7 @@ package, loaded by pytest).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -22,8 +22,10 @@ MARKER = "task_run_method"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", f"{MARKER}(method): TASK_RUN_METHOD for this test: TASK_PROCESSOR, "
-                   f"SEPARATE_THREAD or SYNCHRONOUSLY (task-processor plugin)")
+        "markers",
+        f"{MARKER}(method): TASK_RUN_METHOD for this test: TASK_PROCESSOR, "
+        f"SEPARATE_THREAD or SYNCHRONOUSLY (task-processor plugin)",
+    )
 
 
 def _valid(method: str | TaskRunMethod) -> str:
@@ -36,17 +38,21 @@ def _valid(method: str | TaskRunMethod) -> str:
 
 
 @pytest.fixture
-def task_run_method(request: pytest.FixtureRequest,
-                    monkeypatch: pytest.MonkeyPatch) -> Callable[[str | TaskRunMethod], None]:
+def task_run_method(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str | TaskRunMethod], None]:
     """Sets ``TASK_RUN_METHOD`` for the rest of this test; the marker's method to begin with."""
+
     def set_method(method: str | TaskRunMethod) -> None:
         monkeypatch.setenv("TASK_RUN_METHOD", _valid(method))
 
     marker = request.node.get_closest_marker(MARKER)
     if marker is not None:
         if len(marker.args) != 1:
-            raise pytest.UsageError(f"@pytest.mark.{MARKER} takes one run method, e.g. "
-                                    f"@pytest.mark.{MARKER}('TASK_PROCESSOR')")
+            raise pytest.UsageError(
+                f"@pytest.mark.{MARKER} takes one run method, e.g. "
+                f"@pytest.mark.{MARKER}('TASK_PROCESSOR')"
+            )
         set_method(marker.args[0])
     return set_method
 
@@ -71,5 +77,5 @@ class TaskRunner:
 
 
 @pytest.fixture
-def run_tasks() -> Iterator[TaskRunner]:
-    yield TaskRunner()
+def run_tasks() -> TaskRunner:
+    return TaskRunner()

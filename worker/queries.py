@@ -4,7 +4,8 @@ are one statement together, so a draining worker costs one round trip per batch.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from common.lifecycle import (
     FINISHED_IF_DEAD,
@@ -129,9 +130,14 @@ FINISH = "WITH " + _RECORD_CTES + _RECORD_RUNS
 # (half the statements and commits of a drain). The claim's clean-up of orphaned leases leaves
 # alone the tasks being recorded; the recorded ids come back with every row.
 RECORD_THEN_CLAIM = (
-    "WITH " + _RECORD_CTES + ", recorded AS (" + _RECORD_RUNS + "), "
+    "WITH "
+    + _RECORD_CTES
+    + ", recorded AS ("
+    + _RECORD_RUNS
+    + "), "
     + _CLAIM_CTES.format(keep_recorded="\n      AND NOT (id = ANY(%(ids)s::bigint[]))")
-    + _CLAIM_RESULT.format(recorded=", ARRAY(SELECT task_id FROM recorded) AS recorded"))
+    + _CLAIM_RESULT.format(recorded=", ARRAY(SELECT task_id FROM recorded) AS recorded")
+)
 
 # Gives back claimed tasks that this worker did not start (it is draining, recycling or
 # handing them to idle peers): the claim's attempt is undone and idle workers are woken.
@@ -147,11 +153,16 @@ SELECT count(*) FROM released, LATERAL (SELECT {WAKE}) AS wake
 
 # Claims and recordings are sent thousands of times a second while draining: each worker
 # connection prepares them once (planning costs about as much as running them).
-_CLAIM_TYPES = {"limit": "integer", "owner": "text", "lease_seconds": "integer",
-                "known": "text[]"}
-_RECORD_TYPES = {"ids": "bigint[]", "outcomes": "text[]", "errors": "text[]",
-                 "started": "timestamptz[]", "finished": "timestamptz[]",
-                 "retry_at": "timestamptz[]", "owner": "text"}
+_CLAIM_TYPES = {"limit": "integer", "owner": "text", "lease_seconds": "integer", "known": "text[]"}
+_RECORD_TYPES = {
+    "ids": "bigint[]",
+    "outcomes": "text[]",
+    "errors": "text[]",
+    "started": "timestamptz[]",
+    "finished": "timestamptz[]",
+    "retry_at": "timestamptz[]",
+    "owner": "text",
+}
 PREPARED = (
     Prepared("claim", CLAIM, _CLAIM_TYPES),
     Prepared("finish", FINISH, _RECORD_TYPES),
@@ -160,11 +171,11 @@ PREPARED = (
 CLAIM_STATEMENT, FINISH_STATEMENT, RECORD_THEN_CLAIM_STATEMENT = PREPARED
 
 
-def claim_parameters(*, limit: int, owner: str, lease_seconds: int,
-                     known: Sequence[str]) -> dict[str, Any]:
+def claim_parameters(
+    *, limit: int, owner: str, lease_seconds: int, known: Sequence[str]
+) -> dict[str, Any]:
     """The parameters of :data:`CLAIM`."""
-    return {"limit": limit, "owner": owner, "lease_seconds": lease_seconds,
-            "known": list(known)}
+    return {"limit": limit, "owner": owner, "lease_seconds": lease_seconds, "known": list(known)}
 
 
 def finish_parameters(outcomes: Sequence[Outcome], owner: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from common import registry
@@ -50,22 +50,33 @@ class Outcome:
     finished_at: datetime
     retry_at: datetime | None = None
 
-    def unrecordable(self, problem: Exception) -> "Outcome":
+    def unrecordable(self, problem: Exception) -> Outcome:
         """This attempt as a failure that says why its own outcome could not be stored."""
         reason = one_line(problem, 500)
-        return replace(self, result="failure", retry_at=None,
-                       error=storable(f"the outcome of this attempt could not be recorded "
-                                      f"({reason}); it was: {self.result}"))
+        return replace(
+            self,
+            result="failure",
+            retry_at=None,
+            error=storable(
+                f"the outcome of this attempt could not be recorded "
+                f"({reason}); it was: {self.result}"
+            ),
+        )
 
     def overran(self, timeout_ms: int) -> Outcome:
         """This attempt as a timeout: it ended past its deadline, whatever its code returned
         (a signal may have cut short the C call it was blocked in)."""
         took = (self.finished_at - self.started_at).total_seconds()
-        note = f"; its code had returned: {self.result}" + (f"\n{self.error}" if self.error
-                                                             else "")
-        return replace(self, result="timeout", retry_at=None, error=storable(
-            f"TimeoutError: the task exceeded its timeout of {timeout_ms / 1000:g} s "
-            f"(it ended after {took:.1f} s){note}"))
+        note = f"; its code had returned: {self.result}" + (f"\n{self.error}" if self.error else "")
+        return replace(
+            self,
+            result="timeout",
+            retry_at=None,
+            error=storable(
+                f"TimeoutError: the task exceeded its timeout of {timeout_ms / 1000:g} s "
+                f"(it ended after {took:.1f} s){note}"
+            ),
+        )
 
 
 def decode_arguments(task: ClaimedTask) -> tuple[list[Any], dict[str, Any]]:
@@ -77,11 +88,9 @@ def decode_arguments(task: ClaimedTask) -> tuple[list[Any], dict[str, Any]]:
     except ValueError as error:
         raise UndecodableArguments(f"its arguments are not valid JSON ({error})") from None
     if not isinstance(args, list):
-        raise UndecodableArguments(f"its args must be a JSON array, got "
-                                   f"{type(args).__name__}")
+        raise UndecodableArguments(f"its args must be a JSON array, got {type(args).__name__}")
     if not isinstance(kwargs, dict):
-        raise UndecodableArguments(f"its kwargs must be a JSON object, got "
-                                   f"{type(kwargs).__name__}")
+        raise UndecodableArguments(f"its kwargs must be a JSON object, got {type(kwargs).__name__}")
     return args, kwargs
 
 
@@ -89,7 +98,7 @@ def run_task(task: ClaimedTask) -> Outcome:
     """Run ``task``'s handler; an unknown identifier, arguments that cannot be decoded or any
     exception fail this task alone. A process that the task forked never gets past this
     function: it must not run the worker's code on the worker's connection."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     result, error, retry_at = "success", None, None
     worker_pid = os.getpid()
     try:
@@ -103,8 +112,10 @@ def run_task(task: ClaimedTask) -> Outcome:
             error = f"TaskBackoffError: retry requested for {retry_at or 'the next backoff'}"
         else:
             result, retry_at = "failure", None
-            error = (f"TaskBackoffError(delay_until={backoff.delay_until!r}): delay_until must "
-                     f"be a timezone-aware datetime or None")
+            error = (
+                f"TaskBackoffError(delay_until={backoff.delay_until!r}): delay_until must "
+                f"be a timezone-aware datetime or None"
+            )
     except registry.UnknownTaskError as unknown:
         result, error = "failure", f"UnknownTaskError: {unknown}"
     except UndecodableArguments as undecodable:
@@ -117,9 +128,15 @@ def run_task(task: ClaimedTask) -> Outcome:
             os._exit(0 if result == "success" else 1)  # a child the task forked ends here
     error = storable(error)
     if result != "success":
-        logger.warning("task %s (%s) attempt %d/%d: %s", task.id, task.identifier, task.attempt,
-                       task.max_attempts, (error or "").strip().splitlines()[-1])
-    return Outcome(task.id, result, error, started, datetime.now(timezone.utc), retry_at)
+        logger.warning(
+            "task %s (%s) attempt %d/%d: %s",
+            task.id,
+            task.identifier,
+            task.attempt,
+            task.max_attempts,
+            (error or "").strip().splitlines()[-1],
+        )
+    return Outcome(task.id, result, error, started, datetime.now(UTC), retry_at)
 
 
 def run_within_deadline(task: ClaimedTask, deadline: float) -> Outcome:

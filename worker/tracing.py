@@ -28,14 +28,20 @@ def _run_traced(task: ClaimedTask, run: Callable[[], Outcome]) -> Outcome:
     parent = TraceContextTextMapPropagator().extract(tracing.carrier(task.trace_context))
     tracer = trace.get_tracer(tracing.TRACER_NAME)
     with tracer.start_as_current_span(
-            task.identifier, context=parent, kind=trace.SpanKind.CONSUMER,
-            attributes={"task_processor.task_identifier": task.identifier,
-                        "task_processor.task_id": task.id,
-                        "task_processor.attempt": task.attempt}) as span:
+        task.identifier,
+        context=parent,
+        kind=trace.SpanKind.CONSUMER,
+        attributes={
+            "task_processor.task_identifier": task.identifier,
+            "task_processor.task_id": task.id,
+            "task_processor.attempt": task.attempt,
+        },
+    ) as span:
         outcome = run()
         span.set_attribute("task_processor.result", outcome.result)
         if outcome.result != "success":
             last_line = (outcome.error or outcome.result).strip().splitlines()[-1:]
-            span.set_status(trace.Status(trace.StatusCode.ERROR,
-                                         last_line[0] if last_line else outcome.result))
+            span.set_status(
+                trace.Status(trace.StatusCode.ERROR, last_line[0] if last_line else outcome.result)
+            )
     return outcome

@@ -54,9 +54,14 @@ class Gate:
     """The dashboard's access rules for one set of settings."""
 
     def __init__(self, settings: ApiSettings) -> None:
-        self.tokens = {level: token for level, token in (
-            (Access.ACT, settings.dashboard_token), (Access.READ, settings.monitoring_token))
-            if token}
+        self.tokens = {
+            level: token
+            for level, token in (
+                (Access.ACT, settings.dashboard_token),
+                (Access.READ, settings.monitoring_token),
+            )
+            if token
+        }
         self.open_for_reading = settings.loopback_only
 
     @property
@@ -107,8 +112,9 @@ class Gate:
     def csrf_valid(self, session: str | None, given: str) -> bool:
         if session is None or self.session_level(session) is Access.NONE:
             return False
-        return hmac.compare_digest(given.encode("utf-8", "replace"),
-                                   self.csrf_token(session).encode("ascii"))
+        return hmac.compare_digest(
+            given.encode("utf-8", "replace"), self.csrf_token(session).encode("ascii")
+        )
 
 
 def new_login_nonce() -> str:

@@ -32,17 +32,33 @@ def throughput_chart(minutes: list[dict]) -> Markup:
         x = LEFT + index * slot + 1
         succeeded_height = plot_height * minute["succeeded"] / peak
         failed_height = plot_height * minute["failed"] / peak
-        label = (f"{minute['minutes_ago']} min ago: {minute['succeeded']} succeeded, "
-                 f"{minute['failed']} failed")
-        bars.append(el("g", el("title", label),
-                       el("rect", x=f"{x:.1f}", y=f"{HEIGHT - BOTTOM - succeeded_height:.1f}",
-                          width=f"{slot - 2:.1f}", height=f"{succeeded_height:.1f}",
-                          class_="bar-succeeded"),
-                       el("rect", x=f"{x:.1f}",
-                          y=f"{HEIGHT - BOTTOM - succeeded_height - failed_height:.1f}",
-                          width=f"{slot - 2:.1f}", height=f"{failed_height:.1f}",
-                          class_="bar-failed"),
-                       class_="minute"))
+        label = (
+            f"{minute['minutes_ago']} min ago: {minute['succeeded']} succeeded, "
+            f"{minute['failed']} failed"
+        )
+        bars.append(
+            el(
+                "g",
+                el("title", label),
+                el(
+                    "rect",
+                    x=f"{x:.1f}",
+                    y=f"{HEIGHT - BOTTOM - succeeded_height:.1f}",
+                    width=f"{slot - 2:.1f}",
+                    height=f"{succeeded_height:.1f}",
+                    class_="bar-succeeded",
+                ),
+                el(
+                    "rect",
+                    x=f"{x:.1f}",
+                    y=f"{HEIGHT - BOTTOM - succeeded_height - failed_height:.1f}",
+                    width=f"{slot - 2:.1f}",
+                    height=f"{failed_height:.1f}",
+                    class_="bar-failed",
+                ),
+                class_="minute",
+            )
+        )
     axis = [
         el("line", x1=LEFT, y1=HEIGHT - BOTTOM, x2=WIDTH, y2=HEIGHT - BOTTOM, class_="axis"),
         el("line", x1=LEFT, y1=TOP, x2=WIDTH, y2=TOP, class_="grid"),
@@ -53,8 +69,18 @@ def throughput_chart(minutes: list[dict]) -> Markup:
     ]
     total_succeeded = sum(m["succeeded"] for m in minutes)
     total_failed = sum(m["failed"] for m in minutes)
-    summary = (f"Attempts per minute over the last hour: {total_succeeded} succeeded, "
-               f"{total_failed} failed")
-    return el("svg", el("title", summary), join(axis), join(bars),
-              viewBox=f"0 0 {WIDTH} {HEIGHT}", role="img", class_="chart",
-              id="throughput-chart", aria_label=summary)
+    summary = (
+        f"Attempts per minute over the last hour: {total_succeeded} succeeded, "
+        f"{total_failed} failed"
+    )
+    return el(
+        "svg",
+        el("title", summary),
+        join(axis),
+        join(bars),
+        viewBox=f"0 0 {WIDTH} {HEIGHT}",
+        role="img",
+        class_="chart",
+        id="throughput-chart",
+        aria_label=summary,
+    )

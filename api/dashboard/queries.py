@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from admin import queries as admin_queries
 from api.metrics_queries import TASKS_BY_IDENTIFIER
 from api.pool import Cursor
-from admin import queries as admin_queries
 from common import control
 
 Row = dict[str, Any]
@@ -80,11 +80,11 @@ WHERE (%(state)s::text IS NULL OR state = %(state)s)
 """
 
 # Keyset paging, newest first: a page before an id (older) or after one (newer).
-_TASKS_BEFORE = (_TASK_COLUMNS + _LIST_FILTER
-                 + "AND (%(before)s::bigint IS NULL OR id < %(before)s) "
-                   "ORDER BY id DESC LIMIT %(limit)s")
-_TASKS_AFTER = (_TASK_COLUMNS + _LIST_FILTER
-                + "AND id > %(after)s ORDER BY id ASC LIMIT %(limit)s")
+_TASKS_BEFORE = (
+    _TASK_COLUMNS + _LIST_FILTER + "AND (%(before)s::bigint IS NULL OR id < %(before)s) "
+    "ORDER BY id DESC LIMIT %(limit)s"
+)
+_TASKS_AFTER = _TASK_COLUMNS + _LIST_FILTER + "AND id > %(after)s ORDER BY id ASC LIMIT %(limit)s"
 
 _TASK = """
 SELECT id, identifier, state, attempts, max_attempts, priority, timeout_ms, args, kwargs,
@@ -127,18 +127,22 @@ def by_identifier(cursor: Cursor) -> list[Row]:
 def overview(cursor: Cursor, identifiers: list[Row]) -> Row:
     """The totals of ``identifiers``, and the tasks that succeeded or were cancelled in the
     last hour."""
-    totals: Row = {key: sum(row[key] for row in identifiers)
-                   for key in ("due", "scheduled", "running", "dead")}
-    totals["oldest_due_seconds"] = max((row["oldest_due_seconds"] for row in identifiers),
-                                       default=0.0)
+    totals: Row = {
+        key: sum(row[key] for row in identifiers) for key in ("due", "scheduled", "running", "dead")
+    }
+    totals["oldest_due_seconds"] = max(
+        (row["oldest_due_seconds"] for row in identifiers), default=0.0
+    )
     return totals | _rows(cursor, _FINISHED_LAST_HOUR)[0]
 
 
 def throughput(cursor: Cursor) -> list[Row]:
     """60 rows, oldest minute first, each with its succeeded and failed attempts."""
     found = {row["minutes_ago"]: row for row in _rows(cursor, _THROUGHPUT)}
-    return [found.get(ago, {"minutes_ago": ago, "succeeded": 0, "failed": 0})
-            for ago in range(59, -1, -1)]
+    return [
+        found.get(ago, {"minutes_ago": ago, "succeeded": 0, "failed": 0})
+        for ago in range(59, -1, -1)
+    ]
 
 
 def processors(cursor: Cursor) -> list[Row]:
@@ -150,11 +154,22 @@ def processors(cursor: Cursor) -> list[Row]:
     return found
 
 
-def tasks(cursor: Cursor, state: str | None, identifier: str | None, before: int | None = None,
-          after: int | None = None, limit: int = PAGE_SIZE) -> list[Row]:
+def tasks(
+    cursor: Cursor,
+    state: str | None,
+    identifier: str | None,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = PAGE_SIZE,
+) -> list[Row]:
     """One page of tasks, newest first; one more than ``limit`` tells that a next page exists."""
-    params = {"state": state, "identifier": identifier, "before": before, "after": after,
-              "limit": limit + 1}
+    params = {
+        "state": state,
+        "identifier": identifier,
+        "before": before,
+        "after": after,
+        "limit": limit + 1,
+    }
     if after is not None:
         return list(reversed(_rows(cursor, _TASKS_AFTER, params)))
     return _rows(cursor, _TASKS_BEFORE, params)
@@ -175,11 +190,15 @@ def recurring(cursor: Cursor) -> list[Row]:
 
 # -- actions: each returns the ids it changed ------------------------------------------------
 
-def requeue_dead(cursor: Cursor, task_id: int | None = None,
-                 identifier: str | None = None) -> list[int]:
+
+def requeue_dead(
+    cursor: Cursor, task_id: int | None = None, identifier: str | None = None
+) -> list[int]:
     """One dead task by id, or every dead task of an identifier, back to waiting."""
-    cursor.execute(admin_queries.REQUEUE_DEAD,
-                   {"ids": [task_id] if task_id is not None else None, "identifier": identifier})
+    cursor.execute(
+        admin_queries.REQUEUE_DEAD,
+        {"ids": [task_id] if task_id is not None else None, "identifier": identifier},
+    )
     return [row[0] for row in cursor.fetchall()]
 
 

@@ -17,8 +17,12 @@ from pathlib import Path
 
 import psycopg2
 
-BINDIR = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
-                             check=False).stdout.strip() or "/usr/lib/postgresql/15/bin")
+BINDIR = Path(
+    subprocess.run(
+        ["pg_config", "--bindir"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    or "/usr/lib/postgresql/15/bin"
+)
 
 
 def server_programs_missing() -> str | None:
@@ -45,8 +49,9 @@ def _as_server_user(command: list[str]) -> list[str]:
 
 
 def _run(command: list[str], timeout: float = 60) -> None:
-    result = subprocess.run(_as_server_user(command), capture_output=True, text=True,
-                            timeout=timeout, check=False)
+    result = subprocess.run(
+        _as_server_user(command), capture_output=True, text=True, timeout=timeout, check=False
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {result.stdout}{result.stderr}")
 
@@ -74,34 +79,77 @@ class Cluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def init_primary(self, settings: dict[str, str] | None = None) -> Cluster:
-        _run([str(BINDIR / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-              "--no-sync"])
-        lines = {"listen_addresses": "'127.0.0.1'", "port": str(self.port),
-                 "unix_socket_directories": f"'{self.root}'", "fsync": "off",
-                 "wal_level": "replica", "max_wal_senders": "5", "wal_keep_size": "'64MB'",
-                 **(settings or {})}
+        _run(
+            [
+                str(BINDIR / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ]
+        )
+        lines = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.root}'",
+            "fsync": "off",
+            "wal_level": "replica",
+            "max_wal_senders": "5",
+            "wal_keep_size": "'64MB'",
+            **(settings or {}),
+        }
         with open(self.data / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in lines.items())
         with open(self.data / "pg_hba.conf", "a", encoding="utf-8") as hba:
             hba.write("host replication all 127.0.0.1/32 trust\n")
         return self
 
-    def init_standby_of(self, primary: Cluster,
-                        settings: dict[str, str] | None = None) -> Cluster:
+    def init_standby_of(self, primary: Cluster, settings: dict[str, str] | None = None) -> Cluster:
         """A streaming standby of ``primary`` (which must be running), on its own port, with
         ``settings`` over those it copied from the primary."""
-        _run([str(BINDIR / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
-              "-U", "postgres", "-D", str(self.data), "-R", "-X", "stream", "--no-sync"])
+        _run(
+            [
+                str(BINDIR / "pg_basebackup"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(primary.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(self.data),
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ]
+        )
         with open(self.data / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
-            conf.write(f"port = {self.port}\nunix_socket_directories = '{self.root}'\n"
-                       f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres "
-                       f"application_name=standby'\n")
+            conf.write(
+                f"port = {self.port}\nunix_socket_directories = '{self.root}'\n"
+                f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres "
+                f"application_name=standby'\n"
+            )
             conf.writelines(f"{key} = {value}\n" for key, value in (settings or {}).items())
         return self
 
     def start(self) -> Cluster:
-        _run([str(BINDIR / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t",
-              "60", "start"])
+        _run(
+            [
+                str(BINDIR / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
         return self
 
     def stop(self, mode: str = "immediate", remove: bool = False) -> None:

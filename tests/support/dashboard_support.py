@@ -17,20 +17,29 @@ DASHBOARD_TOKEN = "act-token-123"
 MONITORING_TOKEN = "read-token-456"
 
 
-def add_task(conn, identifier: str = "mail.send", state: str = "waiting",
-             due_in_seconds: float = -1, args: str = "[]", error: str | None = None) -> int:
+def add_task(
+    conn,
+    identifier: str = "mail.send",
+    state: str = "waiting",
+    due_in_seconds: float = -1,
+    args: str = "[]",
+    error: str | None = None,
+) -> int:
     finished = "now()" if state in ("succeeded", "dead", "cancelled") else "NULL"
-    return fetch_all(conn, f"""
+    return fetch_all(
+        conn,
+        f"""
         INSERT INTO task_processor.tasks (identifier, state, scheduled_for, args, last_error,
                                           finished_at, attempts)
         VALUES (%s, %s, now() + make_interval(secs => %s), %s, %s, {finished},
                 CASE WHEN %s = 'dead' THEN 3 ELSE 0 END)
-        RETURNING id""", (identifier, state, due_in_seconds, args, error, state))[0][0]
+        RETURNING id""",
+        (identifier, state, due_in_seconds, args, error, state),
+    )[0][0]
 
 
 def state_of(conn, task_id: int) -> str:
-    return fetch_all(conn, "SELECT state FROM task_processor.tasks WHERE id = %s",
-                     (task_id,))[0][0]
+    return fetch_all(conn, "SELECT state FROM task_processor.tasks WHERE id = %s", (task_id,))[0][0]
 
 
 class Session:
@@ -49,8 +58,9 @@ class Session:
         if form is not None:
             data = urlencode(form).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-        status, head, body = self.server.raw(path, headers, "POST" if form is not None
-                                             else "GET", data)
+        status, head, body = self.server.raw(
+            path, headers, "POST" if form is not None else "GET", data
+        )
         for name, value in head.items():
             if name.lower() == "set-cookie":
                 self.set_cookie_headers.append(value)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -20,8 +21,9 @@ import psycopg2.extensions
 from common import migrations
 
 # The server the tests use: the machine's, or the embedded one that .ci/run starts without it.
-ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL",
-                           "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def _admin() -> psycopg2.extensions.connection:
@@ -83,19 +85,32 @@ def drop_database(name: str) -> None:
     _admin_command(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def fetch_all(connection: psycopg2.extensions.connection, sql: str,
-              params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple]:
+def fetch_all(
+    connection: psycopg2.extensions.connection,
+    sql: str,
+    params: Sequence[Any] | dict[str, Any] = (),
+) -> list[tuple]:
     """Run ``sql`` and return every row."""
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
 
 
-def insert_task(conn, identifier: str = "demo.task", state: str = "waiting",
-                scheduled: str = "now()", attempts: int = 0, error: str | None = None) -> int:
+def insert_task(
+    conn,
+    identifier: str = "demo.task",
+    state: str = "waiting",
+    scheduled: str = "now()",
+    attempts: int = 0,
+    error: str | None = None,
+) -> int:
     finished = "now()" if state in ("succeeded", "dead") else "NULL"
-    return fetch_all(conn, f"""
+    return fetch_all(
+        conn,
+        f"""
         INSERT INTO task_processor.tasks (identifier, args, kwargs, state, scheduled_for,
                                           attempts, finished_at, last_error)
         VALUES (%s, '[1, "two"]', '{{"k": true}}', %s, {scheduled}, %s, {finished}, %s)
-        RETURNING id""", (identifier, state, attempts, error))[0][0]
+        RETURNING id""",
+        (identifier, state, attempts, error),
+    )[0][0]

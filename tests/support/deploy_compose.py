@@ -24,8 +24,18 @@ from typing import Any
 from deploy_files import ROOT, compose
 from deploy_podman import Containers
 
-KNOWN_KEYS = {"image", "build", "environment", "command", "healthcheck", "depends_on", "restart",
-              "ports", "volumes", "stop_grace_period"}
+KNOWN_KEYS = {
+    "image",
+    "build",
+    "environment",
+    "command",
+    "healthcheck",
+    "depends_on",
+    "restart",
+    "ports",
+    "volumes",
+    "stop_grace_period",
+}
 # Compose durations: "1m30s", "45s", "500ms".
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
@@ -33,8 +43,9 @@ DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
 def seconds(duration: str) -> float:
     parts = DURATION.findall(duration)
-    assert "".join(number + unit for number, unit in parts) == duration, \
+    assert "".join(number + unit for number, unit in parts) == duration, (
         f"not a Compose duration: {duration!r}"
+    )
     return sum(float(number) * DURATION_SECONDS[unit] for number, unit in parts)
 
 
@@ -64,8 +75,11 @@ def healthcheck_options(healthcheck: dict[str, Any]) -> list[str]:
     test = healthcheck["test"]
     assert test[0] == "CMD", f"healthcheck test must be exec form (CMD), got {test[0]}"
     options = ["--health-cmd", json.dumps(test[1:])]
-    for key, option in (("interval", "--health-interval"), ("timeout", "--health-timeout"),
-                        ("start_period", "--health-start-period")):
+    for key, option in (
+        ("interval", "--health-interval"),
+        ("timeout", "--health-timeout"),
+        ("start_period", "--health-start-period"),
+    ):
         if key in healthcheck:
             options += [option, f"{seconds(healthcheck[key]):g}s"]
     if "retries" in healthcheck:
@@ -86,8 +100,9 @@ def run_options(name: str, service: dict[str, Any], substitutions: Substitutions
         assert source.startswith("./"), f"{name}: only bind mounts of the checkout: {volume}"
         options += ["--volume", f"{ROOT / source[2:]}:{target}"]
     if "healthcheck" in service:
-        options += [substitutions.apply(option)
-                    for option in healthcheck_options(service["healthcheck"])]
+        options += [
+            substitutions.apply(option) for option in healthcheck_options(service["healthcheck"])
+        ]
     if "restart" in service:
         options += ["--restart", service["restart"]]
     if "stop_grace_period" in service:
@@ -128,8 +143,9 @@ def is_healthy(stack: Stack, name: str) -> bool:
 
 def exit_code(stack: Stack, name: str) -> int | None:
     """The exit status of a service's container once it has exited, else None."""
-    state = stack.containers.podman.inspect(stack.container(name),
-                                            "{{.State.Status}} {{.State.ExitCode}}").split()
+    state = stack.containers.podman.inspect(
+        stack.container(name), "{{.State.Status}} {{.State.ExitCode}}"
+    ).split()
     return int(state[1]) if state[0] == "exited" else None
 
 
@@ -153,8 +169,7 @@ def dependencies(service: dict[str, Any]) -> dict[str, str]:
     return {name: spec.get("condition", "service_started") for name, spec in depends_on.items()}
 
 
-def up(containers: Containers, substitutions: Substitutions, wait: Any,
-       timeout: float) -> Stack:
+def up(containers: Containers, substitutions: Substitutions, wait: Any, timeout: float) -> Stack:
     """Start every service in order, each once the conditions of its dependencies hold.
 
     ``wait(predicate, timeout=..., message=...)`` polls until the predicate holds.
@@ -164,14 +179,18 @@ def up(containers: Containers, substitutions: Substitutions, wait: Any,
     for name in start_order(services):
         service = services[name]
         for dependency, condition in dependencies(service).items():
-            wait(lambda dependency=dependency, condition=condition:
-                 condition_met(stack, dependency, condition),
-                 timeout=timeout, message=f"{name}: {dependency} to reach {condition}")
+            wait(
+                lambda dependency=dependency, condition=condition: condition_met(
+                    stack, dependency, condition
+                ),
+                timeout=timeout,
+                message=f"{name}: {dependency} to reach {condition}",
+            )
         if name in substitutions.host_services:
             stack.started[name] = None
             continue
         command = [substitutions.apply(word) for word in service.get("command", [])]
         stack.started[name] = containers.start(
-            substitutions.image, *command,
-            options=tuple(run_options(name, service, substitutions)))
+            substitutions.image, *command, options=tuple(run_options(name, service, substitutions))
+        )
     return stack

@@ -27,8 +27,10 @@ def setup_cfg() -> configparser.ConfigParser:
 def console_scripts() -> dict[str, str]:
     """setup.cfg's console scripts: name -> ``module:function``."""
     entries = setup_cfg()["options.entry_points"]["console_scripts"].strip().splitlines()
-    return {name.strip(): target.strip()
-            for name, _, target in (entry.partition("=") for entry in entries)}
+    return {
+        name.strip(): target.strip()
+        for name, _, target in (entry.partition("=") for entry in entries)
+    }
 
 
 def compose() -> dict[str, Any]:
@@ -100,8 +102,11 @@ def dockerignore_pattern(pattern: str) -> re.Pattern[str]:
 def sent_to_builder(path: str) -> bool:
     """Whether .dockerignore lets ``path`` into the build context (the last match wins, and a
     pattern that matches a parent directory matches everything below it)."""
-    rules = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
-             if line.strip() and not line.strip().startswith("#")]
+    rules = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
     prefixes = ["/".join(path.split("/")[:n]) for n in range(1, path.count("/") + 2)]
     included = True
     for rule in rules:

@@ -56,20 +56,37 @@ class Podman:
     def command(self, *args: str) -> list[str]:
         # Without the bind mount of the storage on itself, the run's directory can be deleted
         # like any other once its containers are removed.
-        return ["podman", "--root", str(self.root), "--runroot", str(self.runroot),
-                "--storage-opt", "overlay.skip_mount_home=true", *args]
+        return [
+            "podman",
+            "--root",
+            str(self.root),
+            "--runroot",
+            str(self.runroot),
+            "--storage-opt",
+            "overlay.skip_mount_home=true",
+            *args,
+        ]
 
     @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
 
-    def run(self, *args: str, timeout: float = 120, check: bool = True,
-            **kwargs) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(self.command(*args), env=self.env, capture_output=True,
-                                text=True, timeout=timeout, **kwargs)
+    def run(
+        self, *args: str, timeout: float = 120, check: bool = True, **kwargs
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            self.command(*args),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kwargs,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)} exited {result.returncode}:\n"
-                                 f"{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"podman {' '.join(args)} exited {result.returncode}:\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def inspect(self, name: str, template: str) -> str:
@@ -117,8 +134,13 @@ def why_podman_cannot_run() -> str | None:
 def pip_settings() -> dict[str, dict[str, str]]:
     """pip's effective configuration on this machine, by section, as ``pip config list``
     reports it: files and PIP_* variables, the variables winning."""
-    listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], check=True,
-                             capture_output=True, text=True, timeout=60).stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     sections: dict[str, dict[str, str]] = {}
     from_environment: dict[str, str] = {}
     for line in listing.splitlines():
@@ -140,15 +162,21 @@ def pip_build_volumes(directory: Path) -> list[str]:
     keeps at most their empty mount points, never their contents."""
     settings = pip_settings()
     config = directory / "pip.conf"
-    config.write_text("".join(f"[{section}]\n" + "".join(f"{name} = {value}\n"
-                                                           for name, value in values.items())
-                              for section, values in settings.items()))
+    config.write_text(
+        "".join(
+            f"[{section}]\n" + "".join(f"{name} = {value}\n" for name, value in values.items())
+            for section, values in settings.items()
+        )
+    )
     volumes = [f"{config}:/etc/pip.conf:ro"]
     for values in settings.values():
         for word in " ".join(values.values()).split():
             # A local index (file://.../simple) links to files beside it: mount its parent.
-            path = (os.path.dirname(word.removeprefix("file://").rstrip("/"))
-                    if word.startswith("file://") else word)
+            path = (
+                os.path.dirname(word.removeprefix("file://").rstrip("/"))
+                if word.startswith("file://")
+                else word
+            )
             if path.startswith("/") and os.path.exists(path):
                 volumes.append(f"{path}:{path}:ro")
     return [option for volume in sorted(set(volumes)) for option in ("--volume", volume)]
@@ -159,10 +187,19 @@ def debootstrap_base(podman: Podman, directory: Path, name: str) -> None:
     rootfs = directory / "rootfs"
     log = directory / "debootstrap.log"
     with log.open("w") as output:
-        result = subprocess.run(["debootstrap", "--variant=minbase",
-                                 f"--include={','.join(BASE_PACKAGES)}", DEBIAN_SUITE,
-                                 str(rootfs), DEBIAN_MIRROR], stdout=output,
-                                stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT)
+        result = subprocess.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
+                DEBIAN_SUITE,
+                str(rootfs),
+                DEBIAN_MIRROR,
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            timeout=BUILD_TIMEOUT,
+        )
     if result.returncode != 0:
         raise CannotRunHere(f"debootstrap failed: {log.read_text()[-2000:]}")
     for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
@@ -170,8 +207,15 @@ def debootstrap_base(podman: Podman, directory: Path, name: str) -> None:
             if entry.is_file():
                 entry.unlink()
     archive = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    podman.run("import", "--change", "ENV=LANG=C.UTF-8", "-", name, stdin=archive.stdout,
-               timeout=BUILD_TIMEOUT)
+    podman.run(
+        "import",
+        "--change",
+        "ENV=LANG=C.UTF-8",
+        "-",
+        name,
+        stdin=archive.stdout,
+        timeout=BUILD_TIMEOUT,
+    )
     assert archive.wait() == 0, "tar of the rootfs failed"
     shutil.rmtree(rootfs)
 
@@ -179,16 +223,35 @@ def debootstrap_base(podman: Podman, directory: Path, name: str) -> None:
 def python_matches_the_tag(podman: Podman, name: str) -> None:
     """The base must give the Python its tag promises (python:3.11-... -> 3.11)."""
     promised = name.split(":", 1)[1].split("-", 1)[0]
-    version = podman.run("run", "--rm", "--network", "host", name, "python", "-c",
-                         "import sys; print('%d.%d' % sys.version_info[:2])").stdout.strip()
+    version = podman.run(
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        name,
+        "python",
+        "-c",
+        "import sys; print('%d.%d' % sys.version_info[:2])",
+    ).stdout.strip()
     assert version == promised, f"the base image has Python {version}, its tag says {promised}"
 
 
 def build_app_image(podman: Podman, directory: Path) -> str:
     """``podman build`` of the repository with the unchanged Dockerfile; returns the log."""
-    result = podman.run("build", "--format", "docker", "--pull=never", "--network", "host",
-                        *pip_build_volumes(directory), "--tag", APP_IMAGE, str(ROOT),
-                        timeout=BUILD_TIMEOUT, check=False)
+    result = podman.run(
+        "build",
+        "--format",
+        "docker",
+        "--pull=never",
+        "--network",
+        "host",
+        *pip_build_volumes(directory),
+        "--tag",
+        APP_IMAGE,
+        str(ROOT),
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
     log = result.stdout + result.stderr
     assert result.returncode == 0, f"the image does not build:\n{log[-4000:]}"
     return log
@@ -229,17 +292,33 @@ class Outcome:
 
 def outcome_to_json(outcome: Outcome) -> str:
     images = outcome.images
-    return json.dumps({"skip": outcome.skip, "failure": outcome.failure, "images": images and {
-        "root": str(images.podman.root), "runroot": str(images.podman.runroot),
-        "base": images.base, "app": images.app, "build_log": images.build_log,
-        "seconds": images.seconds}})
+    return json.dumps(
+        {
+            "skip": outcome.skip,
+            "failure": outcome.failure,
+            "images": images
+            and {
+                "root": str(images.podman.root),
+                "runroot": str(images.podman.runroot),
+                "base": images.base,
+                "app": images.app,
+                "build_log": images.build_log,
+                "seconds": images.seconds,
+            },
+        }
+    )
 
 
 def outcome_from_json(text: str) -> Outcome:
     data = json.loads(text)
     found = data["images"]
-    images = found and Images(Podman(Path(found["root"]), Path(found["runroot"])),
-                              found["base"], found["app"], found["build_log"], found["seconds"])
+    images = found and Images(
+        Podman(Path(found["root"]), Path(found["runroot"])),
+        found["base"],
+        found["app"],
+        found["build_log"],
+        found["seconds"],
+    )
     return Outcome(images=images, skip=data["skip"], failure=data["failure"])
 
 
@@ -284,8 +363,19 @@ class Containers:
     def start(self, image: str, *arguments: str, options: tuple[str, ...] = ()) -> str:
         name = f"tp-test-{uuid.uuid4().hex[:10]}"
         self.names.append(name)
-        self.podman.run("run", "--detach", "--name", name, "--hostname", name,
-                        "--network", "host", *options, image, *arguments)
+        self.podman.run(
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--hostname",
+            name,
+            "--network",
+            "host",
+            *options,
+            image,
+            *arguments,
+        )
         return name
 
     def remove_all(self) -> None:

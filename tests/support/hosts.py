@@ -11,11 +11,10 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import psutil
-
 from harness import REPO, SUPPORT, reap_orphans, wait_for
 
 
@@ -23,35 +22,54 @@ def missing() -> str | None:
     """Why namespaces cannot be made here, or None."""
     if shutil.which("unshare") is None:
         return "unshare (util-linux) is not installed"
-    probe = subprocess.run(["unshare", "--pid", "--uts", "--fork", "--mount-proc", "true"],
-                           capture_output=True, text=True, check=False)
+    probe = subprocess.run(
+        ["unshare", "--pid", "--uts", "--fork", "--mount-proc", "true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return None if probe.returncode == 0 else f"cannot make namespaces: {probe.stderr.strip()}"
 
 
 class Host:
     """``run-task-processor`` on host ``name``, on ``database_url``."""
 
-    def __init__(self, name: str, database_url: str, log_path: Path, *args: str,
-                 tasks: Sequence[str] = ("processor_tasks",)) -> None:
+    def __init__(
+        self,
+        name: str,
+        database_url: str,
+        log_path: Path,
+        *args: str,
+        tasks: Sequence[str] = ("processor_tasks",),
+    ) -> None:
         self.name = name
         command = [sys.executable, "-m", "supervisor.cli"]
         for module in tasks:
             command += ["--tasks", module]
         command += list(args)
         script = f"hostname {shlex.quote(name)} && exec {shlex.join(command)}"
-        environment = {**os.environ, "DATABASE_URL": database_url,
-                       "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)])}
-        self.log = open(log_path, "ab")
+        environment = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)]),
+        }
+        self.log = open(log_path, "ab")  # noqa: SIM115 - the host's log, closed by stop()
         self.unshare = subprocess.Popen(
             ["unshare", "--pid", "--uts", "--fork", "--mount-proc", "sh", "-c", script],
-            cwd=REPO, env=environment, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            cwd=REPO,
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def init_pid(self) -> int:
         """The pid, seen from here, of the namespace's init (the supervisor)."""
+
         def child() -> int | None:
             children = psutil.Process(self.unshare.pid).children()
             return children[0].pid if children else None
+
         return int(wait_for(child, timeout=20, message=f"host {self.name} started"))
 
     def kill(self) -> None:

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import psycopg2
-
 from clusters import free_port
 from harness import wait_for
 
@@ -41,30 +40,44 @@ logfile = {root}/pgbouncer.log
 
 def missing() -> str | None:
     """Why no PgBouncer can be started here, or None."""
-    return None if os.path.exists(PROGRAM) else "pgbouncer is not installed " \
-                                                "(apt-get install pgbouncer)"
+    return (
+        None
+        if os.path.exists(PROGRAM)
+        else "pgbouncer is not installed (apt-get install pgbouncer)"
+    )
 
 
 class PgBouncer:
     """One pgbouncer process; :meth:`url` gives the URL of a database through it."""
 
-    def __init__(self, pool_mode: str, server_port: int = 5432,
-                 server_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, pool_mode: str, server_port: int = 5432, server_host: str = "127.0.0.1"
+    ) -> None:
         self.pool_mode = pool_mode
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix=f"tp-pgbouncer-{pool_mode}-"))
         (self.root / "userlist.txt").write_text('"postgres" ""\n', encoding="utf-8")
-        (self.root / "pgbouncer.ini").write_text(_INI.format(
-            host=server_host, port=server_port, listen_port=self.port, root=self.root,
-            pool_mode=pool_mode), encoding="utf-8")
+        (self.root / "pgbouncer.ini").write_text(
+            _INI.format(
+                host=server_host,
+                port=server_port,
+                listen_port=self.port,
+                root=self.root,
+                pool_mode=pool_mode,
+            ),
+            encoding="utf-8",
+        )
         as_user: list[str] = []
         if os.geteuid() == 0:
             for path in (self.root, *self.root.iterdir()):
                 shutil.chown(path, "postgres", "postgres")
             as_user = ["-u", "postgres"]
-        self.process = subprocess.Popen([PROGRAM, *as_user, str(self.root / "pgbouncer.ini")],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [PROGRAM, *as_user, str(self.root / "pgbouncer.ini")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_for(self._answers, timeout=30, message=f"pgbouncer on port {self.port}")
 
     def url(self, database: str) -> str:
@@ -87,8 +100,11 @@ class PgBouncer:
             with connection.cursor() as cursor:
                 cursor.execute("SHOW CLIENTS")
                 names = [column.name for column in cursor.description]
-                return sum(1 for row in cursor.fetchall()
-                           if dict(zip(names, row, strict=True))["database"] == database)
+                return sum(
+                    1
+                    for row in cursor.fetchall()
+                    if dict(zip(names, row, strict=True))["database"] == database
+                )
         finally:
             connection.close()
 

@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg2
 
@@ -26,8 +26,9 @@ def record_key(key: str) -> None:
     connection = psycopg2.connect(os.environ["DATABASE_URL"])
     try:
         with connection, connection.cursor() as cursor:
-            cursor.execute("INSERT INTO test_results (key, pid) VALUES (%s, %s)",
-                           (key, os.getpid()))
+            cursor.execute(
+                "INSERT INTO test_results (key, pid) VALUES (%s, %s)", (key, os.getpid())
+            )
     finally:
         connection.close()
 
@@ -116,7 +117,7 @@ class _UnreadableTime(datetime):
 @register_task_handler(max_attempts=2)
 def backs_off_to_an_unstorable_time() -> None:
     """Its outcome cannot be stored: the database refuses the time it asks to be retried at."""
-    raise TaskBackoffError(delay_until=_UnreadableTime(2030, 1, 1, tzinfo=timezone.utc))
+    raise TaskBackoffError(delay_until=_UnreadableTime(2030, 1, 1, tzinfo=UTC))
 
 
 @register_task_handler(max_attempts=1)
@@ -151,9 +152,10 @@ def execution(key: str, seconds: float) -> None:
             started = cursor.fetchone()[0]
         time.sleep(seconds)
         with connection, connection.cursor() as cursor:
-            cursor.execute("INSERT INTO test_executions VALUES (%s, %s, %s, %s, "
-                           "clock_timestamp())", (key, socket.gethostname(), os.getpid(),
-                                                  started))
+            cursor.execute(
+                "INSERT INTO test_executions VALUES (%s, %s, %s, %s, clock_timestamp())",
+                (key, socket.gethostname(), os.getpid(), started),
+            )
     finally:
         connection.close()
 
@@ -168,8 +170,9 @@ def beats_while_running(key: str, seconds: float) -> None:
         end = time.monotonic() + seconds
         with connection.cursor() as cursor:
             while time.monotonic() < end:
-                cursor.execute("INSERT INTO test_results (key, pid) VALUES (%s, %s)",
-                               (key, os.getpid()))
+                cursor.execute(
+                    "INSERT INTO test_results (key, pid) VALUES (%s, %s)", (key, os.getpid())
+                )
                 time.sleep(0.2)
     finally:
         connection.close()

@@ -22,9 +22,11 @@ FAIL = env_flag("RECURRING_TEST_FAIL")
 FAILURE_MESSAGE = "tick failed on purpose"
 
 
-@register_recurring_task(run_every=PERIOD,
-                         first_run_time=datetime.fromisoformat(ORIGIN) if ORIGIN else None,
-                         timeout=timedelta(seconds=30))
+@register_recurring_task(
+    run_every=PERIOD,
+    first_run_time=datetime.fromisoformat(ORIGIN) if ORIGIN else None,
+    timeout=timedelta(seconds=30),
+)
 def tick() -> None:
     time.sleep(SLEEP_SECONDS)
     if FAIL:

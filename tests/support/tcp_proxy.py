@@ -50,8 +50,9 @@ class TcpProxy:
         """``database_url`` with its host and port replaced by this proxy's."""
         parts = urlsplit(database_url)
         user = f"{parts.username}@" if parts.username else ""
-        query = urlencode([(key, value) for key, value in parse_qsl(parts.query)
-                           if key not in ("host", "port")])
+        query = urlencode(
+            [(key, value) for key, value in parse_qsl(parts.query) if key not in ("host", "port")]
+        )
         return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.port}", query=query))
 
     def restore(self) -> None:
@@ -94,8 +95,9 @@ class TcpProxy:
                     return
                 self._sockets += [client, server]
             for source, target, replies in ((client, server, False), (server, client, True)):
-                threading.Thread(target=self._pump, args=(source, target, replies),
-                                 daemon=True).start()
+                threading.Thread(
+                    target=self._pump, args=(source, target, replies), daemon=True
+                ).start()
 
     def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
         try:

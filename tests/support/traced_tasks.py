@@ -28,8 +28,9 @@ class JsonLinesExporter(SpanExporter):
 
 
 _provider = TracerProvider()
-_provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(
-    os.environ["TRACED_TASKS_SPANS"])))
+_provider.add_span_processor(
+    SimpleSpanProcessor(JsonLinesExporter(os.environ["TRACED_TASKS_SPANS"]))
+)
 trace.set_tracer_provider(_provider)
 
 

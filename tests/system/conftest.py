@@ -3,16 +3,18 @@ that are always killed afterwards."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg2
 import psycopg2.extensions
 import pytest
-
-from common import enqueue
 from databases import create_database, drop_database, ensure_template, url_for
 from harness import Processor, become_subreaper, query
 from processor_tasks import RESULTS_TABLE
+
+from common import enqueue
+
+pytest_plugins = ["defined_tasks"]  # define, run_method
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +71,9 @@ def subreaper() -> None:
 def results(database_url: str) -> Callable[[str], list[tuple]]:
     """Creates the results table; returns a function giving the rows recorded for a key."""
     query(database_url, RESULTS_TABLE)
-    return lambda key: query(database_url,
-                             "SELECT key, pid FROM test_results WHERE key = %s", (key,))
+    return lambda key: query(
+        database_url, "SELECT key, pid FROM test_results WHERE key = %s", (key,)
+    )
 
 
 @pytest.fixture
@@ -81,8 +84,9 @@ def start_processor(database_url: str, tmp_path, monkeypatch) -> Iterator[Callab
     started: list[Processor] = []
 
     def start(*args: str, **kwargs) -> Processor:
-        processor = Processor(database_url, tmp_path / f"processor-{len(started)}.log", *args,
-                              **kwargs)
+        processor = Processor(
+            database_url, tmp_path / f"processor-{len(started)}.log", *args, **kwargs
+        )
         started.append(processor)
         return processor
 

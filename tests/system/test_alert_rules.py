@@ -20,28 +20,39 @@ PROMTOOL = shutil.which("promtool")
 # What run-api's /metrics serves (api/metrics.py), what applications count
 # (common/enqueue_metrics.py), and the processors' own kill counter.
 EXPORTED = {
-    "task_processor_tasks", "task_processor_due_tasks",
-    "task_processor_oldest_waiting_task_age_seconds", "task_processor_processors",
-    "task_processor_processor_heartbeat_age_seconds", "task_processor_workers",
-    "task_processor_worker_heartbeat_age_seconds", "task_processor_enqueued_tasks_total",
+    "task_processor_tasks",
+    "task_processor_due_tasks",
+    "task_processor_oldest_waiting_task_age_seconds",
+    "task_processor_processors",
+    "task_processor_processor_heartbeat_age_seconds",
+    "task_processor_workers",
+    "task_processor_worker_heartbeat_age_seconds",
+    "task_processor_enqueued_tasks_total",
     "task_processor_workers_killed_total",
 }
 
 needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed: apt-get install -y prometheus")
+    PROMTOOL is None, reason="promtool is not installed: apt-get install -y prometheus"
+)
 
 
 @needs_promtool
 def test_the_rules_are_valid():
-    result = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @needs_promtool
 def test_the_rules_pass_their_unit_tests():
-    result = subprocess.run([PROMTOOL, "test", "rules", str(RULE_TESTS)], capture_output=True,
-                            text=True, timeout=120, cwd=RULE_TESTS.parent)
+    result = subprocess.run(
+        [PROMTOOL, "test", "rules", str(RULE_TESTS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=RULE_TESTS.parent,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -52,11 +63,13 @@ def metric_names(text: str) -> set[str]:
 def test_the_rules_and_the_dashboard_name_only_exported_metrics():
     assert metric_names(RULES.read_text()) <= EXPORTED
     dashboard = json.loads(GRAFANA.read_text())
-    expressions = " ".join(target["expr"] for panel in dashboard["panels"]
-                           for target in panel["targets"])
+    expressions = " ".join(
+        target["expr"] for panel in dashboard["panels"] for target in panel["targets"]
+    )
     assert metric_names(expressions) <= EXPORTED
     assert metric_names(expressions) == EXPORTED - {
-        "task_processor_processor_heartbeat_age_seconds"}
+        "task_processor_processor_heartbeat_age_seconds"
+    }
 
 
 def test_the_cluster_metrics_are_the_ones_listed():
@@ -65,10 +78,21 @@ def test_the_cluster_metrics_are_the_ones_listed():
     from api.metrics_queries import Snapshot
 
     snapshot = Snapshot(
-        tasks=[{"identifier": "a", "due": 1, "scheduled": 0, "running": 0, "dead": 0,
-                "oldest_due_seconds": 2.0}],
+        tasks=[
+            {
+                "identifier": "a",
+                "due": 1,
+                "scheduled": 0,
+                "running": 0,
+                "dead": 0,
+                "oldest_due_seconds": 2.0,
+            }
+        ],
         processors=[{"id": "p", "host": "h", "state": "running", "beat_age_seconds": 0.1}],
-        workers=[{"processor_id": "p", "slot": 0, "state": "idle", "beat_age_seconds": 0.2}])
+        workers=[{"processor_id": "p", "slot": 0, "state": "idle", "beat_age_seconds": 0.2}],
+    )
     names = {family.name for family in metrics.ClusterCollector(lambda: snapshot).collect()}
-    assert names == EXPORTED - {"task_processor_enqueued_tasks_total",
-                                "task_processor_workers_killed_total"}
+    assert names == EXPORTED - {
+        "task_processor_enqueued_tasks_total",
+        "task_processor_workers_killed_total",
+    }

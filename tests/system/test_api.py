@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -12,11 +11,11 @@ import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
+from api_support import BIN, api_server, environment
+from harness import wait_for
 
 from api.app import Api, mount
 from api.settings import ApiSettings
-from harness import wait_for
-from api_support import BIN, api_server, environment
 
 UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:1/nowhere"
 
@@ -26,7 +25,8 @@ def insert_task(conn, state: str, due_in_seconds: float = 0) -> None:
         cursor.execute(
             "INSERT INTO task_processor.tasks (identifier, state, scheduled_for) "
             "VALUES ('tests.sample', %s, now() + make_interval(secs => %s))",
-            (state, due_in_seconds))
+            (state, due_in_seconds),
+        )
 
 
 def test_health_reports_a_working_database_as_json(database_url):
@@ -38,13 +38,16 @@ def test_health_reports_a_working_database_as_json(database_url):
         assert server.get("/health/")[0] == 200
 
 
-@pytest.mark.parametrize("path, status, fragment", [
-    ("/nothing-here", 404, "no such endpoint"),
-    ("/health?format=xml", 400, "format=json"),
-    ("/health?format=json&format=json", 400, "more than once"),
-    ("/health?format=%ff", 400, "UTF-8"),
-    ("/processor/monitoring?format=html", 400, "format=json"),
-])
+@pytest.mark.parametrize(
+    ("path", "status", "fragment"),
+    [
+        ("/nothing-here", 404, "no such endpoint"),
+        ("/health?format=xml", 400, "format=json"),
+        ("/health?format=json&format=json", 400, "more than once"),
+        ("/health?format=%ff", 400, "UTF-8"),
+        ("/processor/monitoring?format=html", 400, "format=json"),
+    ],
+)
 def test_bad_requests_get_json_errors(database_url, path, status, fragment):
     with api_server(database_url) as server:
         got, headers, body = server.get(path)
@@ -64,8 +67,14 @@ def test_wrong_method_is_405_with_allow_header(database_url):
 
 
 def test_monitoring_counts_tasks_by_state(database_url, conn):
-    for state, due_in in [("waiting", -10), ("waiting", 0), ("waiting", 3600),
-                          ("running", 0), ("dead", 0), ("succeeded", 0)]:
+    for state, due_in in [
+        ("waiting", -10),
+        ("waiting", 0),
+        ("waiting", 3600),
+        ("running", 0),
+        ("dead", 0),
+        ("succeeded", 0),
+    ]:
         insert_task(conn, state, due_in)
     with api_server(database_url) as server:
         status, headers, body = server.get("/processor/monitoring")
@@ -81,9 +90,16 @@ def test_monitoring_of_an_empty_queue(database_url):
     with api_server(database_url) as server:
         status, _, body = server.get("/processor/monitoring")
     assert status == 200
-    assert body == {"waiting": 0, "scheduled": 0, "running": 0, "dead": 0,
-                    "oldest_waiting_seconds": 0, "processors_alive": 0, "workers_alive": 0,
-                    "waiting_unrunnable": 0}
+    assert body == {
+        "waiting": 0,
+        "scheduled": 0,
+        "running": 0,
+        "dead": 0,
+        "oldest_waiting_seconds": 0,
+        "processors_alive": 0,
+        "workers_alive": 0,
+        "waiting_unrunnable": 0,
+    }
 
 
 def test_monitoring_requires_the_bearer_token_when_one_is_set(database_url):
@@ -113,8 +129,10 @@ def test_database_down_is_500_on_health_and_503_on_monitoring():
 def test_connections_killed_by_the_server_are_replaced(database_url, conn):
     with api_server(database_url) as server:
         assert server.get("/health?format=json")[0] == 200
-        wait_for(lambda: fetch_api_backends(conn, database_url, terminate=True),
-                   message="the API's idle connection to be terminated")
+        wait_for(
+            lambda: fetch_api_backends(conn, database_url, terminate=True),
+            message="the API's idle connection to be terminated",
+        )
         status, _, body = server.get("/health?format=json")
         assert (status, body) == (200, {"database": "working"})
         assert server.get("/processor/monitoring")[0] == 200
@@ -124,8 +142,11 @@ def fetch_api_backends(conn, database_url: str, terminate: bool = False) -> list
     name = database_url.rsplit("/", 1)[-1]
     function = "pg_terminate_backend(pid)" if terminate else "pid"
     with conn.cursor() as cursor:
-        cursor.execute(f"SELECT {function} FROM pg_stat_activity "
-                       "WHERE datname = %s AND application_name = 'task-processor api'", (name,))
+        cursor.execute(
+            f"SELECT {function} FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = 'task-processor api'",
+            (name,),
+        )
         return cursor.fetchall()
 
 
@@ -136,9 +157,13 @@ def test_the_api_names_its_connections(database_url, conn):
 
 
 def run_api_expecting_exit(database_url: str, *arguments: str, **settings: str):
-    return subprocess.run([sys.executable, str(BIN / "run-api"), *arguments],
-                          env=environment(database_url, **settings), capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, str(BIN / "run-api"), *arguments],
+        env=environment(database_url, **settings),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_an_outdated_schema_is_refused_at_start_with_what_to_run(empty_database_url):
@@ -147,12 +172,19 @@ def test_an_outdated_schema_is_refused_at_start_with_what_to_run(empty_database_
     assert "task-processor migrate" in result.stderr
 
 
-@pytest.mark.parametrize("arguments, settings, fragment", [
-    (["--bind", "localhost"], {}, "HOST:PORT"),
-    (["--bind", "127.0.0.1:99999"], {}, "HOST:PORT"),
-    ([], {"ENABLE_TASK_PROCESSOR_HEALTH_CHECK": "maybe"}, "ENABLE_TASK_PROCESSOR_HEALTH_CHECK"),
-    ([], {"TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT": "soon"}, "TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "settings", "fragment"),
+    [
+        (["--bind", "localhost"], {}, "HOST:PORT"),
+        (["--bind", "127.0.0.1:99999"], {}, "HOST:PORT"),
+        ([], {"ENABLE_TASK_PROCESSOR_HEALTH_CHECK": "maybe"}, "ENABLE_TASK_PROCESSOR_HEALTH_CHECK"),
+        (
+            [],
+            {"TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT": "soon"},
+            "TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT",
+        ),
+    ],
+)
 def test_configuration_errors_name_the_setting(database_url, arguments, settings, fragment):
     result = run_api_expecting_exit(database_url, *arguments, **settings)
     assert result.returncode == 78
@@ -167,8 +199,12 @@ def test_mount_serves_the_api_beside_another_application(database_url):
         return [b"host:" + environ["PATH_INFO"].encode()]
 
     api = Api(ApiSettings.from_environment())
-    server = make_server("127.0.0.1", 0, mount(host_application, prefix="/tasks", api=api),
-                         handler_class=QuietHandler)
+    server = make_server(
+        "127.0.0.1",
+        0,
+        mount(host_application, prefix="/tasks", api=api),
+        handler_class=QuietHandler,
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -191,17 +227,16 @@ def test_mount_serves_the_api_beside_another_application(database_url):
 
 
 class QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002
+    def log_message(self, format, *args):
         pass
 
 
-
-
 def test_a_database_that_stops_answering_never_hangs_a_request(database_url):
+    from tcp_proxy import TcpProxy
+
     from api import queries
     from api.pool import ConnectionPool
     from common.db import DatabaseUnavailable
-    from tcp_proxy import TcpProxy
 
     proxy = TcpProxy()
     pool = ConnectionPool(proxy.url(database_url), statement_timeout_ms=500)

@@ -9,7 +9,6 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-
 from api_support import api_server
 
 
@@ -31,8 +30,10 @@ def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     version, status, _reason = status_line.split(" ", 2)
     assert version == "HTTP/1.1", status_line
-    headers = {name.lower(): value.strip()
-               for name, _, value in (line.partition(":") for line in header_lines)}
+    headers = {
+        name.lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in header_lines)
+    }
     return int(status), headers, body
 
 
@@ -40,16 +41,20 @@ def get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode()
 
 
-@pytest.mark.parametrize("payload", [
-    pytest.param(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(32)),
-                 id="tls-client-hello"),
-    pytest.param(b'GET "/health HTTP/1.1\r\nHost: test\r\n\r\n', id="quote-before-path"),
-    pytest.param(b'GET /health"\r\n\r\n', id="quote-and-no-version"),
-    pytest.param(b"\x00\xff not http\r\n\r\n", id="binary"),
-    pytest.param(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n", id="line-too-long"),
-])
-def test_bytes_the_server_cannot_parse_get_a_status_line_and_a_whole_body(database_url,
-                                                                         payload):
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(32)),
+            id="tls-client-hello",
+        ),
+        pytest.param(b'GET "/health HTTP/1.1\r\nHost: test\r\n\r\n', id="quote-before-path"),
+        pytest.param(b'GET /health"\r\n\r\n', id="quote-and-no-version"),
+        pytest.param(b"\x00\xff not http\r\n\r\n", id="binary"),
+        pytest.param(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n", id="line-too-long"),
+    ],
+)
+def test_bytes_the_server_cannot_parse_get_a_status_line_and_a_whole_body(database_url, payload):
     with api_server(database_url) as server:
         answer = exchange(server.base, payload)
         assert server.get("/health")[0] == 200  # the server is still serving
@@ -60,8 +65,11 @@ def test_bytes_the_server_cannot_parse_get_a_status_line_and_a_whole_body(databa
 
 
 def test_a_client_that_sends_half_a_request_is_cut_off_and_frees_its_thread(database_url):
-    settings = {"TASK_PROCESSOR_API_WORKERS": "1", "TASK_PROCESSOR_API_THREADS": "1",
-                "TASK_PROCESSOR_API_REQUEST_TIMEOUT": "2"}
+    settings = {
+        "TASK_PROCESSOR_API_WORKERS": "1",
+        "TASK_PROCESSOR_API_THREADS": "1",
+        "TASK_PROCESSOR_API_REQUEST_TIMEOUT": "2",
+    }
     with api_server(database_url, **settings) as server:
         address = urlsplit(server.base)
         with socket.create_connection((address.hostname, address.port), timeout=60) as half:
@@ -88,7 +96,7 @@ def test_500_concurrent_requests_are_all_answered(database_url, path):
         try:
             start.wait(60)
             answers.append(split_response(exchange(server.base, get(path), timeout=120))[0])
-        except BaseException as error:  # noqa: BLE001 - every failure is reported below
+        except BaseException as error:
             errors.append(error)
 
     with api_server(database_url) as server:

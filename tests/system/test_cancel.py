@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import psycopg2
 import pytest
+from commands import admin
+from databases import fetch_all, insert_task
+from harness import wait_for
 
 from common import tasks
-from databases import fetch_all
-from harness import wait_for
-from commands import admin
-from databases import insert_task
 
 
 def state_of(conn, task_id: int) -> tuple:
-    return fetch_all(conn, "SELECT state, finished_at IS NOT NULL FROM task_processor.tasks "
-                           "WHERE id = %s", (task_id,))[0]
+    return fetch_all(
+        conn,
+        "SELECT state, finished_at IS NOT NULL FROM task_processor.tasks WHERE id = %s",
+        (task_id,),
+    )[0]
 
 
 def test_cancel_command_cancels_waiting_tasks_and_names_the_others(conn):

@@ -8,46 +8,70 @@ import os
 import re
 import signal
 import socket
-import time
 import subprocess
 import sysconfig
-from datetime import timezone
+import time
+from datetime import UTC
 from pathlib import Path
 
 import pytest
-
+from api_support import (
+    GRACE_MS,
+    PROCESSOR_ARGS,
+    check_health,
+    environment,
+    health_status,
+    processor_id,
+)
 from harness import query, wait_for
-from api_support import (GRACE_MS, PROCESSOR_ARGS, check_health, environment,
-                              health_status, processor_id)
 
 HOST = socket.gethostname()
 
 
-def add_processor(conn, processor: str = "p1", *, beat_age: float = 0.1,
-                  started_age: float = 60, workers: int = 2, grace_ms: int = GRACE_MS,
-                  state: str = "running", host: str = HOST) -> None:
+def add_processor(
+    conn,
+    processor: str = "p1",
+    *,
+    beat_age: float = 0.1,
+    started_age: float = 60,
+    workers: int = 2,
+    grace_ms: int = GRACE_MS,
+    state: str = "running",
+    host: str = HOST,
+) -> None:
     """A processor row whose heartbeat is ``beat_age`` seconds old on the database clock."""
     with conn.cursor() as cursor:
-        cursor.execute("""
+        cursor.execute(
+            """
             INSERT INTO task_processor.processors
                 (id, host, pid, started_at, last_beat_at, num_workers, grace_period_ms, state,
                  stopped_at)
             VALUES (%s, %s, 4242, now() - make_interval(secs => %s),
                     now() - make_interval(secs => %s), %s, %s, %s,
                     CASE WHEN %s = 'stopped' THEN now() END)""",
-                       (processor, host, started_age, beat_age, workers, grace_ms, state, state))
+            (processor, host, started_age, beat_age, workers, grace_ms, state, state),
+        )
 
 
-def add_worker(conn, slot: int, processor: str = "p1", *, state: str = "idle",
-               beat_age: float = 0.1, deadline_in: float | None = None,
-               task_id: int | None = None) -> None:
+def add_worker(
+    conn,
+    slot: int,
+    processor: str = "p1",
+    *,
+    state: str = "idle",
+    beat_age: float = 0.1,
+    deadline_in: float | None = None,
+    task_id: int | None = None,
+) -> None:
     with conn.cursor() as cursor:
-        cursor.execute("""
+        cursor.execute(
+            """
             INSERT INTO task_processor.workers
                 (processor_id, slot, pid, generation, state, task_id, task_deadline, last_beat_at)
             VALUES (%s, %s, %s, 3, %s, %s, now() + make_interval(secs => %s),
                     now() - make_interval(secs => %s))""",
-                       (processor, slot, 5000 + slot, state, task_id, deadline_in, beat_age))
+            (processor, slot, 5000 + slot, state, task_id, deadline_in, beat_age),
+        )
 
 
 def add_healthy_processor(conn, processor: str = "p1", **options) -> None:
@@ -59,7 +83,7 @@ def add_healthy_processor(conn, processor: str = "p1", **options) -> None:
 def started_at(database_url: str) -> str:
     """The processor's start time as check-health prints it (UTC, milliseconds)."""
     (moment,) = query(database_url, "SELECT started_at FROM task_processor.processors")[0]
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def verdict(database_url: str, *arguments: str) -> tuple[int, str]:
@@ -89,10 +113,12 @@ def test_an_idle_worker_without_a_recent_beat_is_named_with_since_when(database_
     add_worker(conn, 1, beat_age=7.5)
     status, line = verdict(database_url)
     assert status == 1
-    assert line.startswith("unhealthy: worker 1 (pid 5001, generation 3) of processor p1: idle "
-                           "since ")
-    age = float(re.search(r"no heartbeat for ([\d.]+) s, longer than the grace period of 2 s",
-                          line)[1])
+    assert line.startswith(
+        "unhealthy: worker 1 (pid 5001, generation 3) of processor p1: idle since "
+    )
+    age = float(
+        re.search(r"no heartbeat for ([\d.]+) s, longer than the grace period of 2 s", line)[1]
+    )
     assert age >= 7.5
 
 
@@ -100,31 +126,41 @@ def test_a_busy_worker_is_healthy_until_its_deadline_plus_the_grace_period(datab
     add_processor(conn, workers=3, grace_ms=5000)  # seconds of margin for a loaded machine
     add_worker(conn, 0)
     with conn.cursor() as cursor:
-        cursor.execute("INSERT INTO task_processor.tasks (identifier, state) "
-                       "VALUES ('mail.send', 'running') RETURNING id")
+        cursor.execute(
+            "INSERT INTO task_processor.tasks (identifier, state) "
+            "VALUES ('mail.send', 'running') RETURNING id"
+        )
         task_id = cursor.fetchone()[0]
     add_worker(conn, 1, state="busy", beat_age=600, deadline_in=30, task_id=task_id)
     add_worker(conn, 2, state="busy", beat_age=600, deadline_in=-1, task_id=task_id)
     assert health_status(database_url) == 0  # a long task is not a missing heartbeat
-    query(database_url, "UPDATE task_processor.workers SET task_deadline = now() - interval '9 s'"
-                        " WHERE slot = 2")
+    query(
+        database_url,
+        "UPDATE task_processor.workers SET task_deadline = now() - interval '9 s' WHERE slot = 2",
+    )
     status, line = verdict(database_url)
     assert status == 1
     assert "worker 2 (pid 5002, generation 3) of processor p1: busy since" in line
-    late = float(re.search(rf"on task {task_id} \(mail\.send\), ([\d.]+) s past its deadline",
-                           line)[1])
+    late = float(
+        re.search(rf"on task {task_id} \(mail\.send\), ([\d.]+) s past its deadline", line)[1]
+    )
     assert late >= 9
 
 
 def test_a_slot_that_never_reported_is_unhealthy_once_the_processor_is_past_starting(
-        database_url, conn):
+    database_url, conn
+):
     add_processor(conn, started_age=0.5, grace_ms=5000)  # seconds of margin under load
     add_worker(conn, 0)
     assert health_status(database_url) == 0  # slot 1 may still be booting
     query(database_url, "UPDATE task_processor.processors SET started_at = now() - interval '30 s'")
     assert verdict(database_url) == (
-        1, "unhealthy: worker 1 of processor p1 has not reported since the processor started"
-           f" at {started_at(database_url)}, longer ago than the grace period of 5 s")
+        1,
+        (
+            "unhealthy: worker 1 of processor p1 has not reported since the processor started"
+            f" at {started_at(database_url)}, longer ago than the grace period of 5 s"
+        ),
+    )
 
 
 def test_the_newest_processor_of_this_host_is_checked(database_url, conn):
@@ -143,27 +179,36 @@ def test_all_processors_must_be_healthy_with_all(database_url, conn):
     add_healthy_processor(conn, "b", started_age=30, host="another-host")
     status, line = verdict(database_url, "--all")
     assert status == 0 and "processor a" in line and "processor b" in line
-    query(database_url, "UPDATE task_processor.workers SET last_beat_at = now() - interval "
-                        "'1 min' WHERE processor_id = 'b' AND slot = 1")
+    query(
+        database_url,
+        "UPDATE task_processor.workers SET last_beat_at = now() - interval "
+        "'1 min' WHERE processor_id = 'b' AND slot = 1",
+    )
     status, line = verdict(database_url, "--all")
     assert status == 1 and "worker 1 (pid 5001, generation 3) of processor b" in line
 
 
-@pytest.mark.parametrize("state, fragment", [
-    ("stopped", "stopped at"),
-    ("draining", "is draining"),
-])
+@pytest.mark.parametrize(
+    ("state", "fragment"),
+    [
+        ("stopped", "stopped at"),
+        ("draining", "is draining"),
+    ],
+)
 def test_stopped_and_draining_processors_are_unhealthy(database_url, conn, state, fragment):
     add_healthy_processor(conn, state=state)
     status, line = verdict(database_url, "--processor-id", "p1")
     assert status == 1 and fragment in line
 
 
-@pytest.mark.parametrize("arguments, fragment", [
-    ((), f"no task processor has ever started on host {HOST}"),
-    (("--all",), "no task processor is running"),
-    (("--processor-id", "nope"), "no processor with id 'nope'"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        ((), f"no task processor has ever started on host {HOST}"),
+        (("--all",), "no task processor is running"),
+        (("--processor-id", "nope"), "no processor with id 'nope'"),
+    ],
+)
 def test_nothing_to_check_is_unhealthy(database_url, arguments, fragment):
     status, line = verdict(database_url, *arguments)
     assert status == 1 and fragment in line
@@ -185,8 +230,7 @@ def test_json_prints_the_full_state(database_url, conn):
 
 
 def test_a_database_that_refuses_connections_is_unhealthy_with_the_reason():
-    result = check_health("postgresql://postgres@127.0.0.1:1/nowhere", "--timeout", "2",
-                          timeout=20)
+    result = check_health("postgresql://postgres@127.0.0.1:1/nowhere", "--timeout", "2", timeout=20)
     assert result.returncode == 1
     assert "cannot connect to database 'nowhere' on 127.0.0.1:1" in result.stdout
 
@@ -196,8 +240,9 @@ def test_a_database_without_the_schema_is_unhealthy(empty_database_url):
     assert status == 1 and "cannot read the heartbeat tables" in line
 
 
-@pytest.mark.parametrize("arguments", [("--timeout", "0"), ("--bogus",),
-                                       ("--all", "--processor-id", "x")])
+@pytest.mark.parametrize(
+    "arguments", [("--timeout", "0"), ("--bogus",), ("--all", "--processor-id", "x")]
+)
 def test_configuration_errors_exit_1_not_78(database_url, arguments):
     result = check_health(database_url, *arguments)
     assert result.returncode == 1
@@ -215,13 +260,19 @@ def test_the_reference_name_is_an_installed_alias(database_url, conn):
     # Installed next to this interpreter, whatever PATH says.
     alias = Path(sysconfig.get_path("scripts")) / "checktaskprocessorthreadhealth"
     assert alias.is_file(), f"the console script {alias} is not installed"
-    result = subprocess.run([alias, "--processor-id", "p1"], env=environment(database_url),
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [alias, "--processor-id", "p1"],
+        env=environment(database_url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("healthy: processor p1")
 
 
 # -- against live processors ------------------------------------------------------------------
+
 
 def unhealthy_result(database_url: str):
     """The check-health result once it exits 1, or None while it still exits 0."""
@@ -234,7 +285,7 @@ def healthy(database_url: str) -> bool:
 
 
 @pytest.fixture
-def live_processor(start_processor):  # noqa: F811 - the fixture imported above
+def live_processor(start_processor):
     processor = start_processor(*PROCESSOR_ARGS)
     processor.wait_ready(2)
     wait_for(lambda: healthy(processor.database_url), message="check-health to exit 0")
@@ -242,8 +293,9 @@ def live_processor(start_processor):  # noqa: F811 - the fixture imported above
 
 
 def test_a_live_processor_is_healthy(database_url, live_processor):
-    status, line = verdict(database_url, "--processor-id",
-                           processor_id(database_url, live_processor.pid))
+    status, line = verdict(
+        database_url, "--processor-id", processor_id(database_url, live_processor.pid)
+    )
     assert status == 0 and "2 workers" in line
 
 
@@ -251,8 +303,10 @@ def test_a_frozen_worker_is_replaced_and_health_returns_to_0(database_url, live_
     pid = live_processor.workers()[0][0]
     os.kill(pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: live_processor.workers()[0][0] != pid,
-                 message="the frozen worker to be replaced in its slot")
+        wait_for(
+            lambda: live_processor.workers()[0][0] != pid,
+            message="the frozen worker to be replaced in its slot",
+        )
         wait_for(lambda: healthy(database_url), message="check-health 0 after the replacement")
     finally:
         try:
@@ -262,11 +316,14 @@ def test_a_frozen_worker_is_replaced_and_health_returns_to_0(database_url, live_
 
 
 def test_a_frozen_supervisor_is_unhealthy_then_healthy_again_after_sigcont(
-        database_url, live_processor):
+    database_url, live_processor
+):
     live_processor.signal(signal.SIGSTOP)
     try:
-        result = wait_for(lambda: unhealthy_result(database_url),
-                          message="check-health to notice the frozen supervisor")
+        result = wait_for(
+            lambda: unhealthy_result(database_url),
+            message="check-health to notice the frozen supervisor",
+        )
         assert "supervisor heartbeat" in result.stdout
     finally:
         live_processor.signal(signal.SIGCONT)
@@ -276,8 +333,9 @@ def test_a_frozen_supervisor_is_unhealthy_then_healthy_again_after_sigcont(
 def test_a_killed_supervisor_is_unhealthy(database_url, live_processor):
     live_processor.signal(signal.SIGKILL)
     live_processor.wait(timeout=10)
-    result = wait_for(lambda: unhealthy_result(database_url),
-                      message="check-health to notice the dead supervisor")
+    result = wait_for(
+        lambda: unhealthy_result(database_url), message="check-health to notice the dead supervisor"
+    )
     assert "supervisor heartbeat" in result.stdout
 
 

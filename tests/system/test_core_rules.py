@@ -7,14 +7,14 @@ the README (ordering, fencing, attempts, backoff) fails here and says which prom
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg2
+from databases import fetch_all
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from common.lifecycle import MAX_RETRY_BACKOFF_SECONDS, RETRY_BACKOFF_SECONDS
-from databases import fetch_all
 
+from common.lifecycle import MAX_RETRY_BACKOFF_SECONDS, RETRY_BACKOFF_SECONDS
 from supervisor import queries as supervisor_queries
 from worker import queries as worker_queries
 
@@ -32,51 +32,91 @@ def _execute(conn, sql: str, params=()) -> None:
         cursor.execute(sql, params)
 
 
-def _insert(conn, count: int = 1, *, priority: int = 20, due_in: float = 0.0,
-            attempts: int = 0, max_attempts: int = 3) -> list[int]:
-    rows = fetch_all(conn, """
+def _insert(
+    conn,
+    count: int = 1,
+    *,
+    priority: int = 20,
+    due_in: float = 0.0,
+    attempts: int = 0,
+    max_attempts: int = 3,
+) -> list[int]:
+    rows = fetch_all(
+        conn,
+        """
         INSERT INTO task_processor.tasks (identifier, priority, scheduled_for, attempts,
                                           max_attempts)
         SELECT 'rules.task', %s, now() + %s * interval '1 second', %s, %s
         FROM generate_series(1, %s)
-        RETURNING id""", (priority, due_in, attempts, max_attempts, count))
+        RETURNING id""",
+        (priority, due_in, attempts, max_attempts, count),
+    )
     return [row[0] for row in rows]
 
 
 def _claim(connection, owner: str, limit: int = 10, slot: int = 0) -> list[int]:
     """The worker's claim, as ``owner``; the ids it claimed, in the order it returns them."""
     with connection.cursor() as cursor:
-        cursor.execute(worker_queries.CLAIM, worker_queries.claim_parameters(
-            limit=limit, owner=owner, lease_seconds=60, known=["rules.task"]))
+        cursor.execute(
+            worker_queries.CLAIM,
+            worker_queries.claim_parameters(
+                limit=limit, owner=owner, lease_seconds=60, known=["rules.task"]
+            ),
+        )
         return [row[0] for row in cursor.fetchall() if row[0] is not None]
 
 
-def _finish(connection, owner: str, ids: list[int], outcome: str = "success",
-            retry_at: datetime | None = None) -> list[int]:
+def _finish(
+    connection,
+    owner: str,
+    ids: list[int],
+    outcome: str = "success",
+    retry_at: datetime | None = None,
+) -> list[int]:
     """The worker's recording of one outcome for every task of ``ids``; the ids recorded."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with connection.cursor() as cursor:
-        cursor.execute(worker_queries.FINISH, {
-            "ids": ids, "outcomes": [outcome] * len(ids),
-            "errors": [None if outcome == "success" else "boom"] * len(ids),
-            "started": [now] * len(ids), "finished": [now] * len(ids),
-            "retry_at": [retry_at] * len(ids), "owner": owner})
+        cursor.execute(
+            worker_queries.FINISH,
+            {
+                "ids": ids,
+                "outcomes": [outcome] * len(ids),
+                "errors": [None if outcome == "success" else "boom"] * len(ids),
+                "started": [now] * len(ids),
+                "finished": [now] * len(ids),
+                "retry_at": [retry_at] * len(ids),
+                "owner": owner,
+            },
+        )
         return [row[0] for row in cursor.fetchall()]
 
 
 def _tasks(conn, ids: list[int]) -> dict[int, tuple]:
     """id -> (state, attempts, lease_owner, seconds until scheduled_for)."""
-    rows = fetch_all(conn, """
+    rows = fetch_all(
+        conn,
+        """
         SELECT id, state, attempts, lease_owner,
                extract(epoch FROM scheduled_for - now())::float8
-        FROM task_processor.tasks WHERE id = ANY(%s)""", (ids,))
+        FROM task_processor.tasks WHERE id = ANY(%s)""",
+        (ids,),
+    )
     return {row[0]: row[1:] for row in rows}
 
 
 def _release_worker(conn, owner: str, task_id: int, result: str = "worker_lost") -> None:
-    fetch_all(conn, supervisor_queries.RELEASE_WORKER, {
-        "owner": owner, "task_id": task_id, "reason": "test", "result": result,
-        "backoff": result == "timeout", "running_seconds": 0.0})
+    fetch_all(
+        conn,
+        supervisor_queries.RELEASE_WORKER,
+        {
+            "owner": owner,
+            "task_id": task_id,
+            "reason": "test",
+            "result": result,
+            "backoff": result == "timeout",
+            "running_seconds": 0.0,
+        },
+    )
 
 
 # -- claiming -----------------------------------------------------------------------------------
@@ -122,15 +162,20 @@ def test_a_worker_whose_lease_was_taken_changes_nothing(conn):
     (task,) = _insert(conn, 1)
     assert _claim(conn, "slow/0.1") == [task]
     # Its processor was presumed dead: the lease expired, was requeued and claimed again.
-    _execute(conn, "UPDATE task_processor.tasks SET lease_expires_at = now() - interval '1s' "
-                   "WHERE id = %s", (task,))
-    fetch_all(conn, supervisor_queries.REQUEUE_EXPIRED, {"own_owners": [],
-                                                         "reason": "its lease expired"})
+    _execute(
+        conn,
+        "UPDATE task_processor.tasks SET lease_expires_at = now() - interval '1s' WHERE id = %s",
+        (task,),
+    )
+    fetch_all(
+        conn, supervisor_queries.REQUEUE_EXPIRED, {"own_owners": [], "reason": "its lease expired"}
+    )
     assert _claim(conn, "fast/0.1") == [task]
     assert _finish(conn, "slow/0.1", [task], "failure") == []
     assert _tasks(conn, [task])[task][:3] == ("running", 2, "fast/0.1")
-    assert fetch_all(conn, "SELECT result FROM task_processor.runs WHERE task_id = %s "
-                           "ORDER BY id", (task,)) == [("worker_lost",)]  # the requeue's
+    assert fetch_all(
+        conn, "SELECT result FROM task_processor.runs WHERE task_id = %s ORDER BY id", (task,)
+    ) == [("worker_lost",)]  # the requeue's
     assert _finish(conn, "fast/0.1", [task]) == [task]
     assert _tasks(conn, [task])[task][0] == "succeeded"
 
@@ -150,10 +195,11 @@ def test_a_burst_of_failures_does_not_retry_in_lockstep(conn):
 def test_a_backed_off_task_waits_until_the_time_it_asked_for(conn):
     (task,) = _insert(conn, 1)
     _claim(conn, "w/0.1")
-    asked = datetime.now(timezone.utc) + timedelta(hours=2)
+    asked = datetime.now(UTC) + timedelta(hours=2)
     assert _finish(conn, "w/0.1", [task], "backoff", retry_at=asked) == [task]
-    (scheduled_for, state), = fetch_all(
-        conn, "SELECT scheduled_for, state FROM task_processor.tasks WHERE id = %s", (task,))
+    ((scheduled_for, state),) = fetch_all(
+        conn, "SELECT scheduled_for, state FROM task_processor.tasks WHERE id = %s", (task,)
+    )
     assert state == "waiting" and scheduled_for == asked
 
 
@@ -173,8 +219,9 @@ def test_a_dead_workers_unstarted_tasks_go_back_without_an_attempt(conn):
 def test_given_back_tasks_keep_no_attempt(conn):
     ids = _insert(conn, 3)
     _claim(conn, "w/0.1", limit=3)
-    (released,), = fetch_all(conn, worker_queries.RELEASE_UNSTARTED,
-                             {"owner": "w/0.1", "ids": ids[1:]})
+    ((released,),) = fetch_all(
+        conn, worker_queries.RELEASE_UNSTARTED, {"owner": "w/0.1", "ids": ids[1:]}
+    )
     assert released == 2
     tasks = _tasks(conn, ids)
     assert tasks[ids[0]][:3] == ("running", 1, "w/0.1")
@@ -197,18 +244,21 @@ def test_expired_leases_of_a_live_processors_own_workers_are_not_requeued(conn):
     _claim(conn, "me/0.1", limit=1)
     _claim(conn, "gone/0.1", limit=1)
     _execute(conn, "UPDATE task_processor.tasks SET lease_expires_at = now() - interval '1s'")
-    (requeued,), = fetch_all(conn, supervisor_queries.REQUEUE_EXPIRED,
-                             {"own_owners": ["me/0.1"], "reason": "its lease expired"})
+    ((requeued,),) = fetch_all(
+        conn,
+        supervisor_queries.REQUEUE_EXPIRED,
+        {"own_owners": ["me/0.1"], "reason": "its lease expired"},
+    )
     assert requeued == 1
     assert _tasks(conn, mine)[mine[0]][:3] == ("running", 1, "me/0.1")
     assert _tasks(conn, theirs)[theirs[0]][0] == "waiting"
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(attempt=st.integers(min_value=1, max_value=30))
-def test_a_retry_waits_the_capped_exponential_backoff_scaled_by_half_to_one(database_url,
-                                                                            attempt):
+def test_a_retry_waits_the_capped_exponential_backoff_scaled_by_half_to_one(database_url, attempt):
     connection = _connect(database_url, autocommit=False)
     try:
         with connection:
@@ -216,9 +266,13 @@ def test_a_retry_waits_the_capped_exponential_backoff_scaled_by_half_to_one(data
             assert _claim(connection, "w/0.1", limit=1) == [task]
             _finish(connection, "w/0.1", [task], "failure")
             # One transaction: now() is the same instant the retry was scheduled from.
-            ((state, delay),) = fetch_all(connection, """
+            ((state, delay),) = fetch_all(
+                connection,
+                """
                 SELECT state, extract(epoch FROM scheduled_for - now())::float8
-                FROM task_processor.tasks WHERE id = %s""", (task,))
+                FROM task_processor.tasks WHERE id = %s""",
+                (task,),
+            )
             connection.rollback()
     finally:
         connection.close()
@@ -231,12 +285,15 @@ def test_a_retry_waits_the_capped_exponential_backoff_scaled_by_half_to_one(data
 
 
 def test_a_failure_on_the_last_attempt_makes_the_task_dead_with_its_error(conn):
-    last, earlier = _insert(conn, 1, attempts=2, max_attempts=3), _insert(conn, 1,
-                                                                         max_attempts=3)
+    last, earlier = _insert(conn, 1, attempts=2, max_attempts=3), _insert(conn, 1, max_attempts=3)
     _claim(conn, "w/0.1", limit=2)
     _finish(conn, "w/0.1", last + earlier, "failure")
-    dead, = fetch_all(conn, "SELECT state, attempts, last_error, finished_at IS NOT NULL "
-                            "FROM task_processor.tasks WHERE id = %s", (last[0],))
+    (dead,) = fetch_all(
+        conn,
+        "SELECT state, attempts, last_error, finished_at IS NOT NULL "
+        "FROM task_processor.tasks WHERE id = %s",
+        (last[0],),
+    )
     assert dead == ("dead", 3, "boom", True)
     assert _tasks(conn, earlier)[earlier[0]][:2] == ("waiting", 1)
 

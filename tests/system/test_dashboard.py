@@ -6,14 +6,14 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from api_support import api_server
+from dashboard_support import DASHBOARD_TOKEN, MONITORING_TOKEN, Session, add_task, hidden, state_of
 from databases import fetch_all
-from dashboard_support import (DASHBOARD_TOKEN, MONITORING_TOKEN, Session, add_task, hidden,
-                               state_of)
 
-TOKENS = {"TASK_PROCESSOR_DASHBOARD_TOKEN": DASHBOARD_TOKEN,
-          "TASK_PROCESSOR_MONITORING_TOKEN": MONITORING_TOKEN}
+TOKENS = {
+    "TASK_PROCESSOR_DASHBOARD_TOKEN": DASHBOARD_TOKEN,
+    "TASK_PROCESSOR_MONITORING_TOKEN": MONITORING_TOKEN,
+}
 
 
 def test_on_loopback_without_a_token_it_is_read_only(conn, database_url):
@@ -23,8 +23,9 @@ def test_on_loopback_without_a_token_it_is_read_only(conn, database_url):
         status, head, page = session.request("/dashboard/")
         assert status == 200 and head["Content-Type"].startswith("text/html")
         assert "read-only" in page and "csrf_token" not in page
-        status, _, _ = session.request("/dashboard/actions/requeue",
-                                       {"task_id": dead, "csrf_token": "guess"})
+        status, _, _ = session.request(
+            "/dashboard/actions/requeue", {"task_id": dead, "csrf_token": "guess"}
+        )
     assert status == 403
     assert state_of(conn, dead) == "dead"
 
@@ -44,8 +45,9 @@ def test_login_sets_an_httponly_samesite_cookie_and_wrong_tokens_are_refused(dat
         assert session.login("wrong") == 401
         assert "tp_dashboard_session" not in session.cookies
         assert session.login(DASHBOARD_TOKEN) == 303
-        cookie = next(h for h in session.set_cookie_headers
-                      if h.startswith("tp_dashboard_session="))
+        cookie = next(
+            h for h in session.set_cookie_headers if h.startswith("tp_dashboard_session=")
+        )
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
         status, _, page = session.request("/dashboard/")
         assert status == 200 and "full access" in page
@@ -71,8 +73,9 @@ def test_the_monitoring_token_reads_but_may_not_act(conn, database_url):
         status, _, page = session.request(f"/dashboard/tasks/{dead}")
         assert status == 200 and "read-only" in page and "Requeue" not in page
         csrf = hidden(page, "csrf_token")  # the logout form's
-        status, _, _ = session.request("/dashboard/actions/requeue",
-                                       {"task_id": dead, "csrf_token": csrf})
+        status, _, _ = session.request(
+            "/dashboard/actions/requeue", {"task_id": dead, "csrf_token": csrf}
+        )
     assert status == 403
     assert state_of(conn, dead) == "dead"
 
@@ -92,8 +95,9 @@ def test_actions_need_the_csrf_token(conn, acting):
     dead = add_task(conn, state="dead")
     status, _, page = session.request("/dashboard/actions/requeue", {"task_id": dead})
     assert status == 403 and "CSRF" in page
-    status, _, _ = session.request("/dashboard/actions/requeue",
-                                   {"task_id": dead, "csrf_token": "0" * 64})
+    status, _, _ = session.request(
+        "/dashboard/actions/requeue", {"task_id": dead, "csrf_token": "0" * 64}
+    )
     assert status == 403
     assert state_of(conn, dead) == "dead"
 
@@ -106,9 +110,9 @@ def test_requeue_cancel_and_run_now(conn, acting):
     running = add_task(conn, state="running")
 
     def act(name: str, **form) -> tuple[int, str]:
-        status, head, _ = session.request(f"/dashboard/actions/{name}",
-                                          {**form, "csrf_token": csrf,
-                                           "next": "/dashboard/tasks"})
+        status, head, _ = session.request(
+            f"/dashboard/actions/{name}", {**form, "csrf_token": csrf, "next": "/dashboard/tasks"}
+        )
         return status, head.get("Location", "")
 
     assert act("requeue", task_id=dead) == (303, "/dashboard/tasks?done=requeued&n=1")
@@ -118,9 +122,12 @@ def test_requeue_cancel_and_run_now(conn, acting):
     assert act("cancel", task_id=running)[1].endswith("n=0")  # running: left as it is
     assert state_of(conn, running) == "running"
     assert act("run-now", task_id=delayed)[1].endswith("done=ran-now&n=1")
-    assert fetch_all(conn, "SELECT state, scheduled_for <= now() FROM task_processor.tasks "
-                           "WHERE id = %s", (delayed,)) == [("waiting", True)]
-    status, _, page = session.request("/dashboard/tasks?done=cancelled&n=1")
+    assert fetch_all(
+        conn,
+        "SELECT state, scheduled_for <= now() FROM task_processor.tasks WHERE id = %s",
+        (delayed,),
+    ) == [("waiting", True)]
+    _status, _, page = session.request("/dashboard/tasks?done=cancelled&n=1")
     assert "Cancelled 1 waiting task(s)." in page
 
 
@@ -130,8 +137,9 @@ def test_requeue_every_dead_task_of_an_identifier(conn, acting):
     other = add_task(conn, "report.build", "dead")
     page = session.request("/dashboard/")[2]
     assert "Requeue 3 dead" in page
-    status, _, _ = session.request("/dashboard/actions/requeue-identifier",
-                                   {"identifier": "mail.send", "csrf_token": csrf})
+    status, _, _ = session.request(
+        "/dashboard/actions/requeue-identifier", {"identifier": "mail.send", "csrf_token": csrf}
+    )
     assert status == 303
     assert [state_of(conn, task) for task in mail] == ["waiting"] * 3
     assert state_of(conn, other) == "dead"
@@ -140,21 +148,33 @@ def test_requeue_every_dead_task_of_an_identifier(conn, acting):
 def test_a_redirect_never_leaves_the_dashboard(conn, acting):
     session, csrf = acting
     dead = add_task(conn, state="dead")
-    _, head, _ = session.request("/dashboard/actions/requeue", {
-        "task_id": dead, "csrf_token": csrf, "next": "https://evil.example/"})
+    _, head, _ = session.request(
+        "/dashboard/actions/requeue",
+        {"task_id": dead, "csrf_token": csrf, "next": "https://evil.example/"},
+    )
     assert head["Location"].startswith("/dashboard/?done=requeued")
 
 
 def test_everything_shown_is_escaped(conn, database_url):
     hostile = "<script>alert('x')</script>"
-    task = add_task(conn, identifier=hostile, state="dead",
-                    args='["<script>document.title=1</script>"]',
-                    error="Traceback\nValueError: <img src=x onerror=alert(1)>")
+    task = add_task(
+        conn,
+        identifier=hostile,
+        state="dead",
+        args='["<script>document.title=1</script>"]',
+        error="Traceback\nValueError: <img src=x onerror=alert(1)>",
+    )
     with api_server(database_url) as server:
         session = Session(server)
-        pages = [session.request(path)[2] for path in (
-            "/dashboard/", "/dashboard/tasks", f"/dashboard/tasks/{task}",
-            "/dashboard/tasks?identifier=" + "%3Cscript%3E")]
+        pages = [
+            session.request(path)[2]
+            for path in (
+                "/dashboard/",
+                "/dashboard/tasks",
+                f"/dashboard/tasks/{task}",
+                "/dashboard/tasks?identifier=" + "%3Cscript%3E",
+            )
+        ]
     for page in pages:
         assert "<script>alert" not in page and "<img src=x" not in page
         assert "<script>document" not in page
@@ -162,7 +182,8 @@ def test_everything_shown_is_escaped(conn, database_url):
     assert "&lt;img src=x onerror=alert(1)&gt;" in pages[2]
     # The only script is the dashboard's own file; the policy forbids any other.
     assert re.findall(r"<script[^>]*>", pages[0]) == [
-        '<script src="/dashboard/static/dashboard.js" defer>']
+        '<script src="/dashboard/static/dashboard.js" defer>'
+    ]
 
 
 def test_security_headers_and_static_files(database_url):
@@ -187,8 +208,9 @@ def test_task_list_filters_pages_and_looks_up(conn, database_url):
         assert listed == sorted(ids, reverse=True)[:50]
         older = re.search(r'href="([^"]*before=\d+[^"]*)"', first)[1].replace("&amp;", "&")
         second = session.request(older)[2]
-        assert [int(i) for i in re.findall(r'data-task-id="(\d+)"', second)] == \
-            sorted(ids, reverse=True)[50:]
+        assert [int(i) for i in re.findall(r'data-task-id="(\d+)"', second)] == sorted(
+            ids, reverse=True
+        )[50:]
         newer = re.search(r'href="([^"]*after=\d+[^"]*)"', second)[1].replace("&amp;", "&")
         back = session.request(newer)[2]
         assert [int(i) for i in re.findall(r'data-task-id="(\d+)"', back)] == listed
@@ -196,19 +218,29 @@ def test_task_list_filters_pages_and_looks_up(conn, database_url):
         assert re.findall(r'data-task-id="(\d+)"', by_state) == [str(dead)]
         status, head, _ = session.request(f"/dashboard/tasks/lookup?id={dead}")
         assert status == 303 and head["Location"] == f"/dashboard/tasks/{dead}"
-        assert "There is no task 99999999." in session.request(
-            "/dashboard/tasks/lookup?id=99999999")[2]
+        assert (
+            "There is no task 99999999."
+            in session.request("/dashboard/tasks/lookup?id=99999999")[2]
+        )
 
 
 def test_task_page_shows_arguments_and_every_attempt(conn, database_url):
     task = add_task(conn, state="dead", args='[1, "two"]')
     with conn.cursor() as cursor:
-        for attempt, result, error in ((1, "failure", "Traceback (most recent call last):\n"
-                                                      "  File \"t.py\"\nKeyError: 'first'"),
-                                       (2, "timeout", "killed after its 60 s timeout")):
-            cursor.execute("""INSERT INTO task_processor.runs
+        for attempt, result, error in (
+            (
+                1,
+                "failure",
+                "Traceback (most recent call last):\n  File \"t.py\"\nKeyError: 'first'",
+            ),
+            (2, "timeout", "killed after its 60 s timeout"),
+        ):
+            cursor.execute(
+                """INSERT INTO task_processor.runs
                 (task_id, attempt, worker, started_at, result, error)
-                VALUES (%s, %s, 'p/0.1', now(), %s, %s)""", (task, attempt, result, error))
+                VALUES (%s, %s, 'p/0.1', now(), %s, %s)""",
+                (task, attempt, result, error),
+            )
     with api_server(database_url) as server:
         status, _, page = Session(server).request(f"/dashboard/tasks/{task}")
     assert status == 200

@@ -9,14 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from api_support import PROCESSOR_ARGS, api_server
 from dashboard_support import DASHBOARD_TOKEN, add_task, state_of
 from harness import wait_for
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
-from selenium.common.exceptions import (  # noqa: E402
-    NoAlertPresentException, StaleElementReferenceException)
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -26,9 +24,10 @@ HOSTILE = "<script>alert('pwned')</script>"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                       reason="headless Chromium is not installed: apt-get install -y "
-                              "chromium chromium-driver"),
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="headless Chromium is not installed: apt-get install -y chromium chromium-driver",
+    ),
 ]
 
 
@@ -36,12 +35,18 @@ pytestmark = [
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--window-size=1280,1000", "--disable-extensions",
-                     "--disable-background-networking"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--disable-extensions",
+        "--disable-background-networking",
+    ):
         options.add_argument(argument)
-    driver = webdriver.Chrome(options=options,
-                              service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver = webdriver.Chrome(
+        options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    )
     driver.implicitly_wait(0)
     try:
         yield driver
@@ -80,25 +85,33 @@ def populated(conn):
     """Two dead tasks (one with a hostile identifier), a delayed waiting one, and an hour of
     attempts for the chart."""
     tasks = {
-        "dead": add_task(conn, "mail.send", "dead", error="Traceback (most recent call last):"
-                                                          "\nSMTPError: 550 mailbox full"),
+        "dead": add_task(
+            conn,
+            "mail.send",
+            "dead",
+            error="Traceback (most recent call last):\nSMTPError: 550 mailbox full",
+        ),
         "hostile": add_task(conn, HOSTILE, "dead", args='["<b>bold?</b>"]'),
         "delayed": add_task(conn, "report.build", due_in_seconds=3600),
         "delayed_too": add_task(conn, "report.build", due_in_seconds=7200),
     }
     with conn.cursor() as cursor:
-        cursor.execute("""
+        cursor.execute(
+            """
             INSERT INTO task_processor.runs (task_id, attempt, worker, started_at, finished_at,
                                              result, error)
             SELECT %s, 1, 'p/0.1', now() - i * interval '20 seconds',
                    now() - i * interval '20 seconds',
                    CASE WHEN i %% 9 = 0 THEN 'failure' ELSE 'success' END, NULL
-            FROM generate_series(1, 170) AS i""", (tasks["dead"],))
+            FROM generate_series(1, 170) AS i""",
+            (tasks["dead"],),
+        )
     return tasks
 
 
-def test_log_in_read_the_counts_see_the_chart_and_act(browser, conn, database_url,
-                                                     populated, start_processor):
+def test_log_in_read_the_counts_see_the_chart_and_act(
+    browser, conn, database_url, populated, start_processor
+):
     processor = start_processor(*PROCESSOR_ARGS, tasks=())
     processor.wait_ready(2)
     with api_server(database_url, TASK_PROCESSOR_DASHBOARD_TOKEN=DASHBOARD_TOKEN) as server:
@@ -120,22 +133,41 @@ def test_log_in_read_the_counts_see_the_chart_and_act(browser, conn, database_ur
         # The chart: bars drawn for the last hour, succeeded and failed.
         chart = browser.find_element(By.ID, "throughput-chart")
         assert chart.is_displayed()
-        heights = [float(bar.get_attribute("height"))
-                   for bar in chart.find_elements(By.CSS_SELECTOR, "rect.bar-succeeded")]
+        heights = [
+            float(bar.get_attribute("height"))
+            for bar in chart.find_elements(By.CSS_SELECTOR, "rect.bar-succeeded")
+        ]
         assert len(heights) == 60 and sum(1 for h in heights if h > 0) >= 50
-        assert any(float(bar.get_attribute("height")) > 0
-                   for bar in chart.find_elements(By.CSS_SELECTOR, "rect.bar-failed"))
+        assert any(
+            float(bar.get_attribute("height")) > 0
+            for bar in chart.find_elements(By.CSS_SELECTOR, "rect.bar-failed")
+        )
 
         # The processor and its workers, with each worker's resident memory.
-        wait_for(lambda: len(browser.find_elements(
-            By.CSS_SELECTOR, "#processors .state-idle")) == 2, timeout=30)
-        wait_for(lambda: len([cell for cell in browser.find_elements(
-            By.CSS_SELECTOR, "#processors td.num") if cell.text.endswith(" MiB")]) == 2,
-            timeout=30, message="the workers' memory")
+        wait_for(
+            lambda: len(browser.find_elements(By.CSS_SELECTOR, "#processors .state-idle")) == 2,
+            timeout=30,
+        )
+        wait_for(
+            lambda: (
+                len(
+                    [
+                        cell
+                        for cell in browser.find_elements(By.CSS_SELECTOR, "#processors td.num")
+                        if cell.text.endswith(" MiB")
+                    ]
+                )
+                == 2
+            ),
+            timeout=30,
+            message="the workers' memory",
+        )
 
         # A hostile identifier is text, and no script of its ran.
-        identifiers = [cell.text for cell in browser.find_elements(
-            By.CSS_SELECTOR, "#identifiers td:first-child")]
+        identifiers = [
+            cell.text
+            for cell in browser.find_elements(By.CSS_SELECTOR, "#identifiers td:first-child")
+        ]
         assert HOSTILE in identifiers
         assert no_alert(browser)
         screenshot(browser, "02-overview")
@@ -151,8 +183,7 @@ def test_log_in_read_the_counts_see_the_chart_and_act(browser, conn, database_ur
 
         # Cancel a waiting task from the list, confirming the dialog.
         browser.get(f"{server.base}/dashboard/tasks?state=waiting&identifier=report.build")
-        row = browser.find_element(By.CSS_SELECTOR,
-                                   f"tr[data-task-id='{populated['delayed']}']")
+        row = browser.find_element(By.CSS_SELECTOR, f"tr[data-task-id='{populated['delayed']}']")
         row.find_element(By.XPATH, ".//button[text()='Cancel']").click()
         browser.switch_to.alert.accept()
         wait_for(lambda: "Cancelled 1 waiting task(s)." in browser.page_source, timeout=20)
@@ -175,14 +206,20 @@ def test_log_in_read_the_counts_see_the_chart_and_act(browser, conn, database_ur
         browser.find_element(By.ID, "auto-refresh").click()
         browser.execute_script("window.notReloaded = true")
         add_task(conn, "refresh.check", "dead")
-        wait_for(lambda: "refresh.check" in text_of(browser, "#identifiers"), timeout=30,
-                 message="the page to refresh itself")
+        wait_for(
+            lambda: "refresh.check" in text_of(browser, "#identifiers"),
+            timeout=30,
+            message="the page to refresh itself",
+        )
         assert browser.execute_script("return window.notReloaded") is True
 
         # The dark theme follows the system's setting.
-        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {
-            "features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+        browser.execute_cdp_cmd(
+            "Emulation.setEmulatedMedia",
+            {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+        )
         background = browser.execute_script(
-            "return getComputedStyle(document.body).backgroundColor")
+            "return getComputedStyle(document.body).backgroundColor"
+        )
         assert background == "rgb(17, 21, 28)"
         screenshot(browser, "08-overview-dark")

@@ -4,14 +4,15 @@ nor a traceback; a connection that broke is replaced."""
 from __future__ import annotations
 
 import socket
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
+from commands import admin
+from databases import fetch_all
 
 from common import db, enqueue, settings
 from common.tasks import register_task_handler
-from databases import fetch_all
-from commands import admin
+
 PASSWORD = "hunter2-secret"
 
 
@@ -60,8 +61,9 @@ def test_delay_names_host_and_database(down_url, monkeypatch, processor_mode):
     assert_names_the_database(str(down.value), down_url)
 
 
-def test_the_queue_database_url_wins_over_database_url(down_url, database_url, monkeypatch,
-                                                       processor_mode):
+def test_the_queue_database_url_wins_over_database_url(
+    down_url, database_url, monkeypatch, processor_mode
+):
     monkeypatch.setenv("TASK_PROCESSOR_DATABASE_URL", down_url)
     with pytest.raises(db.DatabaseUnavailable) as down:
         remember.delay(args=(1,))
@@ -80,13 +82,15 @@ def test_admin_command_gives_one_line_and_exit_1(down_url, command):
 
 def test_a_broken_queue_connection_is_replaced_once(database_url, conn, processor_mode, caplog):
     remember.delay(args=(1,))
-    terminated = fetch_all(conn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 "WHERE application_name = 'task-processor enqueue' "
-                                 "AND datname = current_database()")
+    terminated = fetch_all(
+        conn,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'task-processor enqueue' "
+        "AND datname = current_database()",
+    )
     assert terminated == [(True,)]
 
     assert remember.delay(args=(2,)) is not None
 
-    assert fetch_all(conn, "SELECT args FROM task_processor.tasks ORDER BY id") == [
-        ([1],), ([2],)]
+    assert fetch_all(conn, "SELECT args FROM task_processor.tasks ORDER BY id") == [([1],), ([2],)]
     assert "queue connection was broken; reconnecting once" in caplog.text

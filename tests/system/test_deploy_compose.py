@@ -52,18 +52,28 @@ def get_json(url: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(SET_UP_TIMEOUT)
-def test_compose_services_start_in_order_and_work_together(images, containers,
-                                                           empty_database_url, monkeypatch):
+def test_compose_services_start_in_order_and_work_together(
+    images, containers, empty_database_url, monkeypatch
+):
     assert start_order(compose()["services"]) in (
-        ["postgres", "migrate", "api", "processor"], ["postgres", "migrate", "processor", "api"])
+        ["postgres", "migrate", "api", "processor"],
+        ["postgres", "migrate", "processor", "api"],
+    )
     port = free_port()
-    stack = up(containers, Substitutions(empty_database_url, port, images.app), wait_for,
-               timeout=WAIT_SECONDS)
+    stack = up(
+        containers,
+        Substitutions(empty_database_url, port, images.app),
+        wait_for,
+        timeout=WAIT_SECONDS,
+    )
     podman = images.podman
     assert podman.inspect(stack.container("migrate"), "{{.State.ExitCode}}") == "0"
     for name in ("api", "processor"):  # `docker compose up --wait`
-        wait_for(lambda name=name: is_healthy(stack, name), timeout=WAIT_SECONDS,
-                 message=f"{name} to be healthy")
+        wait_for(
+            lambda name=name: is_healthy(stack, name),
+            timeout=WAIT_SECONDS,
+            message=f"{name} to be healthy",
+        )
 
     # The API enqueues on the processor and sees it run the probe task; so do we.
     health = get_json(f"http://127.0.0.1:{port}/health?format=json")
@@ -72,22 +82,38 @@ def test_compose_services_start_in_order_and_work_together(images, containers,
     from examples import tasks
 
     greeting = tasks.greet.delay(args=("compose",))
-    wait_for(lambda: query(empty_database_url, "SELECT state FROM task_processor.tasks"
-                           " WHERE id = %s", (greeting,)) == [("succeeded",)],
-             timeout=WAIT_SECONDS, message="the processor to run an example task")
+    wait_for(
+        lambda: (
+            query(
+                empty_database_url,
+                "SELECT state FROM task_processor.tasks WHERE id = %s",
+                (greeting,),
+            )
+            == [("succeeded",)]
+        ),
+        timeout=WAIT_SECONDS,
+        message="the processor to run an example task",
+    )
     assert get_json(f"http://127.0.0.1:{port}/processor/monitoring")["waiting"] == 0
 
     # `docker compose stop`: each container within its stop_grace_period, exit 0.
     for name in ("processor", "api"):
         podman.run("stop", stack.container(name), timeout=90)
-        assert podman.inspect(stack.container(name), "{{.State.ExitCode}}") == "0", \
-            podman.run("logs", stack.container(name)).stderr
+        assert podman.inspect(stack.container(name), "{{.State.ExitCode}}") == "0", podman.run(
+            "logs", stack.container(name)
+        ).stderr
 
 
 # -- the postgres service's probe -------------------------------------------------------------
 
-POSTGRES_BIN = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
-                    .stdout.strip() or "/nonexistent") if shutil.which("pg_config") else None
+POSTGRES_BIN = (
+    Path(
+        subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+        or "/nonexistent"
+    )
+    if shutil.which("pg_config")
+    else None
+)
 
 
 def why_no_private_server() -> str | None:
@@ -108,42 +134,69 @@ class PrivateServer:
 
     def __init__(self, data: Path) -> None:
         self.data = data
-        self.holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation",
-                                        "private", "sleep", "300"])
+        self.holder = subprocess.Popen(
+            ["unshare", "--net", "--mount", "--propagation", "private", "sleep", "300"]
+        )
         own = os.readlink("/proc/self/ns/net")
-        wait_for(lambda: os.readlink(f"/proc/{self.holder.pid}/ns/net") != own,
-                 message="the private namespaces")
+        wait_for(
+            lambda: os.readlink(f"/proc/{self.holder.pid}/ns/net") != own,
+            message="the private namespaces",
+        )
         self.inside("ip", "link", "set", "lo", "up")
         self.inside("mount", "-t", "tmpfs", "tmpfs", "/var/run/postgresql")
         self.inside("chown", "postgres", "/var/run/postgresql")
-        self.as_postgres(str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "postgres",
-                         "--auth=trust")
+        self.as_postgres(
+            str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"
+        )
 
     def inside(self, *command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["nsenter", "--target", str(self.holder.pid), "--net", "--mount",
-                               *command], capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            ["nsenter", "--target", str(self.holder.pid), "--net", "--mount", *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def as_postgres(self, *command: str) -> None:
         result = self.inside("runuser", "-u", "postgres", "--", *command)
         assert result.returncode == 0, result.stdout + result.stderr
 
     def start(self, listen_addresses: str) -> None:
-        self.as_postgres(str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-w",
-                         "-l", str(self.data.parent / "server.log"), "-o",
-                         f"-c listen_addresses='{listen_addresses}' -p 5432"
-                         " -c unix_socket_directories=/var/run/postgresql", "start")
+        self.as_postgres(
+            str(POSTGRES_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-w",
+            "-l",
+            str(self.data.parent / "server.log"),
+            "-o",
+            f"-c listen_addresses='{listen_addresses}' -p 5432"
+            " -c unix_socket_directories=/var/run/postgresql",
+            "start",
+        )
 
     def stop(self) -> None:
-        self.as_postgres(str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast",
-                         "stop")
+        self.as_postgres(
+            str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop"
+        )
 
     def probe(self, command: list[str]) -> int:
         return self.inside(*command).returncode
 
     def close(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            self.inside("runuser", "-u", "postgres", "--", str(POSTGRES_BIN / "pg_ctl"), "-D",
-                        str(self.data), "-m", "immediate", "stop")
+            self.inside(
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(POSTGRES_BIN / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-m",
+                "immediate",
+                "stop",
+            )
         self.holder.send_signal(signal.SIGKILL)
         self.holder.wait()
 
@@ -166,11 +219,12 @@ def private_server() -> Iterator[PrivateServer]:
 
 
 def test_the_postgres_probe_waits_for_tcp_not_for_the_initialising_socket_only_server(
-        private_server):
+    private_server,
+):
     probe = host_probe(compose()["services"]["postgres"])
     assert probe == compose_probe("postgres")
     host = probe.index("-h") if "-h" in probe else len(probe)
-    socket_probe = probe[:host] + probe[host + 2:]  # the probe without -h: the socket's
+    socket_probe = probe[:host] + probe[host + 2 :]  # the probe without -h: the socket's
 
     private_server.start(listen_addresses="")  # the official image's temporary server
     assert private_server.probe(socket_probe) == 0, "the socket probe passes too early"

@@ -30,9 +30,18 @@ from harness import wait_for
 TASK_MODULE = Path(__file__).resolve().parents[1] / "support" / "deploy_tasks.py"
 # Console scripts are installed next to the interpreter, as in the image's virtualenv.
 SCRIPTS = Path(sys.executable).parent
-PROCESSOR_OPTIONS = ["--numthreads", "2", "--tasks", "deploy_tasks", "--sleepintervalms", "200",
-                     "--drain-timeout", "15"]
+PROCESSOR_OPTIONS = [
+    "--numthreads",
+    "2",
+    "--tasks",
+    "deploy_tasks",
+    "--sleepintervalms",
+    "200",
+    "--drain-timeout",
+    "15",
+]
 WAIT_SECONDS = 20
+
 
 @pytest.fixture
 def app_dir(tmp_path: Path) -> Path:
@@ -45,11 +54,18 @@ def app_dir(tmp_path: Path) -> Path:
 
 def image_environment(app_dir: Path, database_url: str) -> dict[str, str]:
     """The environment the image gives its processes: PATH, PYTHONPATH, unbuffered output."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "TASK_PROCESSOR_"))
-           and key not in {"TASK_RUN_METHOD", "ENABLE_TASK_PROCESSOR_HEALTH_CHECK"}}
-    env.update(PATH=f"{SCRIPTS}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(app_dir),
-               PYTHONUNBUFFERED="1", DATABASE_URL=database_url)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "TASK_PROCESSOR_"))
+        and key not in {"TASK_RUN_METHOD", "ENABLE_TASK_PROCESSOR_HEALTH_CHECK"}
+    }
+    env.update(
+        PATH=f"{SCRIPTS}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(app_dir),
+        PYTHONUNBUFFERED="1",
+        DATABASE_URL=database_url,
+    )
     return env
 
 
@@ -64,8 +80,14 @@ def started() -> Iterator[Callable[..., subprocess.Popen]]:
     processes: list[subprocess.Popen] = []
 
     def start(command: list[str], **kwargs: Any) -> subprocess.Popen:
-        process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, **kwargs)
+        process = subprocess.Popen(
+            command,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            **kwargs,
+        )
         processes.append(process)
         return process
 
@@ -89,24 +111,36 @@ def wait_exit(process: subprocess.Popen) -> tuple[int, str]:
 
 # -- the image's entrypoint script ---------------------------------------------------------------
 
+
 def test_entrypoint_runs_a_named_command_instead_of_the_processor(image_env, database_url):
     """`docker run IMAGE check-health`: with no processor ever started here it is unhealthy."""
-    result = subprocess.run([str(ENTRYPOINT_SCRIPT), "check-health"], env=image_env,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [str(ENTRYPOINT_SCRIPT), "check-health"],
+        env=image_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1
     assert "no task processor" in result.stdout
 
 
 def test_entrypoint_reports_a_configuration_error_with_exit_78(image_env, app_dir):
     """A task module that cannot be imported must stop restarts (RestartPreventExitStatus)."""
-    result = subprocess.run([str(ENTRYPOINT_SCRIPT), "--tasks", "no_such_module_here"],
-                            env=image_env, cwd=app_dir, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [str(ENTRYPOINT_SCRIPT), "--tasks", "no_such_module_here"],
+        env=image_env,
+        cwd=app_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 78, result.stderr
     assert "no_such_module_here" in result.stderr
 
 
 # -- systemd notify protocol ---------------------------------------------------------------------
+
 
 def receive(sock: socket.socket) -> tuple[int, dict[str, str]] | None:
     """One notification: the sender's pid (from the kernel) and its KEY=value lines; None when
@@ -116,9 +150,11 @@ def receive(sock: socket.socket) -> tuple[int, dict[str, str]] | None:
         data, ancillary, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(credentials))
     except TimeoutError:
         return None
-    sender = next(struct.unpack("3i", payload[:credentials])[0]
-                  for level, kind, payload in ancillary
-                  if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS)
+    sender = next(
+        struct.unpack("3i", payload[:credentials])[0]
+        for level, kind, payload in ancillary
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+    )
     lines = data.decode().splitlines()
     return sender, dict(line.split("=", 1) for line in lines)
 

@@ -70,9 +70,13 @@ def containers(images: Images) -> Iterator[Containers]:
 
 def environment_file(database_url: str) -> str:
     """The example EnvironmentFile, edited as its comments ask: database, tasks, workers."""
-    values = {"DATABASE_URL": database_url, "TASK_PROCESSOR_TASKS": "deploy_tasks",
-              "TASK_PROCESSOR_NUM_THREADS": "2", "TASK_PROCESSOR_SLEEP_INTERVAL_MS": "200",
-              "LOG_FORMAT": "text"}
+    values = {
+        "DATABASE_URL": database_url,
+        "TASK_PROCESSOR_TASKS": "deploy_tasks",
+        "TASK_PROCESSOR_NUM_THREADS": "2",
+        "TASK_PROCESSOR_SLEEP_INTERVAL_MS": "200",
+        "LOG_FORMAT": "text",
+    }
     text = ENV_EXAMPLE.read_text()
     for key, value in values.items():
         text, count = re.subn(rf"^{key}=.*$", f"{key}={value}", text, flags=re.MULTILINE)
@@ -90,8 +94,18 @@ def systemd_image(images: Images, tmp_path: Path, database_url: str) -> Iterator
     (context / "test.conf").write_text(DROP_IN)
     (context / "deploy_tasks.py").write_text(TASK_MODULE.read_text())
     tag = f"localhost/task-processor-systemd:{tmp_path.name.lower()}"
-    images.podman.run("build", "--format", "docker", "--pull=never", "--network", "host",
-                      "--tag", tag, str(context), timeout=600)
+    images.podman.run(
+        "build",
+        "--format",
+        "docker",
+        "--pull=never",
+        "--network",
+        "host",
+        "--tag",
+        tag,
+        str(context),
+        timeout=600,
+    )
     yield tag
     images.podman.run("rmi", "--force", tag, check=False)
 
@@ -110,8 +124,9 @@ class Machine:
         return self.run("systemctl", "--no-pager", *arguments)
 
     def show(self, *properties: str) -> dict[str, str]:
-        output = self.systemctl("show", "task-processor", *(f"--property={p}"
-                                                           for p in properties)).stdout
+        output = self.systemctl(
+            "show", "task-processor", *(f"--property={p}" for p in properties)
+        ).stdout
         return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
 
     def journal(self) -> str:
@@ -125,17 +140,28 @@ def machine(images: Images, containers: Containers, systemd_image: str) -> Machi
     except AssertionError as error:
         pytest.skip(f"podman cannot run a privileged container with systemd here: {error}")
     machine = Machine(images, name)
-    wait_for(lambda: machine.run("systemctl", "is-system-running", "--wait").stdout.strip()
-             in {"running", "degraded"}, timeout=WAIT_SECONDS, interval=0.5,
-             message="systemd to finish booting")
+    wait_for(
+        lambda: (
+            machine.run("systemctl", "is-system-running", "--wait").stdout.strip()
+            in {"running", "degraded"}
+        ),
+        timeout=WAIT_SECONDS,
+        interval=0.5,
+        message="systemd to finish booting",
+    )
     return machine
 
 
 def worker_pids(conn) -> set[int]:
     """Pids of the idle workers of the running processor."""
-    return {pid for (pid,) in fetch_all(
-        conn, "SELECT w.pid FROM task_processor.workers w JOIN task_processor.processors p"
-              " ON p.id = w.processor_id WHERE p.state = 'running' AND w.state = 'idle'")}
+    return {
+        pid
+        for (pid,) in fetch_all(
+            conn,
+            "SELECT w.pid FROM task_processor.workers w JOIN task_processor.processors p"
+            " ON p.id = w.processor_id WHERE p.state = 'running' AND w.state = 'idle'",
+        )
+    }
 
 
 def task_state(conn, task_id: int) -> str:
@@ -143,7 +169,8 @@ def task_state(conn, task_id: int) -> str:
 
 
 def test_the_unit_is_ready_once_its_workers_are_up_drains_on_stop_and_restarts_on_watchdog(
-        machine, conn, monkeypatch, database_url):
+    machine, conn, monkeypatch, database_url
+):
     monkeypatch.setenv("TASK_RUN_METHOD", "TASK_PROCESSOR")
     import deploy_tasks
 
@@ -151,34 +178,53 @@ def test_the_unit_is_ready_once_its_workers_are_up_drains_on_stop_and_restarts_o
     # supervisor does after its workers are up.
     started = machine.systemctl("enable", "--now", "task-processor")
     assert started.returncode == 0, started.stderr + machine.journal()
-    assert fetch_all(conn, "SELECT count(*) FROM task_processor.workers") == [(2,)]
+    # The supervisor writes its workers' rows with its heartbeat, at most a second after
+    # their slots say they are up.
+    wait_for(
+        lambda: fetch_all(conn, "SELECT count(*) FROM task_processor.workers") == [(2,)],
+        timeout=10,
+        message="the workers' rows",
+    )
     state = machine.show("ActiveState", "SubState", "MainPID", "StatusText", "User")
     assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
     assert state["User"] == "task-processor"
     assert "2/2 workers" in state["StatusText"], state
     first_pid = int(state["MainPID"])
     assert fetch_all(conn, "SELECT pid, state FROM task_processor.processors") == [
-        (first_pid, "running")]
+        (first_pid, "running")
+    ]
 
     # The watchdog: a stopped supervisor stops pinging; systemd kills it and restarts the
     # unit, and the new processor requeues the task the old one's worker was running.
     lost = deploy_tasks.nap_twice.delay(args=(8,))
-    wait_for(lambda: task_state(conn, lost) == "running", timeout=WAIT_SECONDS,
-             message="a task to start")
+    wait_for(
+        lambda: task_state(conn, lost) == "running", timeout=WAIT_SECONDS, message="a task to start"
+    )
     machine.systemctl("kill", "--kill-whom=main", "--signal=STOP", "task-processor")
-    wait_for(lambda: "Watchdog timeout" in machine.journal(), timeout=WAIT_SECONDS,
-             message="systemd's watchdog to fire")
+    wait_for(
+        lambda: "Watchdog timeout" in machine.journal(),
+        timeout=WAIT_SECONDS,
+        message="systemd's watchdog to fire",
+    )
 
     def restarted() -> bool:
         state = machine.show("ActiveState", "MainPID")
         return state["ActiveState"] == "active" and state["MainPID"] not in ("0", str(first_pid))
 
     wait_for(restarted, timeout=WAIT_SECONDS, message="the unit to be restarted")
-    wait_for(lambda: task_state(conn, lost) == "succeeded", timeout=WAIT_SECONDS,
-             message="the new processor to run the lost task again")
-    assert [result for (result,) in fetch_all(
-        conn, "SELECT result FROM task_processor.runs WHERE task_id = %s ORDER BY attempt",
-        (lost,))] == ["worker_lost", "success"]
+    wait_for(
+        lambda: task_state(conn, lost) == "succeeded",
+        timeout=WAIT_SECONDS,
+        message="the new processor to run the lost task again",
+    )
+    assert [
+        result
+        for (result,) in fetch_all(
+            conn,
+            "SELECT result FROM task_processor.runs WHERE task_id = %s ORDER BY attempt",
+            (lost,),
+        )
+    ] == ["worker_lost", "success"]
     assert machine.show("NRestarts")["NRestarts"] == "1"
 
     # `systemctl reload` (ExecReload, SIGHUP): the same supervisor replaces its workers.
@@ -186,18 +232,20 @@ def test_the_unit_is_ready_once_its_workers_are_up_drains_on_stop_and_restarts_o
     before = worker_pids(conn)
     reloaded = machine.systemctl("reload", "task-processor")
     assert reloaded.returncode == 0, reloaded.stderr + machine.journal()
-    wait_for(lambda: len(worker_pids(conn)) == 2 and not worker_pids(conn) & before,
-             timeout=WAIT_SECONDS, message="the workers to be replaced on reload")
-    assert machine.show("MainPID", "ActiveState") == {"MainPID": main_pid,
-                                                      "ActiveState": "active"}
+    wait_for(
+        lambda: len(worker_pids(conn)) == 2 and not worker_pids(conn) & before,
+        timeout=WAIT_SECONDS,
+        message="the workers to be replaced on reload",
+    )
+    assert machine.show("MainPID", "ActiveState") == {"MainPID": main_pid, "ActiveState": "active"}
 
     # `systemctl stop` drains: the running task finishes, the supervisor exits 0.
     slow = deploy_tasks.nap.delay(args=(3,))
-    wait_for(lambda: task_state(conn, slow) == "running", timeout=WAIT_SECONDS,
-             message="a task to start")
+    wait_for(
+        lambda: task_state(conn, slow) == "running", timeout=WAIT_SECONDS, message="a task to start"
+    )
     stopped = machine.systemctl("stop", "task-processor")
     assert stopped.returncode == 0, stopped.stderr
     assert task_state(conn, slow) == "succeeded", "the stop cut the running task short"
     state = machine.show("ActiveState", "Result", "ExecMainStatus")
-    assert state == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, \
-        state
+    assert state == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, state

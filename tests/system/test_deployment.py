@@ -40,12 +40,15 @@ ENV_EXAMPLE = ROOT / "deploy" / "task-processor.env.example"
 
 # Variables read by the application side or by Python itself rather than by an option.
 NON_OPTION_VARIABLES = {
-    "TASK_RUN_METHOD", "ENABLE_TASK_PROCESSOR_HEALTH_CHECK", "PYTHONPATH",
+    "TASK_RUN_METHOD",
+    "ENABLE_TASK_PROCESSOR_HEALTH_CHECK",
+    "PYTHONPATH",
     "PYTHONDONTWRITEBYTECODE",
 }
 
 
 # -- readers ---------------------------------------------------------------------------------
+
 
 def final_stage() -> list[tuple[str, str]]:
     instructions = dockerfile_instructions()
@@ -120,6 +123,7 @@ def default_drain_timeout() -> int:
 
 # -- Dockerfile --------------------------------------------------------------------------------
 
+
 def test_entrypoint_and_cmd_are_exec_form_so_the_program_gets_the_stop_signal():
     stage = final_stage()
     assert exec_form(one(stage, "ENTRYPOINT")) == ["docker-entrypoint"]
@@ -132,8 +136,10 @@ def test_entrypoint_and_cmd_are_exec_form_so_the_program_gets_the_stop_signal():
 def test_the_image_runs_as_a_non_root_user():
     user = one(final_stage(), "USER").split(":")[0]
     assert user not in {"root", "0"}
-    assert any(kw == "RUN" and "useradd" in arguments and user in arguments
-               for kw, arguments in final_stage()), f"the user {user} is never created"
+    assert any(
+        kw == "RUN" and "useradd" in arguments and user in arguments
+        for kw, arguments in final_stage()
+    ), f"the user {user} is never created"
 
 
 def test_healthcheck_runs_check_health_and_stop_signal_is_sigterm():
@@ -156,15 +162,21 @@ def test_the_python_image_satisfies_python_requires():
 
 def test_the_build_copies_every_package_and_installs_it():
     instructions = dockerfile_instructions()
-    copied = {source.rstrip("/") for kw, arguments in instructions if kw == "COPY"
-              and not arguments.startswith("--from") for source in arguments.split()[:-1]}
+    copied = {
+        source.rstrip("/")
+        for kw, arguments in instructions
+        if kw == "COPY" and not arguments.startswith("--from")
+        for source in arguments.split()[:-1]
+    }
     include = setup_cfg()["options.packages.find"]["include"].split()
     packages = {name for name in include if "." not in name and "*" not in name}
     readme = setup_cfg()["metadata"]["long_description"].removeprefix("file:").strip()
     needed = packages | {"setup.py", "setup.cfg", readme}
     assert needed <= copied, f"the build never copies {sorted(needed - copied)}"
-    assert any(kw == "RUN" and re.search(r"pip install( --\S+)* '?\.(\[metrics\])?'?$", arguments)
-               for kw, arguments in instructions), "the package is never pip-installed"
+    assert any(
+        kw == "RUN" and re.search(r"pip install( --\S+)* '?\.(\[metrics\])?'?$", arguments)
+        for kw, arguments in instructions
+    ), "the package is never pip-installed"
     assert one(final_stage(), "WORKDIR") == "/app"
     environment = " ".join(arguments for kw, arguments in final_stage() if kw == "ENV")
     assert "PYTHONPATH=/app" in environment, "user task code under /app must be importable"
@@ -176,9 +188,14 @@ def test_dockerignore_sends_what_the_build_copies_and_nothing_else():
             for source in arguments.split()[:-1]:
                 assert sent_to_builder(source.rstrip("/")), f".dockerignore drops {source}"
     assert sent_to_builder("common/migrations/0001_initial.sql")
-    for kept_out in (".git/config", "tests/conftest.py", "bench/x.py", ".env",
-                     "common/__pycache__/config.cpython-311.pyc",
-                     "task_processor.egg-info/PKG-INFO"):
+    for kept_out in (
+        ".git/config",
+        "tests/conftest.py",
+        "bench/x.py",
+        ".env",
+        "common/__pycache__/config.cpython-311.pyc",
+        "task_processor.egg-info/PKG-INFO",
+    ):
         assert not sent_to_builder(kept_out), f"{kept_out} would be sent to the builder"
 
 
@@ -192,6 +209,7 @@ def test_the_entrypoint_script_passes_options_to_the_processor():
 
 # -- console scripts ---------------------------------------------------------------------------
 
+
 def compose_commands() -> list[list[str]]:
     """Every command line the image services run: ``command:`` and healthcheck ``test:``."""
     commands = [compose_command(name) for name in IMAGE_SERVICES]
@@ -202,11 +220,17 @@ def compose_commands() -> list[list[str]]:
 def test_every_command_the_deployment_files_run_is_an_installed_console_script():
     scripts = set(console_scripts())
     stage = final_stage()
-    called = {exec_form(one(stage, "CMD"))[0],
-              exec_form(one(stage, "HEALTHCHECK").partition("CMD ")[2])[0],
-              Path(shlex.split(service_key("ExecStart"))[0]).name}
-    called |= set(re.findall(r"exec (run-task-processor|run-api|check-health|task-processor)\b",
-                             ENTRYPOINT_SCRIPT.read_text()))
+    called = {
+        exec_form(one(stage, "CMD"))[0],
+        exec_form(one(stage, "HEALTHCHECK").partition("CMD ")[2])[0],
+        Path(shlex.split(service_key("ExecStart"))[0]).name,
+    }
+    called |= set(
+        re.findall(
+            r"exec (run-task-processor|run-api|check-health|task-processor)\b",
+            ENTRYPOINT_SCRIPT.read_text(),
+        )
+    )
     for command in compose_commands():
         if command[0] != "python":  # the image's interpreter, for the HTTP probe
             called.add(command[0])
@@ -217,6 +241,7 @@ def test_every_command_the_deployment_files_run_is_an_installed_console_script()
 
 # -- docker-compose.yml ------------------------------------------------------------------------
 
+
 def test_compose_has_the_services_with_healthchecks_and_dependency_conditions():
     for name in ("postgres", *IMAGE_SERVICES):
         assert "healthcheck" in compose_service(name), f"{name} has no healthcheck section"
@@ -226,7 +251,8 @@ def test_compose_has_the_services_with_healthchecks_and_dependency_conditions():
         assert service["image"] == "task-processor:local", f"{name} runs another image"
         assert service["depends_on"], f"{name} starts without waiting for its dependencies"
     assert compose_service("migrate")["depends_on"] == {
-        "postgres": {"condition": "service_healthy"}}
+        "postgres": {"condition": "service_healthy"}
+    }
     assert compose_command("migrate") == ["task-processor", "migrate"]
 
 
@@ -272,6 +298,7 @@ def test_compose_sets_only_variables_that_something_reads():
 
 # -- systemd unit and its EnvironmentFile ----------------------------------------------------
 
+
 def test_unit_speaks_notify_and_is_stopped_by_its_own_drain():
     assert service_key("Type") == "notify"
     assert service_key("NotifyAccess") == "main"
@@ -291,23 +318,32 @@ def test_unit_restarts_on_failure_but_not_on_a_configuration_error():
 
 
 def test_unit_is_hardened():
-    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict",
-                       "PrivateTmp": "yes", "ProtectHome": "yes"}.items():
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "ProtectHome": "yes",
+    }.items():
         assert service_key(key) == value, f"{key}={value} expected"
     families = service_key("RestrictAddressFamilies").split()
     assert "AF_UNIX" in families, "the notify socket and local PostgreSQL need AF_UNIX"
     assert {"AF_INET", "AF_INET6"} <= set(families)
 
 
-needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                           reason="systemd-analyze is not installed")
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
 
 
 def systemd_analyze_verify(directory: Path, text: str) -> subprocess.CompletedProcess[str]:
     unit = directory / UNIT.name
     unit.write_text(text)
-    return subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @needs_systemd_analyze
@@ -325,8 +361,9 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
 @needs_systemd_analyze
 def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path):
     """Guards the test above: a wrong value must show up in its output."""
-    result = systemd_analyze_verify(tmp_path, UNIT.read_text().replace("KillMode=mixed",
-                                                                      "KillMode=gentle"))
+    result = systemd_analyze_verify(
+        tmp_path, UNIT.read_text().replace("KillMode=mixed", "KillMode=gentle")
+    )
     assert "kill mode" in result.stderr.lower()
 
 

@@ -10,35 +10,41 @@ import subprocess
 import sys
 from datetime import time, timedelta
 
-import pytest
-
 import processor_tasks
+import pytest
+from databases import fetch_all
+from harness import REPO, SUPPORT, query, wait_for
+
 from api import queries as api_queries
 from common import errors, recurring
 from common.config import build_parser, parse_args
-from health.cli import main as check_health
-from common.registry import UnknownTaskError
 from common.lifecycle import NO_TIME_LIMIT_MS
+from common.registry import UnknownTaskError
 from common.tasks import TaskPriority, TaskRunMethod
-from databases import fetch_all
-from harness import REPO, SUPPORT, query, wait_for
+from health.cli import main as check_health
 from supervisor.unrunnable import UnrunnableWatch
-from test_tasks_api import define, run_method  # noqa: F401 - fixtures
 
 # -- the package ----------------------------------------------------------------------------
 
 
 def test_the_reference_module_names_are_ours():
-    from task_processor import decorators, exceptions, models, task_run_method
     from common import tasks
+    from task_processor import decorators, exceptions, models, task_run_method
 
     assert decorators.register_task_handler is tasks.register_task_handler
     assert models.TaskPriority is TaskPriority
     assert task_run_method.TaskRunMethod is TaskRunMethod
-    assert (exceptions.InvalidArgumentsError, exceptions.TaskBackoffError,
-            exceptions.TaskProcessingError, exceptions.TaskQueueFullError) == (
-        errors.InvalidArgumentsError, tasks.TaskBackoffError, errors.TaskProcessingError,
-        errors.TaskQueueFullError)
+    assert (
+        exceptions.InvalidArgumentsError,
+        exceptions.TaskBackoffError,
+        exceptions.TaskProcessingError,
+        exceptions.TaskQueueFullError,
+    ) == (
+        errors.InvalidArgumentsError,
+        tasks.TaskBackoffError,
+        errors.TaskProcessingError,
+        errors.TaskQueueFullError,
+    )
     assert issubclass(errors.InvalidArgumentsError, errors.TaskProcessingError)
     assert issubclass(UnknownTaskError, errors.TaskProcessingError)
 
@@ -46,11 +52,11 @@ def test_the_reference_module_names_are_ours():
 def test_recurring_task_takes_the_reference_positional_order():
     from task_processor.decorators import register_recurring_task
 
-    handler = register_recurring_task(timedelta(hours=1), "hourly_probe", ("a",), {"b": 1},
-                                      time(3, 0), None)(lambda a, b: None)
+    handler = register_recurring_task(
+        timedelta(hours=1), "hourly_probe", ("a",), {"b": 1}, time(3, 0), None
+    )(lambda a, b: None)
     try:
-        (definition,) = [d for d in recurring.definitions()
-                         if d.identifier == handler.identifier]
+        (definition,) = [d for d in recurring.definitions() if d.identifier == handler.identifier]
         assert handler.identifier.endswith(".hourly_probe")
         assert (definition.args_json, definition.kwargs_json) == ('["a"]', '{"b":1}')
         assert definition.first_run_time.hour == 3 and handler.timeout is None
@@ -90,8 +96,9 @@ def test_timeout_none_is_stored_as_no_time_limit(define, run_method, conn):
     run_method("TASK_PROCESSOR")
     handler = define(timeout=None)
     task_id = handler.delay()
-    assert fetch_all(conn, "SELECT timeout_ms FROM task_processor.tasks WHERE id = %s",
-                     (task_id,)) == [(NO_TIME_LIMIT_MS,)]
+    assert fetch_all(
+        conn, "SELECT timeout_ms FROM task_processor.tasks WHERE id = %s", (task_id,)
+    ) == [(NO_TIME_LIMIT_MS,)]
     with pytest.raises(ValueError, match="or None for no time limit"):
         define(timeout=timedelta(0))
 
@@ -105,14 +112,20 @@ def test_raise_if_full_raises_the_reference_error(define, run_method, database_u
         handler.delay(raise_if_full=True)
 
 
-def test_a_task_without_time_limit_outlives_the_grace_period(database_url, start_processor,
-                                                             results, capsys):
+def test_a_task_without_time_limit_outlives_the_grace_period(
+    database_url, start_processor, results, capsys
+):
     processor = start_processor("--numthreads", "1", "--graceperiodms", "1000")
     processor.wait_ready(1)
     processor_tasks.sleep_without_limit.delay(args=("long", 3.0))
-    wait_for(lambda: query(database_url, "SELECT 1 FROM task_processor.workers WHERE state = "
-                                         "'busy' AND now() - last_beat_at > interval '1.5 s'"),
-             message="the task running past the grace period")
+    wait_for(
+        lambda: query(
+            database_url,
+            "SELECT 1 FROM task_processor.workers WHERE state = "
+            "'busy' AND now() - last_beat_at > interval '1.5 s'",
+        ),
+        message="the task running past the grace period",
+    )
     assert check_health(["--all"]) == 0, capsys.readouterr().out
     wait_for(lambda: results("long"), timeout=30, message="the task finished")
     assert fetch_all_runs(database_url) == [("success",)]
@@ -120,9 +133,12 @@ def test_a_task_without_time_limit_outlives_the_grace_period(database_url, start
 
 
 def fetch_all_runs(database_url: str) -> list[tuple]:
-    return query(database_url, "SELECT r.result FROM task_processor.runs AS r JOIN "
-                               "task_processor.tasks AS t ON t.id = r.task_id WHERE "
-                               "t.identifier = 'processor_tasks.sleep_without_limit'")
+    return query(
+        database_url,
+        "SELECT r.result FROM task_processor.runs AS r JOIN "
+        "task_processor.tasks AS t ON t.id = r.task_id WHERE "
+        "t.identifier = 'processor_tasks.sleep_without_limit'",
+    )
 
 
 # -- transaction_on_commit ------------------------------------------------------------------
@@ -158,15 +174,26 @@ print("after rollback", ran.wait(0.5))
 """
 
 
-@pytest.mark.parametrize("on_commit, expected", [
-    (True, ["inside False", "after commit True", "after rollback False"]),
-    (False, ["inside True", "after commit True", "after rollback True"]),
-])
+@pytest.mark.parametrize(
+    ("on_commit", "expected"),
+    [
+        (True, ["inside False", "after commit True", "after rollback False"]),
+        (False, ["inside True", "after commit True", "after rollback True"]),
+    ],
+)
 def test_transaction_on_commit_waits_for_djangos_commit(on_commit, expected):
-    done = subprocess.run([sys.executable, "-c", _DJANGO_APP % on_commit], cwd=REPO,
-                          env={**os.environ, "TASK_RUN_METHOD": "SEPARATE_THREAD",
-                               "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)])},
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", _DJANGO_APP % on_commit],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "TASK_RUN_METHOD": "SEPARATE_THREAD",
+            "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.stdout.splitlines() == expected, done.stderr
 
 
@@ -186,16 +213,21 @@ def test_the_legacy_sleep_interval_variable_is_honoured(monkeypatch):
 
 def _waiting(conn, identifier: str, count: int, waited_seconds: float) -> None:
     with conn.cursor() as cursor:
-        cursor.execute("INSERT INTO task_processor.tasks (identifier, scheduled_for) "
-                       "SELECT %s, now() - make_interval(secs => %s) "
-                       "FROM generate_series(1, %s)", (identifier, waited_seconds, count))
+        cursor.execute(
+            "INSERT INTO task_processor.tasks (identifier, scheduled_for) "
+            "SELECT %s, now() - make_interval(secs => %s) "
+            "FROM generate_series(1, %s)",
+            (identifier, waited_seconds, count),
+        )
 
 
 def _live_processor(conn, processor_id: str, identifiers: list[str] | None) -> None:
     with conn.cursor() as cursor:
-        cursor.execute("INSERT INTO task_processor.processors (id, host, pid, num_workers, "
-                       "grace_period_ms, task_identifiers) VALUES (%s, 'h', 1, 1, 20000, %s)",
-                       (processor_id, identifiers))
+        cursor.execute(
+            "INSERT INTO task_processor.processors (id, host, pid, num_workers, "
+            "grace_period_ms, task_identifiers) VALUES (%s, 'h', 1, 1, 20000, %s)",
+            (processor_id, identifiers),
+        )
 
 
 def test_monitoring_counts_due_tasks_that_no_live_processor_knows(conn):
@@ -206,8 +238,9 @@ def test_monitoring_counts_due_tasks_that_no_live_processor_knows(conn):
         assert api_queries.monitoring(cursor)["waiting_unrunnable"] == 2
         _live_processor(conn, "p-older-release", None)  # claims every identifier
         assert api_queries.monitoring(cursor)["waiting_unrunnable"] == 0
-        cursor.execute("UPDATE task_processor.processors SET state = 'stopped' "
-                       "WHERE id = 'p-older-release'")
+        cursor.execute(
+            "UPDATE task_processor.processors SET state = 'stopped' WHERE id = 'p-older-release'"
+        )
         assert api_queries.monitoring(cursor)["waiting_unrunnable"] == 2
 
 

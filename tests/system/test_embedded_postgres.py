@@ -32,17 +32,30 @@ class Machine:
         self.data_dir = data_dir
         self.greetings = tmp_path / "greetings.txt"
         self.tmp_path = tmp_path
-        self.env = {key: value for key, value in os.environ.items()
-                    if not key.startswith("PG")
-                    and key not in ("DATABASE_URL", "TASK_PROCESSOR_DATABASE_URL")}
-        self.env.update(TASK_PROCESSOR_DATA_DIR=str(self.data_dir), TASK_RUN_METHOD="TASK_PROCESSOR",
-                        EXAMPLE_GREETINGS_FILE=str(self.greetings),
-                        PYTHONPATH=os.pathsep.join([str(SUPPORT), str(REPO)]))
+        self.env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("PG")
+            and key not in ("DATABASE_URL", "TASK_PROCESSOR_DATABASE_URL")
+        }
+        self.env.update(
+            TASK_PROCESSOR_DATA_DIR=str(self.data_dir),
+            TASK_RUN_METHOD="TASK_PROCESSOR",
+            EXAMPLE_GREETINGS_FILE=str(self.greetings),
+            PYTHONPATH=os.pathsep.join([str(SUPPORT), str(REPO)]),
+        )
         self.processors: list[subprocess.Popen] = []
 
     def run(self, *command: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *command], cwd=REPO, env=self.env, check=False,
-                              capture_output=True, text=True, timeout=90)
+        return subprocess.run(
+            [sys.executable, *command],
+            cwd=REPO,
+            env=self.env,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
 
     def command(self, name: str, *args: str) -> subprocess.CompletedProcess:
         return self.run(str(BIN / name), *args)
@@ -50,18 +63,35 @@ class Machine:
     def start_processor(self) -> subprocess.Popen:
         with open(self.tmp_path / f"processor-{len(self.processors)}.log", "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, str(BIN / "run-task-processor"), "--tasks", "examples.tasks",
-                 "--numthreads", "2"], cwd=REPO, env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    str(BIN / "run-task-processor"),
+                    "--tasks",
+                    "examples.tasks",
+                    "--numthreads",
+                    "2",
+                ],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processors.append(process)
         return process
 
     def api_health(self) -> tuple[int, dict, str]:
         """``GET /health?format=json`` from a ``run-api`` with no database configured; its
         status, body and log."""
-        api = subprocess.Popen([sys.executable, str(BIN / "run-api"), "--bind", "127.0.0.1:0"],
-                               cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+        api = subprocess.Popen(
+            [sys.executable, str(BIN / "run-api"), "--bind", "127.0.0.1:0"],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             log = ""
             while (found := re.search(r"listening on (http://\S+)", log)) is None:
@@ -90,13 +120,18 @@ class Machine:
         assert result.returncode == 0, result.stderr
 
     def wait_for_greeting(self, name: str, timeout: float = 30.0) -> None:
-        wait_for(lambda: self.greetings.exists()
-                 and f"Hello, {name}!" in self.greetings.read_text(), timeout,
-                 message=f"the greeting of {name}")
+        wait_for(
+            lambda: self.greetings.exists() and f"Hello, {name}!" in self.greetings.read_text(),
+            timeout,
+            message=f"the greeting of {name}",
+        )
 
     def wait_ready(self, process: subprocess.Popen) -> None:
-        wait_for(lambda: "ready: 2 workers" in self.log(process) or process.poll() is not None,
-                 60, message="the processor to be ready")
+        wait_for(
+            lambda: "ready: 2 workers" in self.log(process) or process.poll() is not None,
+            60,
+            message="the processor to be ready",
+        )
         assert process.poll() is None, self.log(process)
 
     def postmasters(self) -> list[int]:
@@ -161,9 +196,17 @@ def test_the_readme_commands_run_the_examples_and_a_second_run_keeps_the_data(ma
     machine.wait_for_greeting("later")  # the delayed one, 3 s after enqueueing
     assert machine.log(processor).count(NOTICE) == 1
     url = machine.url()
-    wait_for(lambda: query(url, "SELECT state FROM task_processor.tasks "
-                                "WHERE identifier = 'tasks.count_slowly'")
-             == [("succeeded",)], 30, message="count_slowly to succeed")
+    wait_for(
+        lambda: (
+            query(
+                url,
+                "SELECT state FROM task_processor.tasks WHERE identifier = 'tasks.count_slowly'",
+            )
+            == [("succeeded",)]
+        ),
+        30,
+        message="count_slowly to succeed",
+    )
     machine.wait_ready(processor)
     health = machine.command("check-health")
     assert health.returncode == 0, health.stdout + health.stderr
@@ -184,9 +227,11 @@ def test_the_readme_commands_run_the_examples_and_a_second_run_keeps_the_data(ma
     processor = machine.start_processor()
     machine.wait_for_greeting("again")
     url = machine.url()
-    assert query(url, "SELECT count(*) FROM task_processor.tasks "
-                      "WHERE identifier = 'tasks.greet' AND state = 'succeeded'") \
-        == [(9,)]
+    assert query(
+        url,
+        "SELECT count(*) FROM task_processor.tasks "
+        "WHERE identifier = 'tasks.greet' AND state = 'succeeded'",
+    ) == [(9,)]
     status = machine.command("task-processor", "status")
     assert status.returncode == 0 and "succeeded" in status.stdout
 
@@ -197,11 +242,17 @@ def _kill_processor(machine: Machine, processor: subprocess.Popen) -> None:
 
 
 def _kill_processor_and_server(machine: Machine, processor: subprocess.Popen) -> None:
-    postmaster, = machine.postmasters()
+    (postmaster,) = machine.postmasters()
     _kill_processor(machine, processor)
     os.kill(postmaster, signal.SIGKILL)
-    wait_for(lambda: not psutil.pid_exists(postmaster) or psutil.Process(postmaster).status()
-             == psutil.STATUS_ZOMBIE, 10, message="the postmaster to die")
+    wait_for(
+        lambda: (
+            not psutil.pid_exists(postmaster)
+            or psutil.Process(postmaster).status() == psutil.STATUS_ZOMBIE
+        ),
+        10,
+        message="the postmaster to die",
+    )
     reap_orphans()
     assert (machine.data_dir / "postgres" / "postmaster.pid").exists()  # left behind
 
@@ -222,11 +273,14 @@ def _kill_both_and_reuse_the_pid(machine: Machine, processor: subprocess.Popen) 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("crash", [_kill_processor, _kill_processor_and_server,
-                                   _kill_both_and_reuse_the_pid],
-                         ids=["processor", "processor-and-server", "pid-reused"])
+@pytest.mark.parametrize(
+    "crash",
+    [_kill_processor, _kill_processor_and_server, _kill_both_and_reuse_the_pid],
+    ids=["processor", "processor-and-server", "pid-reused"],
+)
 def test_a_processor_killed_with_sigkill_leaves_nothing_that_blocks_the_next_start(
-        machine, crash: Callable[[Machine, subprocess.Popen], None]):
+    machine, crash: Callable[[Machine, subprocess.Popen], None]
+):
     assert machine.command("task-processor", "migrate").returncode == 0
     processor = machine.start_processor()
     machine.wait_ready(processor)
@@ -251,8 +305,9 @@ def test_two_processors_starting_at_once_share_one_server(machine):
     url = machine.url()
     for process in (first, second):
         assert f"workers on {db.describe(url)}" in machine.log(process)
-    assert query(url, "SELECT count(*) FROM task_processor.processors "
-                      "WHERE state <> 'stopped'") == [(2,)]
+    assert query(
+        url, "SELECT count(*) FROM task_processor.processors WHERE state <> 'stopped'"
+    ) == [(2,)]
 
 
 def test_a_configured_url_wins_over_the_embedded_server(database_url, tmp_path):
@@ -262,4 +317,3 @@ def test_a_configured_url_wins_over_the_embedded_server(database_url, tmp_path):
     assert status.returncode == 0, status.stderr
     assert NOTICE not in status.stderr
     assert not machine.data_dir.exists()
-

@@ -6,19 +6,22 @@ from __future__ import annotations
 import pytest
 
 prometheus_client = pytest.importorskip(
-    "prometheus_client", reason="prometheus_client is the 'metrics' extra: pip install "
-                                "'task-processor[metrics]'")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
+    "prometheus_client",
+    reason="prometheus_client is the 'metrics' extra: pip install 'task-processor[metrics]'",
+)
 from api_support import PROCESSOR_ARGS, api_server  # noqa: E402
 from databases import fetch_all  # noqa: E402
 from harness import wait_for  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
     """{(name, sorted labels): value} of a scrape."""
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def scrape(server, **headers: str) -> dict[tuple[str, tuple], float]:
@@ -29,10 +32,14 @@ def scrape(server, **headers: str) -> dict[tuple[str, tuple], float]:
 
 
 def add_tasks(conn, identifier: str, state: str, count: int, due_seconds_ago: float = 0) -> None:
-    fetch_all(conn, """
+    fetch_all(
+        conn,
+        """
         INSERT INTO task_processor.tasks (identifier, state, scheduled_for)
         SELECT %s, %s, now() - make_interval(secs => %s) FROM generate_series(1, %s)
-        RETURNING id""", (identifier, state, due_seconds_ago, count))
+        RETURNING id""",
+        (identifier, state, due_seconds_ago, count),
+    )
 
 
 def test_tasks_by_state_and_identifier_due_and_oldest(conn, database_url):
@@ -53,8 +60,11 @@ def test_tasks_by_state_and_identifier_due_and_oldest(conn, database_url):
     assert value("task_processor_tasks", state="running", task_identifier="report.build") == 1
     assert value("task_processor_due_tasks", task_identifier="mail.send") == 3
     assert value("task_processor_due_tasks", task_identifier="report.build") == 0
-    assert 120 <= value("task_processor_oldest_waiting_task_age_seconds",
-                        task_identifier="mail.send") < 120 + 300
+    assert (
+        120
+        <= value("task_processor_oldest_waiting_task_age_seconds", task_identifier="mail.send")
+        < 120 + 300
+    )
     assert not any(labels and ("state", "succeeded") in labels for _, labels in got)
     assert value("task_processor_processors", state="running") == 0
 
@@ -63,16 +73,30 @@ def test_live_processor_and_its_workers(database_url, start_processor):
     processor = start_processor(*PROCESSOR_ARGS, tasks=())
     processor.wait_ready(2)
     with api_server(database_url) as server:
-        wait_for(lambda: sum(value for (name, labels), value in scrape(server).items()
-                             if name == "task_processor_workers") == 2, timeout=30)
+        wait_for(
+            lambda: (
+                sum(
+                    value
+                    for (name, labels), value in scrape(server).items()
+                    if name == "task_processor_workers"
+                )
+                == 2
+            ),
+            timeout=30,
+        )
         got = scrape(server)
         processor.stop()  # kill -9: the heartbeat goes stale, the processor turns silent
-        wait_for(lambda: scrape(server)[("task_processor_processors",
-                                         (("state", "silent"),))] == 1, timeout=30)
+        wait_for(
+            lambda: scrape(server)[("task_processor_processors", (("state", "silent"),))] == 1,
+            timeout=30,
+        )
     assert got[("task_processor_processors", (("state", "running"),))] == 1
     assert got[("task_processor_workers", (("state", "idle"),))] == 2
-    beats = [value for (name, _), value in got.items()
-             if name == "task_processor_worker_heartbeat_age_seconds"]
+    beats = [
+        value
+        for (name, _), value in got.items()
+        if name == "task_processor_worker_heartbeat_age_seconds"
+    ]
     assert len(beats) == 2 and all(0 <= beat < 30 for beat in beats)
 
 
@@ -90,8 +114,12 @@ def test_delay_counts_enqueued_tasks_on_the_default_registry(database_url, monke
     registry = prometheus_client.REGISTRY
 
     def enqueued(identifier: str) -> float:
-        return registry.get_sample_value("task_processor_enqueued_tasks_total",
-                                         {"task_identifier": identifier}) or 0.0
+        return (
+            registry.get_sample_value(
+                "task_processor_enqueued_tasks_total", {"task_identifier": identifier}
+            )
+            or 0.0
+        )
 
     before_record, before_noop = enqueued(record.identifier), enqueued(noop.identifier)
     record.delay(args=("a",))

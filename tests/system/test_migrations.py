@@ -7,10 +7,10 @@ import threading
 
 import psycopg2
 import pytest
+from commands import ADMIN_COMMAND
+from databases import fetch_all
 
 from common import migrations
-from databases import fetch_all
-from commands import ADMIN_COMMAND
 
 VERSIONS = [(m.version, m.name) for m in migrations.available()]
 
@@ -18,8 +18,10 @@ VERSIONS = [(m.version, m.name) for m in migrations.available()]
 def recorded(url: str) -> list[tuple[int, str]]:
     connection = psycopg2.connect(url)
     try:
-        return fetch_all(connection, "SELECT version, name FROM task_processor.schema_migrations "
-                                     "ORDER BY version")
+        return fetch_all(
+            connection,
+            "SELECT version, name FROM task_processor.schema_migrations ORDER BY version",
+        )
     finally:
         connection.close()
 
@@ -35,8 +37,12 @@ def test_migrate_applies_everything_in_order_then_nothing(empty_database_url):
     try:
         first = migrations.migrate(connection)
         second = migrations.migrate(connection)
-        tables = {row[0] for row in fetch_all(
-            connection, "SELECT tablename FROM pg_tables WHERE schemaname = 'task_processor'")}
+        tables = {
+            row[0]
+            for row in fetch_all(
+                connection, "SELECT tablename FROM pg_tables WHERE schemaname = 'task_processor'"
+            )
+        }
     finally:
         connection.close()
 
@@ -74,8 +80,12 @@ def test_concurrent_migrations_all_succeed_and_apply_once(empty_database_url):
 
 
 def test_concurrent_migrate_commands_both_succeed(empty_database_url):
-    processes = [subprocess.Popen([*ADMIN_COMMAND, "migrate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            [*ADMIN_COMMAND, "migrate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [process.communicate(timeout=60) for process in processes]
 
     assert [process.returncode for process in processes] == [0, 0], outputs
@@ -103,16 +113,23 @@ def test_check_current_names_what_is_pending_and_the_command_to_run(empty_databa
 
 def test_check_current_reports_only_the_missing_migration(database_url, conn):
     latest_version, latest_name = VERSIONS[-1]
-    fetch_all(conn, "DELETE FROM task_processor.schema_migrations WHERE version = %s "
-                    "RETURNING version", (latest_version,))
+    fetch_all(
+        conn,
+        "DELETE FROM task_processor.schema_migrations WHERE version = %s RETURNING version",
+        (latest_version,),
+    )
 
-    with pytest.raises(migrations.SchemaOutdated,
-                       match=rf"\(pending: {latest_version:04d}_{latest_name}\)"):
+    with pytest.raises(
+        migrations.SchemaOutdated, match=rf"\(pending: {latest_version:04d}_{latest_name}\)"
+    ):
         migrations.check_current(conn)
 
 
 def test_a_database_ahead_of_the_code_is_accepted(database_url, conn):
-    fetch_all(conn, "INSERT INTO task_processor.schema_migrations (version, name) "
-                    "VALUES (9999, 'from_a_newer_release') RETURNING version")
+    fetch_all(
+        conn,
+        "INSERT INTO task_processor.schema_migrations (version, name) "
+        "VALUES (9999, 'from_a_newer_release') RETURNING version",
+    )
     migrations.check_current(conn)
     assert migrations.pending(conn) == []

@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Iterator
-
-import pytest
+from collections.abc import Iterator
 
 import processor_tasks
+import pytest
 from databases import create_database, drop_database, url_for
 from harness import REPO, query, task_states, wait_for
 
@@ -26,14 +25,19 @@ def new_queue_url(template_database: str) -> Iterator[str]:
 
 
 def move_queue(old: str, new: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "admin.cli", "move-queue"], cwd=REPO,
-                          env={**os.environ, "DATABASE_URL": old,
-                               "TASK_PROCESSOR_DATABASE_URL": new},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "admin.cli", "move-queue"],
+        cwd=REPO,
+        env={**os.environ, "DATABASE_URL": old, "TASK_PROCESSOR_DATABASE_URL": new},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_tasks_left_in_the_old_queue_are_announced_then_moved_and_run(
-        database_url, new_queue_url, start_processor, results, conn):
+    database_url, new_queue_url, start_processor, results, conn
+):
     old = database_url
     processor_tasks.record.delay_many([{"args": (f"moved-{i}",)} for i in range(4)])
     with conn.cursor() as cursor:  # a task whose processor died with it, its lease expired
@@ -43,8 +47,9 @@ def test_tasks_left_in_the_old_queue_are_announced_then_moved_and_run(
             VALUES ('processor_tasks.record', '["orphan"]', 'running', 1, 'gone/0.1',
                     now() - interval '1 minute')""")
 
-    processor = start_processor("--numthreads", "1",
-                                env={"TASK_PROCESSOR_DATABASE_URL": new_queue_url})
+    processor = start_processor(
+        "--numthreads", "1", env={"TASK_PROCESSOR_DATABASE_URL": new_queue_url}
+    )
     wait_for(lambda: "ready" in processor.log_text(), message="the processor ready")
     log = processor.log_text()
     assert "4 tasks wait (and 1 run) in the task_processor schema of database" in log
@@ -54,12 +59,15 @@ def test_tasks_left_in_the_old_queue_are_announced_then_moved_and_run(
     done = move_queue(old, new_queue_url)
     assert done.returncode == 0, done.stderr
     assert "moved 5 waiting tasks" in done.stdout
-    wait_for(lambda: len(query(old, "SELECT 1 FROM test_results")) == 5,
-             message="every moved task run from the new queue")
+    wait_for(
+        lambda: len(query(old, "SELECT 1 FROM test_results")) == 5,
+        message="every moved task run from the new queue",
+    )
     assert task_states(old) == {}
     assert task_states(new_queue_url) == {"succeeded": 5}
-    assert query(new_queue_url, "SELECT attempts FROM task_processor.tasks "
-                                "WHERE args = '[\"orphan\"]'") == [(2,)]
+    assert query(
+        new_queue_url, "SELECT attempts FROM task_processor.tasks WHERE args = '[\"orphan\"]'"
+    ) == [(2,)]
 
 
 def test_move_queue_needs_two_different_databases(database_url):

@@ -16,24 +16,35 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from commands import admin
+from databases import drop_database, fetch_all, insert_task, url_for
+from harness import REPO, SUPPORT, wait_for
 
 from common import db, redaction
 from common.config import EX_CONFIG, OPTIONS, build_parser, parse_args
-from databases import drop_database, fetch_all, insert_task, url_for
-from harness import REPO, SUPPORT, wait_for
-from commands import admin
 
 PASSWORD = "S3cretPW-k9"
 
 
-def run(command: str, *args: str, timeout: float = 60, **environment: str
-        ) -> subprocess.CompletedProcess:
+def run(
+    command: str, *args: str, timeout: float = 60, **environment: str
+) -> subprocess.CompletedProcess:
     """``bin/<command> args`` with this checkout on the path and extra environment."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("TASK_PROCESSOR_", "SENTRY_", "PG"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TASK_PROCESSOR_", "SENTRY_", "PG"))
+    }
     env.update({"PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)]), **environment})
-    return subprocess.run([sys.executable, str(REPO / "bin" / command), *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, str(REPO / "bin" / command), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def one_line(result: subprocess.CompletedProcess, prog: str) -> str:
@@ -44,6 +55,7 @@ def one_line(result: subprocess.CompletedProcess, prog: str) -> str:
 
 
 # -- passwords in the driver's messages -----------------------------------------------------
+
 
 def test_a_driver_message_that_quotes_part_of_the_password_is_scrubbed():
     """libpq reads an unencoded @ as the end of the password and says so in its message."""
@@ -82,17 +94,26 @@ def test_pgpassword_is_scrubbed(monkeypatch):
 
 # -- the database shown is the one libpq uses --------------------------------------------------
 
+
 def test_the_host_shown_is_the_host_parameter_that_libpq_uses():
-    result = run("task-processor", "status", DATABASE_URL=(
-        "postgresql://127.0.0.1:5432/appdb?user=postgres&host=other.invalid"))
+    result = run(
+        "task-processor",
+        "status",
+        DATABASE_URL=("postgresql://127.0.0.1:5432/appdb?user=postgres&host=other.invalid"),
+    )
     assert result.returncode == 1
     assert "database 'appdb' on other.invalid:5432" in one_line(result, "task-processor")
 
 
 def test_a_keyword_value_connection_string_is_accepted(database_url):
     name = database_url.rsplit("/", 1)[1]
-    result = run("task-processor", "status", DATABASE_URL=(
-        f"host=127.0.0.1 port=5432 dbname={name} user=postgres password='{PASSWORD}'"))
+    result = run(
+        "task-processor",
+        "status",
+        DATABASE_URL=(
+            f"host=127.0.0.1 port=5432 dbname={name} user=postgres password='{PASSWORD}'"
+        ),
+    )
     assert result.returncode == 0, result.stderr
     assert "waiting" in result.stdout and PASSWORD not in result.stdout + result.stderr
 
@@ -100,10 +121,16 @@ def test_a_keyword_value_connection_string_is_accepted(database_url):
 # -- a database that refuses the connection --------------------------------------------------
 
 REFUSALS = {
-    "missing database": (url_for("tp_no_such_database"),
-                         'database "tp_no_such_database" does not exist', "createdb"),
-    "missing role": (url_for("postgres").replace("postgres@", f"tp_no_such_role:{PASSWORD}@"),
-                     'role "tp_no_such_role" does not exist', "CREATE ROLE"),
+    "missing database": (
+        url_for("tp_no_such_database"),
+        'database "tp_no_such_database" does not exist',
+        "createdb",
+    ),
+    "missing role": (
+        url_for("postgres").replace("postgres@", f"tp_no_such_role:{PASSWORD}@"),
+        'role "tp_no_such_role" does not exist',
+        "CREATE ROLE",
+    ),
 }
 
 
@@ -130,12 +157,18 @@ def test_a_refusal_during_a_run_is_retried(database_url, start_processor):
     processor = start_processor("--numthreads", "1")
     processor.wait_ready(1)
     drop_database(database_url.rsplit("/", 1)[1])
-    wait_for(lambda: "refused the connection" in processor.log_text()
-             and "retrying" in processor.log_text(), timeout=30, message="a retried refusal")
+    wait_for(
+        lambda: (
+            "refused the connection" in processor.log_text() and "retrying" in processor.log_text()
+        ),
+        timeout=30,
+        message="a retried refusal",
+    )
     assert processor.process.poll() is None
 
 
 # -- options and files -----------------------------------------------------------------------
+
 
 @pytest.fixture
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,11 +192,13 @@ def test_a_bad_sentry_dsn_exits_78_naming_the_option(capsys, clean_environment):
     assert "--sentry-dsn" in message and "https://KEY@HOST/PROJECT_ID" in message
     result = run("run-task-processor", "--sentry-dsn", "notadsn", DATABASE_URL=url_for("x"))
     assert result.returncode == EX_CONFIG and "--sentry-dsn" in one_line(
-        result, "run-task-processor")
+        result, "run-task-processor"
+    )
 
 
-def test_a_config_file_that_is_not_utf8_exits_78_in_one_line(capsys, clean_environment,
-                                                            tmp_path: Path):
+def test_a_config_file_that_is_not_utf8_exits_78_in_one_line(
+    capsys, clean_environment, tmp_path: Path
+):
     config_file = tmp_path / "processor.conf"
     config_file.write_bytes("numthreads = 2\n# café\n".encode("latin-1"))
     message = refused(capsys, "--config", str(config_file))
@@ -172,17 +207,22 @@ def test_a_config_file_that_is_not_utf8_exits_78_in_one_line(capsys, clean_envir
 
 # -- task modules ------------------------------------------------------------------------------
 
+
 def test_a_missing_task_module_gets_one_line_without_traceback():
-    result = run("run-task-processor", "--tasks", "no_such_module_here",
-                 DATABASE_URL=url_for("x"))
+    result = run("run-task-processor", "--tasks", "no_such_module_here", DATABASE_URL=url_for("x"))
     assert result.returncode == EX_CONFIG
     assert "no module 'no_such_module_here'" in one_line(result, "run-task-processor")
 
 
 def test_a_task_module_that_raises_keeps_its_traceback(tmp_path: Path):
     (tmp_path / "broken_tasks.py").write_text("import no_such_dependency_here\n")
-    result = run("run-task-processor", "--tasks", "broken_tasks", DATABASE_URL=url_for("x"),
-                 PYTHONPATH=os.pathsep.join([str(tmp_path), str(SUPPORT), str(REPO)]))
+    result = run(
+        "run-task-processor",
+        "--tasks",
+        "broken_tasks",
+        DATABASE_URL=url_for("x"),
+        PYTHONPATH=os.pathsep.join([str(tmp_path), str(SUPPORT), str(REPO)]),
+    )
     assert result.returncode == EX_CONFIG
     assert "Traceback" in result.stderr and "broken_tasks.py" in result.stderr
     assert "No module named 'no_such_dependency_here'" in result.stderr.splitlines()[-1]
@@ -196,17 +236,22 @@ def test_a_task_module_that_defines_no_task_is_refused_at_start(database_url):
 
 # -- a task row that cannot be decoded ----------------------------------------------------------
 
+
 def test_show_prints_arguments_too_deep_to_decode(database_url, conn):
     task_id = insert_task(conn)
     deep = "[" * 5000 + "]" * 5000
-    fetch_all(conn, "UPDATE task_processor.tasks SET args = %s::jsonb WHERE id = %s "
-                    "RETURNING id", (deep, task_id))
+    fetch_all(
+        conn,
+        "UPDATE task_processor.tasks SET args = %s::jsonb WHERE id = %s RETURNING id",
+        (deep, task_id),
+    )
     result = admin("show", str(task_id))
     assert result.returncode == 0, result.stderr[-500:]
     assert deep in result.stdout
 
 
 # -- Sentry events -------------------------------------------------------------------------------
+
 
 class _Collector(BaseHTTPRequestHandler):
     """A Sentry ingestion endpoint that keeps every envelope it receives."""
@@ -256,10 +301,20 @@ sentry_sdk.flush(10)
 def test_sentry_events_carry_no_secret(sentry_collector):
     dsn, received = sentry_collector
     env = {key: value for key, value in os.environ.items() if not key.startswith("SENTRY_")}
-    env.update(PYTHONPATH=str(REPO), SENTRY_DSN=dsn,
-               DATABASE_URL=f"postgresql://app:{PASSWORD}@db.invalid/app")
-    result = subprocess.run([sys.executable, "-c", SENTRY_SCRIPT], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=60, check=False)
+    env.update(
+        PYTHONPATH=str(REPO),
+        SENTRY_DSN=dsn,
+        DATABASE_URL=f"postgresql://app:{PASSWORD}@db.invalid/app",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", SENTRY_SCRIPT],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     wait_for(lambda: len(received) >= 2, timeout=20, message="two Sentry events")
     events = b"".join(received)

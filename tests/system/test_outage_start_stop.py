@@ -21,16 +21,27 @@ def proxy():
 
 
 def test_a_worker_asked_to_stop_while_the_database_is_down_leaves_at_once(
-        database_url, start_processor, proxy):
+    database_url, start_processor, proxy
+):
     # An idle worker touches the database only when woken: the processor's fallback check
     # (every 200 ms here) wakes it, and it finds the database gone.
-    processor = start_processor("--numthreads", "1", "--drain-timeout", "60",
-                                "--graceperiodms", "60000", "--sleepintervalms", "200",
-                                env={"DATABASE_URL": proxy.url(database_url)})
+    processor = start_processor(
+        "--numthreads",
+        "1",
+        "--drain-timeout",
+        "60",
+        "--graceperiodms",
+        "60000",
+        "--sleepintervalms",
+        "200",
+        env={"DATABASE_URL": proxy.url(database_url)},
+    )
     processor.wait_ready(1)
     proxy.cut()
-    wait_for(lambda: re.search(r"\[worker 0 .*database unavailable", processor.log_text()),
-             message="the worker to find the database gone")
+    wait_for(
+        lambda: re.search(r"\[worker 0 .*database unavailable", processor.log_text()),
+        message="the worker to find the database gone",
+    )
     processor.signal(signal.SIGTERM)
     stopped = time.monotonic()
     # Leaving at the drain deadline (60 s) would fail here; promptly is a few seconds at most.
@@ -42,12 +53,14 @@ def test_a_worker_asked_to_stop_while_the_database_is_down_leaves_at_once(
 
 
 def test_a_processor_started_while_the_database_is_down_starts_when_it_returns(
-        database_url, start_processor, proxy, results):
+    database_url, start_processor, proxy, results
+):
     proxy.cut()
-    processor = start_processor("--numthreads", "1",
-                                env={"DATABASE_URL": proxy.url(database_url)})
-    wait_for(lambda: "database unavailable at start" in processor.log_text(),
-             message="the processor to wait for the database")
+    processor = start_processor("--numthreads", "1", env={"DATABASE_URL": proxy.url(database_url)})
+    wait_for(
+        lambda: "database unavailable at start" in processor.log_text(),
+        message="the processor to wait for the database",
+    )
     assert processor.process.poll() is None and processor.worker_pids() == []
     proxy.restore()
     processor.wait_ready(1, timeout=40)
@@ -57,12 +70,14 @@ def test_a_processor_started_while_the_database_is_down_starts_when_it_returns(
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_processor_waiting_for_the_database_at_start_stops_on_a_signal(
-        database_url, start_processor, proxy, signum):
+    database_url, start_processor, proxy, signum
+):
     proxy.cut()
-    processor = start_processor("--numthreads", "1",
-                                env={"DATABASE_URL": proxy.url(database_url)})
-    wait_for(lambda: "database unavailable at start" in processor.log_text(),
-             message="the processor to wait for the database")
+    processor = start_processor("--numthreads", "1", env={"DATABASE_URL": proxy.url(database_url)})
+    wait_for(
+        lambda: "database unavailable at start" in processor.log_text(),
+        message="the processor to wait for the database",
+    )
     processor.signal(signum)
     assert processor.wait(timeout=20) == 0
     assert f"stopping before start: got {signal.Signals(signum).name}" in processor.log_text()

@@ -12,17 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
+import processor_tasks
 import psycopg2
 import pytest
-
-import processor_tasks
 from api_support import api_server, check_health
 from commands import admin
-from common import enqueue
-from common.tasks import register_task_handler
 from harness import Processor, query, task_states, wait_for
 from pgbouncer import PgBouncer, missing
 from processor_tasks import RESULTS_TABLE
+
+from common import enqueue
+from common.tasks import register_task_handler
 
 pytestmark = pytest.mark.slow
 
@@ -56,13 +56,17 @@ def name_of(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
 
 
-@pytest.mark.parametrize(("pool_mode", "listen"), [
-    ("transaction", "direct"),  # the recommended set-up: LISTEN past the pooler
-    ("transaction", "none"),  # no direct connection: polling only
-    ("session", "pooled"),  # session pooling keeps LISTEN working through the pooler
-])
+@pytest.mark.parametrize(
+    ("pool_mode", "listen"),
+    [
+        ("transaction", "direct"),  # the recommended set-up: LISTEN past the pooler
+        ("transaction", "none"),  # no direct connection: polling only
+        ("session", "pooled"),  # session pooling keeps LISTEN working through the pooler
+    ],
+)
 def test_processor_migrations_and_health_through_pgbouncer(
-        pool_mode, listen, empty_database_url, tmp_path, monkeypatch):
+    pool_mode, listen, empty_database_url, tmp_path, monkeypatch
+):
     with running_bouncer(pool_mode) as bouncer:
         pooled = bouncer.url(name_of(empty_database_url))
         migrated = admin("migrate", DATABASE_URL=pooled)
@@ -71,12 +75,23 @@ def test_processor_migrations_and_health_through_pgbouncer(
 
         # With the poll (and so the grace period) far off, only a notification can make an
         # idle worker claim within the test's time: wake-ups are proven to arrive.
-        waits = ["--sleepintervalms", "300"] if listen == "none" else \
-            ["--sleepintervalms", "600000", "--graceperiodms", "600000"]
+        waits = (
+            ["--sleepintervalms", "300"]
+            if listen == "none"
+            else ["--sleepintervalms", "600000", "--graceperiodms", "600000"]
+        )
         listen_url = {"direct": empty_database_url, "none": "none", "pooled": pooled}[listen]
-        processor = Processor(pooled, tmp_path / "processor.log", "--numthreads", "2",
-                              "--lease-seconds", "3", "--listen-database-url", listen_url,
-                              *waits)
+        processor = Processor(
+            pooled,
+            tmp_path / "processor.log",
+            "--numthreads",
+            "2",
+            "--lease-seconds",
+            "3",
+            "--listen-database-url",
+            listen_url,
+            *waits,
+        )
         try:
             processor.wait_ready(2, timeout=60)  # the recurring clean-up ran, through it
             assert bouncer.clients(name_of(pooled)) >= 3  # the supervisor and both workers
@@ -86,22 +101,36 @@ def test_processor_migrations_and_health_through_pgbouncer(
             processor_tasks.record.delay_many([{"args": (f"task-{n}",)} for n in range(50)])
             # Outlives its lease of 3 s: renewed through the pooler, it is never taken away.
             renewed = processor_tasks.sleep_then_record.delay(args=("renewed", 4.5))
-            wait_for(lambda: task_states(pooled) == {"succeeded": 51}, timeout=90,
-                     message="every task run")
-            assert query(pooled, "SELECT attempts FROM task_processor.tasks WHERE id = %s",
-                         (renewed,)) == [(1,)]
-            assert query(pooled, "SELECT count(*) FROM task_processor.runs "
-                                 "WHERE result <> 'success'") == [(0,)]
+            wait_for(
+                lambda: task_states(pooled) == {"succeeded": 51},
+                timeout=90,
+                message="every task run",
+            )
+            assert query(
+                pooled, "SELECT attempts FROM task_processor.tasks WHERE id = %s", (renewed,)
+            ) == [(1,)]
+            assert query(
+                pooled, "SELECT count(*) FROM task_processor.runs WHERE result <> 'success'"
+            ) == [(0,)]
 
             # A worker killed mid-task: its supervisor gives the task back through the pooler.
             killed = processor_tasks.sleep_then_record.delay(args=("killed", 600))
-            pid = wait_for(lambda: query(pooled, "SELECT pid FROM test_results "
-                                                 "WHERE key = 'killed:started'"),
-                           timeout=60, message="the long task started")[0][0]
+            pid = wait_for(
+                lambda: query(pooled, "SELECT pid FROM test_results WHERE key = 'killed:started'"),
+                timeout=60,
+                message="the long task started",
+            )[0][0]
             os.kill(pid, signal.SIGKILL)
-            wait_for(lambda: query(pooled, "SELECT attempts FROM task_processor.tasks "
-                                           "WHERE id = %s", (killed,)) == [(2,)],
-                     timeout=60, message="the killed task requeued and started again")
+            wait_for(
+                lambda: (
+                    query(
+                        pooled, "SELECT attempts FROM task_processor.tasks WHERE id = %s", (killed,)
+                    )
+                    == [(2,)]
+                ),
+                timeout=60,
+                message="the killed task requeued and started again",
+            )
 
             health = check_health(pooled, "--all")
             assert health.returncode == 0, health.stdout + health.stderr
@@ -138,8 +167,7 @@ def test_queue_size_is_exact_through_pgbouncer(bouncer, database_url, monkeypatc
     assert query(database_url, "SELECT count(*) FROM task_processor.tasks") == [(QUEUE_SIZE,)]
 
 
-def test_enqueue_in_the_callers_transaction_through_pgbouncer(bouncer, database_url,
-                                                               monkeypatch):
+def test_enqueue_in_the_callers_transaction_through_pgbouncer(bouncer, database_url, monkeypatch):
     pooled = bouncer.url(name_of(database_url))
     monkeypatch.setenv("DATABASE_URL", pooled)
     monkeypatch.setenv("TASK_RUN_METHOD", "TASK_PROCESSOR")

@@ -9,24 +9,22 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import processor_tasks
+import pytest
 from harness import REPO, SUPPORT, query, task_states, wait_for
 
 
-def test_sigterm_lets_running_tasks_finish_and_exits_0(database_url, start_processor,
-                                                      results):
+def test_sigterm_lets_running_tasks_finish_and_exits_0(database_url, start_processor, results):
     processor = start_processor("--numthreads", "2")
     processor.wait_ready(2)
-    processor_tasks.sleep_then_record.delay_many(
-        [{"args": (f"d{i}", 1.5)} for i in range(2)])
+    processor_tasks.sleep_then_record.delay_many([{"args": (f"d{i}", 1.5)} for i in range(2)])
     wait_for(lambda: len(results("d0:started")) + len(results("d1:started")) == 2)
     processor.signal(signal.SIGTERM)
     assert processor.wait(20) == 0
     assert task_states(database_url) == {"succeeded": 2}
-    rows = query(database_url, "SELECT state, stopped_at IS NOT NULL FROM "
-                               "task_processor.processors")
+    rows = query(
+        database_url, "SELECT state, stopped_at IS NOT NULL FROM task_processor.processors"
+    )
     assert rows == [("stopped", True)]
 
 
@@ -37,23 +35,28 @@ def test_drain_deadline_kills_and_requeues(database_url, start_processor, result
     wait_for(lambda: results("long:started"))
     processor.signal(signal.SIGTERM)
     assert processor.wait(15) == 0
-    state, error = query(database_url, "SELECT state, last_error FROM task_processor.tasks "
-                                       "WHERE id = %s", (task_id,))[0]
+    state, error = query(
+        database_url, "SELECT state, last_error FROM task_processor.tasks WHERE id = %s", (task_id,)
+    )[0]
     assert state == "waiting" and "drain deadline" in error
 
 
-@pytest.mark.parametrize("signals", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGQUIT,)],
-                         ids=["second SIGTERM", "SIGQUIT"])
-def test_stopping_at_once_requeues_running_tasks(database_url, start_processor, results,
-                                                signals):
+@pytest.mark.parametrize(
+    "signals",
+    [(signal.SIGTERM, signal.SIGTERM), (signal.SIGQUIT,)],
+    ids=["second SIGTERM", "SIGQUIT"],
+)
+def test_stopping_at_once_requeues_running_tasks(database_url, start_processor, results, signals):
     processor = start_processor("--numthreads", "1", "--drain-timeout", "60")
     processor.wait_ready(1)
     processor_tasks.sleep_then_record.delay(args=("long", 20))
     wait_for(lambda: results("long:started"))
     for handled, signum in enumerate(signals, 1):
         processor.signal(signum)  # the next only once the supervisor has acted on this one
-        wait_for(lambda: processor.log_text().count("got SIG") >= handled,
-                 message=f"signal {handled} to be handled")
+        wait_for(
+            lambda handled=handled: processor.log_text().count("got SIG") >= handled,
+            message=f"signal {handled} to be handled",
+        )
     assert processor.wait(5) == 0
     assert task_states(database_url) == {"waiting": 1}
 
@@ -65,22 +68,31 @@ def test_ttin_and_ttou_change_the_worker_count(database_url, start_processor):
     wait_for(lambda: len(processor.worker_pids()) == 3 and len(processor.workers()) == 3)
     for remaining in (2, 1):  # one at a time: the kernel merges a signal sent while pending
         processor.signal(signal.SIGTTOU)
-        wait_for(lambda: len(processor.worker_pids()) == remaining
-                 and len(processor.workers()) == remaining, message=f"{remaining} workers")
-    wait_for(lambda: query(database_url, "SELECT num_workers FROM task_processor.processors")
-             == [(1,)], message="num_workers recorded")
+        wait_for(
+            lambda remaining=remaining: (
+                len(processor.worker_pids()) == remaining and len(processor.workers()) == remaining
+            ),
+            message=f"{remaining} workers",
+        )
+    wait_for(
+        lambda: query(database_url, "SELECT num_workers FROM task_processor.processors") == [(1,)],
+        message="num_workers recorded",
+    )
 
 
-def test_sighup_reloads_the_config_file_and_replaces_workers(database_url, start_processor,
-                                                             tmp_path):
+def test_sighup_reloads_the_config_file_and_replaces_workers(
+    database_url, start_processor, tmp_path
+):
     config = tmp_path / "processor.conf"
     config.write_text("numthreads = 1\n")
     processor = start_processor("--config", str(config))
     first = processor.wait_ready(1)
     config.write_text("numthreads = 2\nsleepintervalms = 500\n")
     processor.signal(signal.SIGHUP)
-    wait_for(lambda: len(processor.worker_pids()) == 2 and first[0] not in
-             processor.worker_pids(), message="workers replaced after reload")
+    wait_for(
+        lambda: len(processor.worker_pids()) == 2 and first[0] not in processor.worker_pids(),
+        message="workers replaced after reload",
+    )
     assert processor.process.poll() is None
 
 
@@ -89,8 +101,9 @@ def test_systemd_notifications_on_a_real_socket(database_url, start_processor, t
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(path)
     listener.settimeout(0.5)
-    processor = start_processor("--numthreads", "2",
-                                env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+    processor = start_processor(
+        "--numthreads", "2", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+    )
     messages: list[str] = []
 
     def receive_until(predicate, timeout=15.0):
@@ -98,7 +111,7 @@ def test_systemd_notifications_on_a_real_socket(database_url, start_processor, t
         while time.monotonic() < deadline:
             try:
                 messages.append(listener.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if predicate():
                 return
@@ -108,20 +121,29 @@ def test_systemd_notifications_on_a_real_socket(database_url, start_processor, t
     ready = next(m for m in messages if "READY=1" in m)
     assert "STATUS=" in ready and f"MAINPID={processor.pid}" in ready
     first_watchdog = len(messages)
-    receive_until(lambda: sum("WATCHDOG=1" in m for m in messages[first_watchdog:]) >= 3,
-                  timeout=5)
+    receive_until(lambda: sum("WATCHDOG=1" in m for m in messages[first_watchdog:]) >= 3, timeout=5)
     processor.signal(signal.SIGTERM)
     receive_until(lambda: any("STOPPING=1" in m for m in messages))
     assert processor.wait(15) == 0
     listener.close()
 
 
-def _run_cli(*args: str, env: dict | None = None, timeout: float = 30) -> \
-        subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)]),
-                   **(env or {})}
-    return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=timeout)
+def _run_cli(
+    *args: str, env: dict | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess:
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)]),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor.cli", *args],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_task_module_that_fails_to_import_exits_78(database_url):

@@ -12,8 +12,8 @@ import processor_tasks
 import psycopg2
 from harness import query, wait_for
 
-from supervisor.database import DUTY_PAUSE, SupervisorDatabase
 from common.settings import ProcessorSettings
+from supervisor.database import DUTY_PAUSE, SupervisorDatabase
 
 
 class FailingDuty:
@@ -33,10 +33,11 @@ class FailingDuty:
         raise KeyError("a bug in a periodic duty")
 
 
-def test_a_duty_that_raises_is_logged_and_paused_and_the_heartbeat_goes_on(database_url,
-                                                                         caplog):
+def test_a_duty_that_raises_is_logged_and_paused_and_the_heartbeat_goes_on(database_url, caplog):
     duty = FailingDuty()
-    database = SupervisorDatabase(ProcessorSettings(database_url, "duty-test"), socket.gethostname(), os.getpid())
+    database = SupervisorDatabase(
+        ProcessorSettings(database_url, "duty-test"), socket.gethostname(), os.getpid()
+    )
     assert database.start(1, lambda timeout: False, [duty])
     try:
         with caplog.at_level(logging.ERROR, logger="supervisor.database"):
@@ -44,22 +45,26 @@ def test_a_duty_that_raises_is_logged_and_paused_and_the_heartbeat_goes_on(datab
         assert duty.runs == 1
         assert "periodic duty FailingDuty failed; retrying in 30 s" in caplog.text
         assert "KeyError: 'a bug in a periodic duty'" in caplog.text
-        (first_beat,), = query(database_url, "SELECT last_beat_at FROM task_processor.processors "
-                                             "WHERE id = 'duty-test'")
+        ((first_beat,),) = query(
+            database_url,
+            "SELECT last_beat_at FROM task_processor.processors WHERE id = 'duty-test'",
+        )
         database.next_beat = 0.0  # beat again now
         database.tend(1, [])
         assert duty.runs == 1, f"retried before its pause of {DUTY_PAUSE:.0f} s was over"
-        (second_beat,), = query(database_url, "SELECT last_beat_at FROM task_processor.processors "
-                                              "WHERE id = 'duty-test'")
+        ((second_beat,),) = query(
+            database_url,
+            "SELECT last_beat_at FROM task_processor.processors WHERE id = 'duty-test'",
+        )
         assert second_beat > first_beat  # the database work goes on without the duty
         assert isinstance(database.connection, psycopg2.extensions.connection)
     finally:
         database.stop()
 
 
-def test_the_json_log_format_is_one_object_per_line_from_every_process(database_url,
-                                                                       start_processor,
-                                                                       results):
+def test_the_json_log_format_is_one_object_per_line_from_every_process(
+    database_url, start_processor, results
+):
     processor = start_processor("--numthreads", "1", "--log-format", "json")
     processor.wait_ready(1)
     processor_tasks.always_fails.delay(args=("json",))  # a worker logs its failure

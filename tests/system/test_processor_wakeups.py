@@ -9,14 +9,21 @@ import time
 import psycopg2
 from harness import wait_for
 
-from worker.heartbeat import Beat, WorkerState
 from supervisor.listener import Listener
+from worker.heartbeat import Beat, WorkerState
 from worker.wakeup import WakeUps
 
 
 def idle_beat(slot: int, due_at: float = 0.0) -> Beat:
-    return Beat(pid=1000 + slot, generation=1, state=WorkerState.IDLE, beat=time.monotonic(),
-                task_id=0, deadline=due_at, tasks_done=0)
+    return Beat(
+        pid=1000 + slot,
+        generation=1,
+        state=WorkerState.IDLE,
+        beat=time.monotonic(),
+        task_id=0,
+        deadline=due_at,
+        tasks_done=0,
+    )
 
 
 def tokens(wakeups: WakeUps) -> int:
@@ -95,15 +102,16 @@ def test_an_idle_worker_is_woken_when_the_delayed_task_it_published_falls_due(da
         listener.close()
 
 
-def test_after_losing_its_connection_the_listener_reconnects_and_wakes_a_worker(database_url,
-                                                                               conn):
+def test_after_losing_its_connection_the_listener_reconnects_and_wakes_a_worker(database_url, conn):
     wakeups = WakeUps()
     listener = started_listener(database_url, wakeups, sleep_interval=60)
     try:
         with conn.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE application_name = 'task-processor listener' "
-                           "AND datname = current_database()")
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'task-processor listener' "
+                "AND datname = current_database()"
+            )
         serve(listener, [idle_beat(0)], 1.5)
         assert listener.fds(), "reconnected"
         assert tokens(wakeups) >= 1  # notifications may have been lost meanwhile
@@ -119,31 +127,38 @@ def test_a_full_claim_wakes_one_more_worker_but_tokens_never_pile_up():
 
 
 def test_an_idle_processor_has_one_listening_connection_and_its_workers_none(
-        database_url, start_processor, conn):
+    database_url, start_processor, conn
+):
     processor = start_processor("--numthreads", "4", "--sleepintervalms", "100")
     processor.wait_ready(4)
 
     def connections():
         with conn.cursor() as cursor:
-            cursor.execute("SELECT application_name, count(*) FILTER (WHERE query = "
-                           "'LISTEN task_processor') FROM pg_stat_activity WHERE "
-                           "datname = current_database() AND application_name LIKE "
-                           "'task-processor %%' GROUP BY 1")
+            cursor.execute(
+                "SELECT application_name, count(*) FILTER (WHERE query = "
+                "'LISTEN task_processor') FROM pg_stat_activity WHERE "
+                "datname = current_database() AND application_name LIKE "
+                "'task-processor %%' GROUP BY 1"
+            )
             found = dict(cursor.fetchall())
         return found if len(found) == 6 else None  # supervisor, listener, 4 workers
+
     found = wait_for(connections, message="the processor's connections")
     assert found["task-processor listener"] == 1
     assert all(found[f"task-processor worker {slot}"] == 0 for slot in range(4))
 
 
 def test_a_task_enqueued_to_an_idle_processor_starts_long_before_the_fallback_poll(
-        database_url, start_processor, results):
+    database_url, start_processor, results
+):
     processor = start_processor("--numthreads", "3", "--sleepintervalms", "60000")
     processor.wait_ready(3)
     time.sleep(0.5)  # the workers' first claims are over: they wait for a token
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
-        cursor.execute("INSERT INTO task_processor.tasks (identifier, args) "
-                       "VALUES ('processor_tasks.record', '[\"woken\"]') RETURNING created_at")
+        cursor.execute(
+            "INSERT INTO task_processor.tasks (identifier, args) "
+            "VALUES ('processor_tasks.record', '[\"woken\"]') RETURNING created_at"
+        )
     start = time.monotonic()
     wait_for(lambda: results("woken"), timeout=10, message="the task to run")
     assert time.monotonic() - start < 5  # the fallback poll is a minute away

@@ -4,7 +4,7 @@ task arguments arrive the same in every run method, and the recurring grid's SQL
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,15 +17,21 @@ from worker.runner import ClaimedTask, run_task
 FIXTURES = [HealthCheck.function_scoped_fixture]
 
 # What JSON carries and PostgreSQL's jsonb stores: no NUL, no lone surrogate, finite numbers.
-text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-               max_size=20)
+text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20
+)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False) | text,
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | text,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
-    max_leaves=12)
-arguments = st.tuples(st.lists(json_values, max_size=4),
-                      st.dictionaries(text, json_values, max_size=4))
+    max_leaves=12,
+)
+arguments = st.tuples(
+    st.lists(json_values, max_size=4), st.dictionaries(text, json_values, max_size=4)
+)
 
 _received: list[tuple[list, dict]] = []
 _arrived = threading.Event()
@@ -48,8 +54,12 @@ def _through_the_processor(conn, args: list, kwargs: dict) -> tuple[list, dict]:
     """Enqueue, then claim and run as a worker does: its claim statement, its runner."""
     task_id = echo.delay(args=args, kwargs=kwargs)
     with conn.cursor() as cursor:
-        cursor.execute(worker_queries.CLAIM, worker_queries.claim_parameters(
-            limit=1, owner="props/0.1", lease_seconds=60, known=[echo.identifier]))
+        cursor.execute(
+            worker_queries.CLAIM,
+            worker_queries.claim_parameters(
+                limit=1, owner="props/0.1", lease_seconds=60, known=[echo.identifier]
+            ),
+        )
         (row,) = cursor.fetchall()
         task = ClaimedTask(*row[:-1])
         assert task.id == task_id
@@ -90,8 +100,9 @@ def _as_floats(value):
 
 # -- the recurring grid -------------------------------------------------------------------------
 
-instants = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1),
-                        timezones=st.just(timezone.utc))
+instants = st.datetimes(
+    min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
 periods_us = st.integers(min_value=1, max_value=400 * 86_400 * 10**6)
 
 
@@ -99,10 +110,12 @@ periods_us = st.integers(min_value=1, max_value=400 * 86_400 * 10**6)
 @given(origin=instants, run_every_us=periods_us, at=instants)
 def test_the_recurring_grid_slots_bracket_every_instant(conn, origin, run_every_us, at):
     with conn.cursor() as cursor:
-        cursor.execute("""
+        cursor.execute(
+            """
             SELECT task_processor.recurring_slot_at_or_before(%(o)s, %(e)s, %(a)s),
                    task_processor.recurring_slot_at_or_after(%(o)s, %(e)s, %(a)s)""",
-                       {"o": origin, "e": run_every_us, "a": at})
+            {"o": origin, "e": run_every_us, "a": at},
+        )
         before, after = cursor.fetchone()
     every = timedelta(microseconds=run_every_us)
 
@@ -121,13 +134,15 @@ def test_the_recurring_grid_slots_bracket_every_instant(conn, origin, run_every_
 
 @pytest.mark.parametrize("offset_us", [0, 1, -1])
 def test_the_grid_on_its_points_and_next_to_them(conn, offset_us):
-    origin = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    origin = datetime(2024, 1, 1, tzinfo=UTC)
     at = origin + timedelta(hours=5) + timedelta(microseconds=offset_us)
     with conn.cursor() as cursor:
-        cursor.execute("""
+        cursor.execute(
+            """
             SELECT task_processor.recurring_slot_at_or_before(%(o)s, 3600000000, %(a)s),
                    task_processor.recurring_slot_at_or_after(%(o)s, 3600000000, %(a)s)""",
-                       {"o": origin, "a": at})
+            {"o": origin, "a": at},
+        )
         before, after = cursor.fetchone()
     five, six, four = (origin + timedelta(hours=h) for h in (5, 6, 4))
     assert (before, after) == {0: (five, five), 1: (five, six), -1: (four, five)}[offset_us]

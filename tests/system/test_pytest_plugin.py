@@ -18,8 +18,7 @@ ENTRY_POINT = "worker.pytest_plugin"
 def plugin_arguments() -> list[str]:
     """Nothing when the installed package declares the entry point (pytest loads it); else
     load the plugin by name, as the entry point would."""
-    declared = any(entry.value == ENTRY_POINT
-                   for entry in metadata.entry_points(group="pytest11"))
+    declared = any(entry.value == ENTRY_POINT for entry in metadata.entry_points(group="pytest11"))
     return [] if declared else ["-p", ENTRY_POINT]
 
 
@@ -36,5 +35,6 @@ def test_an_applications_tests_run_their_queued_tasks(pytester, database_url, mo
     pytester.makepyfile(test_shop=(SAMPLE / "shop_checks.py").read_text())
     result = pytester.runpytest_subprocess(*plugin_arguments(), "-p", "no:cacheprovider")
     result.assert_outcomes(passed=4, errors=1)
-    result.stdout.fnmatch_lines(["*task_run_method 'NOPE': use one of TASK_PROCESSOR, "
-                                 "SEPARATE_THREAD, SYNCHRONOUSLY*"])
+    result.stdout.fnmatch_lines(
+        ["*task_run_method 'NOPE': use one of TASK_PROCESSOR, SEPARATE_THREAD, SYNCHRONOUSLY*"]
+    )

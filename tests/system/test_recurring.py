@@ -7,26 +7,28 @@ its own connection); what a processor's code defines is what is registered when 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 import uuid
-from datetime import datetime, time as time_of_day, timedelta, timezone
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from datetime import time as time_of_day
+from zoneinfo import ZoneInfo
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 import pytest
-from zoneinfo import ZoneInfo
+from databases import fetch_all
 
 from common import recurring, registry
+from common.serialization import ArgumentError
 from common.tasks import register_recurring_task
 from supervisor import recurring as scheduler
 from supervisor import recurring_queries
 from supervisor.recurring import RecurringDuty
-from common.serialization import ArgumentError
-from databases import fetch_all
 
 HOUR_US = 3600 * 1_000_000
 
@@ -43,14 +45,14 @@ def define() -> Iterator[Callable[..., str]]:
     """Registers recurring tasks for one test (under fresh names) and forgets them after."""
     defined: list[str] = []
 
-    def define_task(run_every: timedelta = timedelta(hours=1), name: str | None = None,
-                    **options) -> str:
+    def define_task(
+        run_every: timedelta = timedelta(hours=1), name: str | None = None, **options
+    ) -> str:
         def task(*args, **kwargs) -> None:
             """A task that the tests never run in this process."""
 
         task_name = name or f"task_{uuid.uuid4().hex[:8]}"
-        handler = register_recurring_task(run_every=run_every, task_name=task_name,
-                                          **options)(task)
+        handler = register_recurring_task(run_every=run_every, task_name=task_name, **options)(task)
         defined.append(handler.identifier)
         return handler.identifier
 
@@ -75,11 +77,14 @@ def connect(database_url: str) -> Iterator[Callable[..., psycopg2.extensions.con
         connection.close()
 
 
-def add_processor(conn, *, started_ago: float = 0.0, state: str = "running",
-                  silent_for: float = 0.0) -> str:
+def add_processor(
+    conn, *, started_ago: float = 0.0, state: str = "running", silent_for: float = 0.0
+) -> str:
     """Insert a processors row as a supervisor would; returns its id."""
     processor_id = f"test-{uuid.uuid4().hex[:8]}"
-    fetch_all(conn, """
+    fetch_all(
+        conn,
+        """
         INSERT INTO task_processor.processors
             (id, host, pid, started_at, last_beat_at, num_workers, grace_period_ms, state,
              stopped_at)
@@ -87,7 +92,9 @@ def add_processor(conn, *, started_ago: float = 0.0, state: str = "running",
                 now() - %s * interval '1 second', 1, 20000, %s,
                 CASE WHEN %s = 'stopped' THEN now() END)
         RETURNING id
-    """, (processor_id, started_ago, silent_for, state, state))
+    """,
+        (processor_id, started_ago, silent_for, state, state),
+    )
     return processor_id
 
 
@@ -100,14 +107,18 @@ def started_duty(conn, connection, **processor_row) -> RecurringDuty:
 
 def definition_row(conn, identifier: str) -> dict:
     with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
-        cursor.execute("SELECT *, now() AS db_now FROM task_processor.recurring_tasks "
-                       "WHERE identifier = %s", (identifier,))
+        cursor.execute(
+            "SELECT *, now() AS db_now FROM task_processor.recurring_tasks WHERE identifier = %s",
+            (identifier,),
+        )
         return cursor.fetchone()
 
 
 def one_period_passes(conn, identifier: str) -> None:
     """Move a definition and its runs one period into the past: as if a period went by."""
-    fetch_all(conn, """
+    fetch_all(
+        conn,
+        """
         WITH moved AS (
             UPDATE task_processor.recurring_tasks
             SET grid_origin = grid_origin - run_every_us * interval '1 microsecond',
@@ -120,14 +131,20 @@ def one_period_passes(conn, identifier: str) -> None:
                                               * interval '1 microsecond'
         WHERE recurring_identifier = %(identifier)s
         RETURNING 1
-    """, {"identifier": identifier})
+    """,
+        {"identifier": identifier},
+    )
 
 
 def runs_of(conn, identifier: str) -> list[tuple]:
-    return fetch_all(conn, """
+    return fetch_all(
+        conn,
+        """
         SELECT recurring_slot, identifier, state FROM task_processor.tasks
         WHERE recurring_identifier = %s ORDER BY recurring_slot
-    """, (identifier,))
+    """,
+        (identifier,),
+    )
 
 
 # -- registration --------------------------------------------------------------------------
@@ -143,15 +160,21 @@ def test_a_recurring_task_is_also_a_normal_task_handler(define):
         define(name="nightly_report")
 
 
-@pytest.mark.parametrize("options, error, message", [
-    ({"run_every": 60}, TypeError, "run_every must be a timedelta"),
-    ({"run_every": timedelta(milliseconds=500)}, ValueError, "at least 0:00:01"),
-    ({"first_run_time": datetime(2024, 1, 1, 3)}, ValueError, "timezone-aware"),
-    ({"first_run_time": "03:00"}, TypeError, "first_run_time must be"),
-    ({"first_run_time": time_of_day(3, tzinfo=ZoneInfo("Europe/London"))}, ValueError,
-     "offset changes over the year"),
-    ({"args": (object(),)}, ArgumentError, "JSON cannot carry"),
-])
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"run_every": 60}, TypeError, "run_every must be a timedelta"),
+        ({"run_every": timedelta(milliseconds=500)}, ValueError, "at least 0:00:01"),
+        ({"first_run_time": datetime(2024, 1, 1, 3)}, ValueError, "timezone-aware"),
+        ({"first_run_time": "03:00"}, TypeError, "first_run_time must be"),
+        (
+            {"first_run_time": time_of_day(3, tzinfo=ZoneInfo("Europe/London"))},
+            ValueError,
+            "offset changes over the year",
+        ),
+        ({"args": (object(),)}, ArgumentError, "JSON cannot carry"),
+    ],
+)
 def test_bad_definitions_are_refused_with_a_clear_error(define, options, error, message):
     options.setdefault("run_every", timedelta(hours=1))
     name = f"bad_{uuid.uuid4().hex[:8]}"
@@ -162,11 +185,11 @@ def test_bad_definitions_are_refused_with_a_clear_error(define, options, error, 
 
 
 def test_a_time_of_day_anchors_the_grid_on_the_epoch_day():
-    assert recurring.grid_origin(time_of_day(3, 15)) == datetime(1970, 1, 1, 3, 15,
-                                                                  tzinfo=timezone.utc)
+    assert recurring.grid_origin(time_of_day(3, 15)) == datetime(1970, 1, 1, 3, 15, tzinfo=UTC)
     plus_two = timezone(timedelta(hours=2))
     assert recurring.grid_origin(time_of_day(3, 15, tzinfo=plus_two)) == datetime(
-        1970, 1, 1, 1, 15, tzinfo=timezone.utc)
+        1970, 1, 1, 1, 15, tzinfo=UTC
+    )
 
 
 # -- schedule --------------------------------------------------------------------------------
@@ -180,8 +203,11 @@ def test_start_writes_definitions_and_what_the_processor_knows(conn, connect, de
     assert row["first_run_time"] is None
     assert row["args"] == [1, "a"] and row["kwargs"] == {"b": True}
     assert row["grid_origin"] == row["next_run_at"] <= row["db_now"]  # first run at first start
-    assert fetch_all(conn, "SELECT processor_id FROM task_processor.processor_recurring_tasks "
-                           "WHERE identifier = %s", (identifier,)) == [(duty.processor_id,)]
+    assert fetch_all(
+        conn,
+        "SELECT processor_id FROM task_processor.processor_recurring_tasks WHERE identifier = %s",
+        (identifier,),
+    ) == [(duty.processor_id,)]
 
 
 def test_first_run_at_first_start_then_on_the_grid(conn, connect, define):
@@ -192,18 +218,22 @@ def test_first_run_at_first_start_then_on_the_grid(conn, connect, define):
     duty.run(connection)
     duty.run(connection)
     origin = definition_row(conn, identifier)["grid_origin"]
-    (task,) = fetch_all(conn, """
+    (task,) = fetch_all(
+        conn,
+        """
         SELECT identifier, args, kwargs, priority, max_attempts, timeout_ms, state,
                recurring_slot
         FROM task_processor.tasks WHERE recurring_identifier = %s
-    """, (identifier,))
+    """,
+        (identifier,),
+    )
     assert task == (identifier, [7], {}, 5, 2, 90000, "waiting", origin)
     assert definition_row(conn, identifier)["next_run_at"] == origin + timedelta(hours=1)
     assert time.monotonic() + scheduler.RECHECK_SECONDS - 1 < duty.next_due()
 
 
 def test_a_future_first_run_time_waits_for_it(conn, connect, define):
-    first = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(minutes=10)
+    first = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)
     identifier = define(first_run_time=first)
     connection = connect()
     duty = started_duty(conn, connection)
@@ -213,7 +243,7 @@ def test_a_future_first_run_time_waits_for_it(conn, connect, define):
 
 
 def test_a_past_first_run_time_starts_at_the_next_grid_point(conn, connect, define):
-    first = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=150)
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=150)
     identifier = define(first_run_time=first)
     connection = connect()
     duty = started_duty(conn, connection)
@@ -227,12 +257,16 @@ def test_after_downtime_of_several_periods_the_latest_slot_runs_once(conn, conne
     connection = connect()
     duty = started_duty(conn, connection)
     # The processors were away for five and a half periods since the last run.
-    fetch_all(conn, """
+    fetch_all(
+        conn,
+        """
         UPDATE task_processor.recurring_tasks
         SET grid_origin = date_trunc('second', now()) - interval '5 hours 30 minutes',
             next_run_at = date_trunc('second', now()) - interval '5 hours 30 minutes'
         WHERE identifier = %s RETURNING 1
-    """, (identifier,))
+    """,
+        (identifier,),
+    )
     origin = definition_row(conn, identifier)["grid_origin"]
     duty.run(connection)
     duty.run(connection)
@@ -246,15 +280,23 @@ def test_a_failed_run_keeps_the_schedule_and_stays_visible(conn, connect, define
     duty = started_duty(conn, connection)
     duty.run(connection)
     # The run failed for good, as a worker records it.
-    fetch_all(conn, """
+    fetch_all(
+        conn,
+        """
         UPDATE task_processor.tasks
         SET state = 'dead', attempts = 3, finished_at = now(), last_error = 'boom'
         WHERE recurring_identifier = %s RETURNING 1
-    """, (identifier,))
-    assert fetch_all(conn, """
+    """,
+        (identifier,),
+    )
+    assert fetch_all(
+        conn,
+        """
         SELECT last_state, last_attempts, last_error FROM task_processor.recurring_task_status
         WHERE identifier = %s
-    """, (identifier,)) == [("dead", 3, "boom")]
+    """,
+        (identifier,),
+    ) == [("dead", 3, "boom")]
     one_period_passes(conn, identifier)
     duty.run(connection)
     assert [state for _, _, state in runs_of(conn, identifier)] == ["dead", "waiting"]
@@ -272,7 +314,7 @@ def test_the_database_refuses_a_second_task_for_a_slot(conn):
 
 def test_three_processors_enqueue_exactly_one_run_per_period(conn, connect, define, caplog):
     caplog.set_level(logging.INFO, logger="supervisor.recurring")
-    origin = datetime.now(timezone.utc).replace(microsecond=0)
+    origin = datetime.now(UTC).replace(microsecond=0)
     identifier = define(run_every=timedelta(seconds=1), first_run_time=origin)
     duties = [(started_duty(conn, connect()), connect()) for _ in range(3)]
     errors: list[BaseException] = []
@@ -295,7 +337,9 @@ def test_three_processors_enqueue_exactly_one_run_per_period(conn, connect, defi
     assert not errors
     slots = [slot for slot, _, _ in runs_of(conn, identifier)]
     assert len(slots) >= 3
-    assert all(later - earlier == timedelta(seconds=1) for earlier, later in zip(slots, slots[1:]))
+    assert all(
+        later - earlier == timedelta(seconds=1) for earlier, later in itertools.pairwise(slots)
+    )
     assert all((slot - origin) % timedelta(seconds=1) == timedelta(0) for slot in slots)
     # The row lock alone kept the processors apart: none of them hit the unique slot index.
     assert not [r for r in caplog.records if "already had a task" in r.getMessage()]
@@ -309,8 +353,8 @@ def test_three_processors_enqueue_exactly_one_run_per_period(conn, connect, defi
 class RecordingConnection(psycopg2.extras.LoggingConnection):
     """A real connection that also keeps the text of every statement it sends."""
 
-    def initialize(self, logobj=logging.getLogger("test_recurring.statements")) -> None:
-        super().initialize(logobj)
+    def initialize(self, logobj: logging.Logger | None = None) -> None:
+        super().initialize(logobj or logging.getLogger("test_recurring.statements"))
         self.statements: list[str] = []
 
     def filter(self, msg, curs):
@@ -325,10 +369,13 @@ def write_count(observer, connection) -> int:
         cursor.execute("SELECT pg_stat_force_next_flush()")
     connection.statements.clear()
     fetch_all(observer, "SELECT pg_stat_clear_snapshot()")
-    ((count,),) = fetch_all(observer, """
+    ((count,),) = fetch_all(
+        observer,
+        """
         SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint
         FROM pg_stat_user_tables WHERE schemaname = 'task_processor'
-    """)
+    """,
+    )
     return count
 
 
@@ -358,9 +405,14 @@ def test_the_due_check_is_an_index_scan(conn, connect, define):
     connection = connect()
     started_duty(conn, connection)
     fetch_all(conn, "SELECT set_config('enable_seqscan', 'off', false)")
-    plan = "\n".join(row[0] for row in fetch_all(
-        conn, "EXPLAIN " + recurring_queries.DUE_SOON,
-        {"horizon_seconds": 30, "identifiers": ["a.b"]}))
+    plan = "\n".join(
+        row[0]
+        for row in fetch_all(
+            conn,
+            "EXPLAIN " + recurring_queries.DUE_SOON,
+            {"horizon_seconds": 30, "identifiers": ["a.b"]},
+        )
+    )
     assert "Index" in plan and "Seq Scan" not in plan, plan
 
 
@@ -388,8 +440,9 @@ def test_a_changed_definition_updates_its_row(conn, connect, define):
     assert new_schedule["run_every_us"] == 600 * 1_000_000
     assert new_schedule["grid_origin"] == row["grid_origin"]  # unset first_run_time: kept
     assert new_schedule["next_run_at"] >= new_schedule["defined_at"]
-    assert (new_schedule["next_run_at"] - row["grid_origin"]) % timedelta(minutes=10) == \
-        timedelta(0)
+    assert (new_schedule["next_run_at"] - row["grid_origin"]) % timedelta(minutes=10) == timedelta(
+        0
+    )
 
 
 def test_a_processor_skips_identifiers_it_does_not_know_without_locking(conn, connect, define):
@@ -398,13 +451,14 @@ def test_a_processor_skips_identifiers_it_does_not_know_without_locking(conn, co
     old = started_duty(conn, old_connection)
     newer = define()  # a newer release adds a task
     started_duty(conn, connect())
-    fetch_all(conn, "UPDATE task_processor.recurring_tasks SET next_run_at = now() "
-                    "RETURNING 1")
+    fetch_all(conn, "UPDATE task_processor.recurring_tasks SET next_run_at = now() RETURNING 1")
     locker = connect()
     locker.autocommit = False
     with locker.cursor() as cursor:  # the newer release is busy with its definition
-        cursor.execute("SELECT 1 FROM task_processor.recurring_tasks WHERE identifier = %s "
-                       "FOR UPDATE", (newer,))
+        cursor.execute(
+            "SELECT 1 FROM task_processor.recurring_tasks WHERE identifier = %s FOR UPDATE",
+            (newer,),
+        )
     fetch_all(old_connection, "SELECT set_config('lock_timeout', '2s', false)")
     old.run(old_connection)
     locker.rollback()
@@ -414,7 +468,8 @@ def test_a_processor_skips_identifiers_it_does_not_know_without_locking(conn, co
 
 
 def test_a_removed_definition_is_retired_once_no_live_processor_has_it(
-        conn, connect, define, monkeypatch):
+    conn, connect, define, monkeypatch
+):
     monkeypatch.setattr(scheduler, "RECHECK_SECONDS", 0.05)
     kept, removed = define(), define()
     old_connection = connect()
@@ -424,15 +479,18 @@ def test_a_removed_definition_is_retired_once_no_live_processor_has_it(
     new_connection = connect()
     new = started_duty(conn, new_connection)
     assert definition_row(conn, removed) is not None  # the old processor still runs it
-    fetch_all(conn, "UPDATE task_processor.recurring_tasks SET next_run_at = now() "
-                    "RETURNING 1")
+    fetch_all(conn, "UPDATE task_processor.recurring_tasks SET next_run_at = now() RETURNING 1")
     new.run(new_connection)
     assert runs_of(conn, removed) == []
     old.run(old_connection)
     assert len(runs_of(conn, removed)) == 1
 
-    fetch_all(conn, "UPDATE task_processor.processors SET state = 'stopped', stopped_at = now() "
-                    "WHERE id = %s RETURNING 1", (old.processor_id,))
+    fetch_all(
+        conn,
+        "UPDATE task_processor.processors SET state = 'stopped', stopped_at = now() "
+        "WHERE id = %s RETURNING 1",
+        (old.processor_id,),
+    )
     time.sleep(0.1)
     assert new.next_due() <= time.monotonic()
     new.run(new_connection)
@@ -443,8 +501,9 @@ def test_a_removed_definition_is_retired_once_no_live_processor_has_it(
 
 def test_a_silent_processor_no_longer_holds_its_definitions(conn, connect, define):
     removed = define()
-    started_duty(conn, connect(), started_ago=3600,
-                 silent_for=scheduler.SILENT_PROCESSOR_SECONDS + 60)  # killed, never stopped
+    started_duty(
+        conn, connect(), started_ago=3600, silent_for=scheduler.SILENT_PROCESSOR_SECONDS + 60
+    )  # killed, never stopped
     recurring.unregister(removed)
     started_duty(conn, connect())
     assert definition_row(conn, removed) is None
@@ -460,21 +519,27 @@ def test_an_older_processor_never_retires_what_a_newer_one_added(conn, connect, 
     assert definition_row(conn, added) is not None
 
 
-@pytest.mark.parametrize("at, before, after", [
-    ("2024-01-01 09:00", "2024-01-01 10:00", "2024-01-01 10:00"),  # before the origin
-    ("2024-01-01 10:00", "2024-01-01 10:00", "2024-01-01 10:00"),  # the origin
-    ("2024-01-01 11:30", "2024-01-01 11:00", "2024-01-01 12:00"),  # between two points
-    ("2024-01-01 13:00", "2024-01-01 13:00", "2024-01-01 13:00"),  # on a point
-    ("2024-01-01 12:59:59.999999", "2024-01-01 12:00", "2024-01-01 13:00"),
-    ("2054-01-01 10:00:00.000001", "2054-01-01 10:00", "2054-01-01 11:00"),  # exact far out
-])
+@pytest.mark.parametrize(
+    ("at", "before", "after"),
+    [
+        ("2024-01-01 09:00", "2024-01-01 10:00", "2024-01-01 10:00"),  # before the origin
+        ("2024-01-01 10:00", "2024-01-01 10:00", "2024-01-01 10:00"),  # the origin
+        ("2024-01-01 11:30", "2024-01-01 11:00", "2024-01-01 12:00"),  # between two points
+        ("2024-01-01 13:00", "2024-01-01 13:00", "2024-01-01 13:00"),  # on a point
+        ("2024-01-01 12:59:59.999999", "2024-01-01 12:00", "2024-01-01 13:00"),
+        ("2054-01-01 10:00:00.000001", "2054-01-01 10:00", "2054-01-01 11:00"),  # exact far out
+    ],
+)
 def test_grid_points_around_a_time(conn, at, before, after):
-    assert fetch_all(conn, """
+    assert fetch_all(
+        conn,
+        """
         SELECT task_processor.recurring_slot_at_or_before(o, %(every)s, %(at)s) = %(before)s,
                task_processor.recurring_slot_at_or_after(o, %(every)s, %(at)s) = %(after)s
         FROM (SELECT timestamptz '2024-01-01 10:00 UTC' AS o) AS origin
-    """, {"every": HOUR_US, "at": at + "+00", "before": before + "+00",
-          "after": after + "+00"}) == [(True, True)]
+    """,
+        {"every": HOUR_US, "at": at + "+00", "before": before + "+00", "after": after + "+00"},
+    ) == [(True, True)]
 
 
 def test_a_definition_deleted_under_a_live_processor_is_written_again(conn, connect, define):
@@ -482,7 +547,10 @@ def test_a_definition_deleted_under_a_live_processor_is_written_again(conn, conn
     connection = connect()
     duty = started_duty(conn, connection)
     duty.run(connection)
-    fetch_all(conn, "DELETE FROM task_processor.recurring_tasks WHERE identifier = %s RETURNING 1",
-              (identifier,))
+    fetch_all(
+        conn,
+        "DELETE FROM task_processor.recurring_tasks WHERE identifier = %s RETURNING 1",
+        (identifier,),
+    )
     duty.run(connection)
     assert definition_row(conn, identifier) is not None

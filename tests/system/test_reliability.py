@@ -15,26 +15,39 @@ from harness import query, wait_for
 
 
 def _task(url: str, task_id: int) -> tuple:
-    return query(url, "SELECT state, attempts, last_error FROM task_processor.tasks "
-                      "WHERE id = %s", (task_id,))[0]
+    return query(
+        url,
+        "SELECT state, attempts, last_error FROM task_processor.tasks WHERE id = %s",
+        (task_id,),
+    )[0]
 
 
 def _results(url: str, task_id: int) -> list[str]:
-    return [result for (result,) in query(
-        url, "SELECT result FROM task_processor.runs WHERE task_id = %s ORDER BY id",
-        (task_id,))]
+    return [
+        result
+        for (result,) in query(
+            url, "SELECT result FROM task_processor.runs WHERE task_id = %s ORDER BY id", (task_id,)
+        )
+    ]
 
 
 def _final(url: str, task_id: int, timeout: float = 30.0) -> str:
-    wait_for(lambda: _task(url, task_id)[0] in ("succeeded", "dead"), timeout=timeout,
-             message=f"task {task_id} in a final state")
+    wait_for(
+        lambda: _task(url, task_id)[0] in ("succeeded", "dead"),
+        timeout=timeout,
+        message=f"task {task_id} in a final state",
+    )
     return _task(url, task_id)[0]
 
 
 def _spans(url: str, key: str) -> dict[int, tuple]:
     """pid -> (first, last) time at which that process recorded ``key``."""
-    rows = query(url, "SELECT pid, min(at), max(at) FROM test_results WHERE key = %s "
-                      "GROUP BY pid ORDER BY min(at)", (key,))
+    rows = query(
+        url,
+        "SELECT pid, min(at), max(at) FROM test_results WHERE key = %s "
+        "GROUP BY pid ORDER BY min(at)",
+        (key,),
+    )
     return {pid: (first, last) for pid, first, last in rows}
 
 
@@ -46,8 +59,9 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_paused_supervisor_never_lets_a_task_run_twice_at_once(database_url, start_processor,
-                                                                 results):
+def test_a_paused_supervisor_never_lets_a_task_run_twice_at_once(
+    database_url, start_processor, results
+):
     first = start_processor("--numthreads", "1", "--lease-seconds", "5")
     first.wait_ready(1)
     task_id = processor_tasks.beats_while_running.delay(args=("span", 25))
@@ -58,8 +72,11 @@ def test_a_paused_supervisor_never_lets_a_task_run_twice_at_once(database_url, s
     try:
         # The lease expires about 5 s after the last renewal; the second processor requeues
         # it within 10 s more and runs it.
-        wait_for(lambda: len(_spans(database_url, "span")) >= 2, timeout=30,
-                 message="the second processor running the task")
+        wait_for(
+            lambda: len(_spans(database_url, "span")) >= 2,
+            timeout=30,
+            message="the second processor running the task",
+        )
     finally:
         first.signal(signal.SIGCONT)
     assert _final(database_url, task_id, timeout=60) == "succeeded"
@@ -93,10 +110,13 @@ def test_rows_a_worker_cannot_decode_fail_alone(database_url, start_processor, r
     }
     ids = {}
     for name, (args, kwargs) in poison.items():
-        ids[name] = query(database_url, """
+        ids[name] = query(
+            database_url,
+            """
             INSERT INTO task_processor.tasks (identifier, args, kwargs, max_attempts)
             VALUES ('processor_tasks.record', %s::jsonb, %s::jsonb, 2) RETURNING id""",
-                          (args, kwargs))[0][0]
+            (args, kwargs),
+        )[0][0]
     fine = processor_tasks.record.delay(args=("fine",))
     for name, task_id in ids.items():
         assert _final(database_url, task_id) == "dead", name
@@ -113,8 +133,9 @@ def test_rows_a_worker_cannot_decode_fail_alone(database_url, start_processor, r
     assert processor.process.poll() is None
 
 
-def test_a_task_that_kills_its_worker_goes_dead_and_is_no_crash_loop(database_url,
-                                                                    start_processor, results):
+def test_a_task_that_kills_its_worker_goes_dead_and_is_no_crash_loop(
+    database_url, start_processor, results
+):
     processor = start_processor("--numthreads", "1", "--queuepopsize", "5")
     processor.wait_ready(1)
     crashing = [processor_tasks.segfault.delay() for _ in range(3)]
@@ -129,40 +150,42 @@ def test_a_task_that_kills_its_worker_goes_dead_and_is_no_crash_loop(database_ur
     assert processor.process.poll() is None
 
 
-def test_a_forked_child_of_a_task_never_runs_worker_code(database_url, start_processor,
-                                                         results):
+def test_a_forked_child_of_a_task_never_runs_worker_code(database_url, start_processor, results):
     processor = start_processor("--numthreads", "1")
     (worker,) = processor.wait_ready(1)
     task_id = processor_tasks.forks_and_returns.delay(args=("parent",))
     assert _final(database_url, task_id) == "succeeded"
     # The child returned from the task 0.5 s later: it exited, and the worker reaped it.
-    wait_for(lambda: not psutil.Process(worker).children(), timeout=10,
-             message="the forked child gone, not a zombie")
+    wait_for(
+        lambda: not psutil.Process(worker).children(),
+        timeout=10,
+        message="the forked child gone, not a zombie",
+    )
     later = processor_tasks.record.delay_many([{"args": (f"later{i}",)} for i in range(5)])
     assert all(_final(database_url, task_id) == "succeeded" for task_id in later)
     assert {pid for i in range(5) for _, pid in results(f"later{i}")} == {worker}
     assert _results(database_url, task_id) == ["success"]
 
 
-def test_processes_left_by_tasks_die_with_their_worker(database_url, start_processor,
-                                                       results):
+def test_processes_left_by_tasks_die_with_their_worker(database_url, start_processor, results):
     processor = start_processor("--numthreads", "1")
     (worker,) = processor.wait_ready(1)
     processor_tasks.leaves_a_child.delay(args=("child1",))
-    (_, child1), = wait_for(lambda: results("child1"), message="the first child started")
+    ((_, child1),) = wait_for(lambda: results("child1"), message="the first child started")
     os.kill(worker, signal.SIGKILL)  # the worker is replaced: its child dies with it
     wait_for(lambda: not _alive(child1), timeout=10, message="the first child killed")
     (replacement,) = processor.wait_ready(1)
     processor_tasks.leaves_a_child.delay(args=("child2",))
-    (_, child2), = wait_for(lambda: results("child2"), message="the second child started")
+    ((_, child2),) = wait_for(lambda: results("child2"), message="the second child started")
     processor.signal(signal.SIGTERM)  # a clean stop: the child dies too
     assert processor.wait() == 0
     wait_for(lambda: not _alive(child2), timeout=10, message="the second child killed")
     assert replacement != worker
 
 
-def test_a_task_growing_past_the_memory_limit_is_stopped_while_it_runs(database_url,
-                                                                       start_processor):
+def test_a_task_growing_past_the_memory_limit_is_stopped_while_it_runs(
+    database_url, start_processor
+):
     processor = start_processor("--numthreads", "1", "--max-worker-memory-mb", "150")
     processor.wait_ready(1)
     task_id = processor_tasks.grows.delay(args=(10, 5))  # 10 MiB every 0.1 s: 500 MiB

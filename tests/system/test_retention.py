@@ -4,18 +4,20 @@ that skip rows other transactions hold."""
 from __future__ import annotations
 
 from datetime import timedelta
-import psycopg2
-import pytest
 
-from common import recurring, registry, settings
-from builtin_tasks import BUILTIN_TASK_MODULES, retention
+import psycopg2
 from databases import fetch_all
 from harness import processor_settings, wait_for
+
+from builtin_tasks import BUILTIN_TASK_MODULES, retention
+from common import recurring, registry, settings
 
 
 def add_tasks(conn, count: int, state: str, finished_days_ago: float | None) -> list[int]:
     """Tasks in ``state``, finished that many days ago (None: not finished), one run each."""
-    rows = fetch_all(conn, """
+    rows = fetch_all(
+        conn,
+        """
         WITH added AS (
             INSERT INTO task_processor.tasks (identifier, state, attempts, finished_at,
                                               created_at)
@@ -28,14 +30,18 @@ def add_tasks(conn, count: int, state: str, finished_days_ago: float | None) -> 
             SELECT id, 1, 'p/0.1', now(), 'success' FROM added
         )
         SELECT id FROM added
-    """, {"state": state, "days": finished_days_ago, "count": count})
+    """,
+        {"state": state, "days": finished_days_ago, "count": count},
+    )
     return [task_id for (task_id,) in rows]
 
 
 def add_processor(conn, processor_id: str, state: str, days_ago: float) -> None:
     """A processor row (stopped, or silent, since ``days_ago``), one worker row, and one
     recurring identifier it knew."""
-    fetch_all(conn, """
+    fetch_all(
+        conn,
+        """
         WITH processor AS (
             INSERT INTO task_processor.processors
                 (id, host, pid, started_at, last_beat_at, num_workers, grace_period_ms, state,
@@ -52,7 +58,9 @@ def add_processor(conn, processor_id: str, state: str, days_ago: float) -> None:
             (processor_id, slot, pid, generation, state, last_beat_at)
         VALUES (%(id)s, 0, 2, 1, 'idle', now() - %(days)s * interval '1 day')
         RETURNING 1
-    """, {"id": processor_id, "state": state, "days": days_ago})
+    """,
+        {"id": processor_id, "state": state, "days": days_ago},
+    )
 
 
 def remaining(conn, table: str, column: str = "id") -> set:
@@ -61,8 +69,9 @@ def remaining(conn, table: str, column: str = "id") -> set:
 
 def test_the_clean_up_is_a_builtin_hourly_recurring_task():
     assert "builtin_tasks.retention" in BUILTIN_TASK_MODULES
-    (definition,) = [d for d in recurring.definitions()
-                     if d.identifier == "retention.clean_up_old_tasks"]
+    (definition,) = [
+        d for d in recurring.definitions() if d.identifier == "retention.clean_up_old_tasks"
+    ]
     assert definition.run_every == timedelta(hours=1)
     assert registry.get(definition.identifier) is retention.clean_up_old_tasks
 
@@ -85,7 +94,8 @@ def test_old_finished_tasks_go_in_batches_and_the_rest_stays(conn):
     assert remaining(conn, "tasks") == kept
     assert remaining(conn, "runs", "task_id") == kept  # the runs went with their tasks
     assert set(old_succeeded + old_dead + old_cancelled).isdisjoint(
-        remaining(conn, "runs", "task_id"))
+        remaining(conn, "runs", "task_id")
+    )
 
 
 def test_old_processor_rows_go_with_their_workers_and_what_they_knew(conn):
@@ -99,8 +109,10 @@ def test_old_processor_rows_go_with_their_workers_and_what_they_knew(conn):
     assert counts["processors"] == 2 and counts["workers"] == 2
     assert remaining(conn, "processors") == {"stopped-lately", "alive"}
     assert remaining(conn, "workers", "processor_id") == {"stopped-lately", "alive"}
-    assert remaining(conn, "processor_recurring_tasks", "processor_id") == \
-        {"stopped-lately", "alive"}
+    assert remaining(conn, "processor_recurring_tasks", "processor_id") == {
+        "stopped-lately",
+        "alive",
+    }
 
 
 def test_rows_held_by_another_transaction_are_skipped_not_waited_for(conn, database_url):
@@ -123,8 +135,9 @@ def test_the_task_uses_the_processor_s_periods(conn, database_url, monkeypatch):
     dead_two_days = add_tasks(conn, 1, "dead", 2)
     dead_four_days = add_tasks(conn, 1, "dead", 4)
     monkeypatch.setattr(settings, "_current", None)  # undone after the test
-    settings.enter_processor(processor_settings(database_url, retention_days=1,
-                                                dead_retention_days=3))
+    settings.enter_processor(
+        processor_settings(database_url, retention_days=1, dead_retention_days=3)
+    )
     retention.clean_up_old_tasks()  # as a worker runs it: its own connection
     assert remaining(conn, "tasks") == set(dead_two_days)
     assert set(two_days + dead_four_days).isdisjoint(remaining(conn, "tasks"))
@@ -133,12 +146,20 @@ def test_the_task_uses_the_processor_s_periods(conn, database_url, monkeypatch):
 def test_a_processor_runs_the_clean_up_with_its_options(conn, start_processor):
     old = add_tasks(conn, 3, "succeeded", 3)
     old_dead = add_tasks(conn, 1, "dead", 3)
-    processor = start_processor("--numthreads", "1", "--retention-days", "2",
-                                "--dead-retention-days", "5", tasks=())
-    wait_for(lambda: fetch_all(conn, """
+    processor = start_processor(
+        "--numthreads", "1", "--retention-days", "2", "--dead-retention-days", "5", tasks=()
+    )
+    wait_for(
+        lambda: fetch_all(
+            conn,
+            """
         SELECT state FROM task_processor.tasks
         WHERE recurring_identifier = 'retention.clean_up_old_tasks' AND state = 'succeeded'
-    """), timeout=30, message="the first clean-up run, at the first start")
+    """,
+        ),
+        timeout=30,
+        message="the first clean-up run, at the first start",
+    )
     left = remaining(conn, "tasks")
     assert set(old).isdisjoint(left)
     assert set(old_dead) <= left

@@ -6,71 +6,35 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue as thread_queue
 import select
 import subprocess
 import sys
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 
 import psycopg2
 import pytest
-
-from common import enqueue, lifecycle, registry, settings, tasks
-from common.config import ConfigError
-from common.migrations import SchemaOutdated
-from common.enqueue import QueueSizeError
-from common.serialization import ArgumentError
-from common.tasks import TaskHandler, TaskPriority, register_task_handler
-from databases import fetch_all
-from harness import processor_settings
 from commands import ROOT
+from databases import fetch_all
+from defined_tasks import Recorder
+from harness import processor_settings
+
+from common import enqueue, lifecycle, registry, settings
+from common.config import ConfigError
+from common.enqueue import QueueSizeError
+from common.migrations import SchemaOutdated
+from common.serialization import ArgumentError
+from common.tasks import TaskPriority, register_task_handler
 
 WAIT_SECONDS = 15
 
 
-class Recorder:
-    """A task function that records each call: its arguments, when and in which thread."""
-
-    def __init__(self) -> None:
-        self.calls: thread_queue.Queue[dict[str, Any]] = thread_queue.Queue()
-
-    def __call__(self, *args: Any, **kwargs: Any) -> str:
-        self.calls.put({"args": args, "kwargs": kwargs, "at": datetime.now(timezone.utc),
-                        "thread": threading.current_thread()})
-        return "done"
-
-    def next_call(self) -> dict[str, Any]:
-        return self.calls.get(timeout=WAIT_SECONDS)
-
-
-@pytest.fixture
-def define() -> Iterator[Callable[..., TaskHandler]]:
-    """Register tasks under identifiers unique to this test; unregister them afterwards."""
-    identifiers: list[str] = []
-
-    def make(function: Callable[..., Any] | None = None, **settings: Any) -> TaskHandler:
-        name = f"task_{uuid.uuid4().hex[:10]}"
-        handler = register_task_handler(task_name=name, **settings)(function or Recorder())
-        identifiers.append(handler.identifier)
-        return handler
-
-    yield make
-    for identifier in identifiers:
-        registry.unregister(identifier)
-
-
-@pytest.fixture
-def run_method(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
-    monkeypatch.setattr(settings, "_current", None)
-    return lambda method: monkeypatch.setenv("TASK_RUN_METHOD", method)
-
-
 def count_tasks(conn, identifier: str) -> int:
-    return fetch_all(conn, "SELECT count(*) FROM task_processor.tasks WHERE identifier = %s",
-                     (identifier,))[0][0]
+    return fetch_all(
+        conn, "SELECT count(*) FROM task_processor.tasks WHERE identifier = %s", (identifier,)
+    )[0][0]
 
 
 @pytest.fixture
@@ -102,11 +66,26 @@ def test_task_processor_mode_writes_a_row_and_runs_nothing(define, run_method, c
 
     task_id = handler.delay(args=(1, "a", (2, 3)), kwargs={"flag": True, "nested": {"x": None}})
 
-    rows = fetch_all(conn, "SELECT id, identifier, args, kwargs, priority, max_attempts, "
-                           "timeout_ms, state, attempts, scheduled_for <= now() "
-                           "FROM task_processor.tasks")
-    assert rows == [(task_id, handler.identifier, [1, "a", [2, 3]],
-                     {"flag": True, "nested": {"x": None}}, 10, 4, 7000, "waiting", 0, True)]
+    rows = fetch_all(
+        conn,
+        "SELECT id, identifier, args, kwargs, priority, max_attempts, "
+        "timeout_ms, state, attempts, scheduled_for <= now() "
+        "FROM task_processor.tasks",
+    )
+    assert rows == [
+        (
+            task_id,
+            handler.identifier,
+            [1, "a", [2, 3]],
+            {"flag": True, "nested": {"x": None}},
+            10,
+            4,
+            7000,
+            "waiting",
+            0,
+            True,
+        )
+    ]
     assert handler.function.calls.empty()
 
 
@@ -155,7 +134,7 @@ def test_separate_thread_is_the_default(define, run_method, monkeypatch):
 def test_separate_thread_waits_for_delay_until(define, run_method):
     run_method("SEPARATE_THREAD")
     handler = define()
-    due = datetime.now(timezone.utc) + timedelta(seconds=1)
+    due = datetime.now(UTC) + timedelta(seconds=1)
 
     handler.delay(args=("later",), delay_until=due)
 
@@ -169,7 +148,7 @@ def test_synchronously_runs_a_delayed_task_now(define, run_method):
     run_method("SYNCHRONOUSLY")
     handler = define()
 
-    handler.delay(delay_until=datetime.now(timezone.utc) + timedelta(hours=1))
+    handler.delay(delay_until=datetime.now(UTC) + timedelta(hours=1))
 
     assert handler.function.calls.qsize() == 1
 
@@ -212,7 +191,8 @@ def caller(database_url: str) -> Iterator[psycopg2.extensions.connection]:
 
 
 def test_enqueue_in_the_callers_transaction_appears_and_notifies_at_commit(
-        define, run_method, caller, conn, listener):
+    define, run_method, caller, conn, listener
+):
     run_method("TASK_PROCESSOR")
     handler = define()
 
@@ -229,7 +209,8 @@ def test_enqueue_in_the_callers_transaction_appears_and_notifies_at_commit(
 
 
 def test_rolled_back_enqueue_leaves_no_task_and_no_wake_up(
-        define, run_method, caller, conn, listener):
+    define, run_method, caller, conn, listener
+):
     run_method("TASK_PROCESSOR")
     handler = define()
 
@@ -257,7 +238,8 @@ def test_enqueue_on_an_autocommit_connection_commits_at_once(define, run_method,
 
 
 def test_delay_until_is_stored_as_scheduled_for_and_announced_as_scheduled(
-        define, run_method, conn, listener):
+    define, run_method, conn, listener
+):
     run_method("TASK_PROCESSOR")
     handler = define()
     paris_summer = timezone(timedelta(hours=2))
@@ -278,8 +260,9 @@ def test_delay_until_is_stored_as_scheduled_for_and_announced_as_scheduled(
 
 
 @pytest.mark.parametrize("connection_kind", ["own queue connection", "caller's autocommit"])
-def test_queue_size_is_exact_under_concurrent_callers(define, run_method, database_url, conn,
-                                                       caplog, connection_kind):
+def test_queue_size_is_exact_under_concurrent_callers(
+    define, run_method, database_url, conn, caplog, connection_kind
+):
     run_method("TASK_PROCESSOR")
     queue_size, callers = 4, 12
     handler = define(queue_size=queue_size)
@@ -320,8 +303,11 @@ def test_queue_size_counts_only_waiting_tasks(define, run_method, conn):
     first = handler.delay()
     assert handler.delay() is None
 
-    fetch_all(conn, "UPDATE task_processor.tasks SET state = 'succeeded' WHERE id = %s "
-                    "RETURNING id", (first,))
+    fetch_all(
+        conn,
+        "UPDATE task_processor.tasks SET state = 'succeeded' WHERE id = %s RETURNING id",
+        (first,),
+    )
 
     assert handler.delay() is not None
 
@@ -332,19 +318,23 @@ def test_queue_size_counts_only_waiting_tasks(define, run_method, conn):
 def test_delay_many_enqueues_thousands_in_order(define, run_method, conn):
     run_method("TASK_PROCESSOR")
     handler = define()
-    due = datetime.now(timezone.utc) + timedelta(days=1)
+    due = datetime.now(UTC) + timedelta(days=1)
     calls = [{"args": (number,), "kwargs": {"n": str(number)}} for number in range(5000)]
     calls.append({"delay_until": due})
 
     ids = handler.delay_many(calls)
 
     assert len(ids) == 5001 and ids == sorted(ids) and len(set(ids)) == 5001
-    rows = fetch_all(conn, "SELECT id, args, kwargs FROM task_processor.tasks "
-                           "WHERE scheduled_for <= now() ORDER BY id")
+    rows = fetch_all(
+        conn,
+        "SELECT id, args, kwargs FROM task_processor.tasks "
+        "WHERE scheduled_for <= now() ORDER BY id",
+    )
     assert len(rows) == 5000
     assert all(row == (ids[n], [n], {"n": str(n)}) for n, row in enumerate(rows))
-    assert fetch_all(conn, "SELECT id, scheduled_for FROM task_processor.tasks "
-                           "WHERE scheduled_for > now()") == [(ids[-1], due)]
+    assert fetch_all(
+        conn, "SELECT id, scheduled_for FROM task_processor.tasks WHERE scheduled_for > now()"
+    ) == [(ids[-1], due)]
 
 
 def test_delay_many_respects_queue_size_call_by_call(define, run_method, conn, caplog):
@@ -355,7 +345,10 @@ def test_delay_many_respects_queue_size_call_by_call(define, run_method, conn, c
 
     assert [task_id is not None for task_id in ids] == [True] * 3 + [False] * 2
     assert fetch_all(conn, "SELECT args FROM task_processor.tasks ORDER BY id") == [
-        ([0],), ([1],), ([2],)]
+        ([0],),
+        ([1],),
+        ([2],),
+    ]
     assert "2 of 5 not queued" in caplog.text
 
 
@@ -381,10 +374,17 @@ REFUSED_ARGUMENTS = [
     pytest.param({"args": (math.nan,)}, r"args\[0\] is nan, which JSON cannot carry", id="nan"),
     pytest.param({"kwargs": {"x": [math.inf]}}, r"kwargs\['x'\]\[0\] is inf", id="inf"),
     pytest.param({"args": (b"raw",)}, r"args\[0\] has type bytes", id="bytes"),
-    pytest.param({"args": ({1: "one"},)}, r"args\[0\] has the key 1 \(int\); JSON object keys "
-                                          r"must be strings", id="int key"),
-    pytest.param({"kwargs": {"when": datetime(2024, 1, 1)}},
-                 r"kwargs\['when'\] has type datetime", id="datetime kwarg"),
+    pytest.param(
+        {"args": ({1: "one"},)},
+        r"args\[0\] has the key 1 \(int\); JSON object keys "
+        r"must be strings",
+        id="int key",
+    ),
+    pytest.param(
+        {"kwargs": {"when": datetime(2024, 1, 1)}},
+        r"kwargs\['when'\] has type datetime",
+        id="datetime kwarg",
+    ),
     pytest.param({"args": ("a\x00b",)}, r"args\[0\] contains a NUL character", id="NUL"),
     pytest.param({"kwargs": {"k\x00": 1}}, r"kwargs key 'k\\x00' contains a NUL", id="NUL key"),
     pytest.param({"args": "abc"}, r"args must be a tuple or list, got str", id="args str"),
@@ -398,8 +398,7 @@ REFUSED_ARGUMENTS = [
 
 @pytest.mark.parametrize(("call", "message"), REFUSED_ARGUMENTS)
 @pytest.mark.parametrize("method", ["TASK_PROCESSOR", "SYNCHRONOUSLY", "SEPARATE_THREAD"])
-def test_arguments_json_cannot_carry_are_refused(define, run_method, conn, call, message,
-                                                 method):
+def test_arguments_json_cannot_carry_are_refused(define, run_method, conn, call, message, method):
     run_method(method)
     handler = define()
 
@@ -414,25 +413,33 @@ def test_arguments_json_cannot_carry_are_refused(define, run_method, conn, call,
 def test_arguments_over_the_size_limit_are_refused(define, run_method, conn, monkeypatch):
     run_method("TASK_PROCESSOR")
     handler = define()
-    with pytest.raises(ArgumentError, match=r"over the limit of 1048576; .*"
-                                            r"TASK_PROCESSOR_MAX_ARGUMENT_BYTES"):
+    with pytest.raises(
+        ArgumentError,
+        match=r"over the limit of 1048576; .*"
+        r"TASK_PROCESSOR_MAX_ARGUMENT_BYTES",
+    ):
         handler.delay(args=("x" * 1024 * 1024,))
 
     monkeypatch.setenv("TASK_PROCESSOR_MAX_ARGUMENT_BYTES", "100")
-    with pytest.raises(ArgumentError, match=r"arguments are 1\d\d bytes as JSON, over the "
-                                            r"limit of 100"):
+    with pytest.raises(
+        ArgumentError,
+        match=r"arguments are 1\d\d bytes as JSON, over the "
+        r"limit of 100",
+    ):
         handler.delay(kwargs={"text": "y" * 100})
     assert handler.delay(args=("small",)) is not None
     assert count_tasks(conn, handler.identifier) == 1
 
 
 @pytest.mark.parametrize("value", ["lots", "0", "-5"])
-def test_an_unreadable_size_limit_is_a_configuration_error(define, run_method, monkeypatch,
-                                                           value):
+def test_an_unreadable_size_limit_is_a_configuration_error(define, run_method, monkeypatch, value):
     run_method("TASK_PROCESSOR")
     monkeypatch.setenv("TASK_PROCESSOR_MAX_ARGUMENT_BYTES", value)
-    with pytest.raises(ConfigError, match=r"TASK_PROCESSOR_MAX_ARGUMENT_BYTES: expected a "
-                                          r"whole number from 1 to"):
+    with pytest.raises(
+        ConfigError,
+        match=r"TASK_PROCESSOR_MAX_ARGUMENT_BYTES: expected a "
+        r"whole number from 1 to",
+    ):
         define().delay()
 
 
@@ -451,8 +458,11 @@ def test_delay_until_must_be_an_aware_datetime(define, run_method, conn):
 @pytest.mark.parametrize("value", ["THREAD", "", "task-processor-please"])
 def test_an_unknown_run_method_names_the_valid_ones(define, run_method, value):
     run_method(value)
-    with pytest.raises(ConfigError, match=f"TASK_RUN_METHOD is {value!r}; valid values are "
-                                          f"TASK_PROCESSOR, SEPARATE_THREAD, SYNCHRONOUSLY"):
+    with pytest.raises(
+        ConfigError,
+        match=f"TASK_RUN_METHOD is {value!r}; valid values are "
+        f"TASK_PROCESSOR, SEPARATE_THREAD, SYNCHRONOUSLY",
+    ):
         define().delay()
 
 
@@ -465,24 +475,29 @@ def test_a_duplicate_identifier_is_refused_at_registration(define):
     first = define()
     name = first.identifier.split(".", 1)[1]
 
-    with pytest.raises(registry.DuplicateTaskError,
-                       match=f"{first.identifier!r} is already registered by .*task_name="):
+    with pytest.raises(
+        registry.DuplicateTaskError,
+        match=f"{first.identifier!r} is already registered by .*task_name=",
+    ):
         register_task_handler(task_name=name)(Recorder())
 
     assert registry.get(first.identifier) is first
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"timeout": timedelta(0)}, "timeout must be a timedelta above zero"),
-    ({"timeout": 60}, r"timeout must be a timedelta .* got 60"),
-    ({"timeout": timedelta(days=25)}, "at most 24 days"),
-    ({"max_attempts": 0}, "max_attempts must be a whole number from 1 to"),
-    ({"max_attempts": 2.5}, r"max_attempts .* got 2.5"),
-    ({"queue_size": 0}, "queue_size must be None .* or a whole number of at least 1; got 0"),
-    ({"queue_size": "10"}, "queue_size .* got '10'"),
-    ({"priority": -1}, "priority must be a whole number from 0 .* to 100"),
-    ({"priority": 101}, "priority .* got 101"),
-])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"timeout": timedelta(0)}, "timeout must be a timedelta above zero"),
+        ({"timeout": 60}, r"timeout must be a timedelta .* got 60"),
+        ({"timeout": timedelta(days=25)}, "at most 24 days"),
+        ({"max_attempts": 0}, "max_attempts must be a whole number from 1 to"),
+        ({"max_attempts": 2.5}, r"max_attempts .* got 2.5"),
+        ({"queue_size": 0}, "queue_size must be None .* or a whole number of at least 1; got 0"),
+        ({"queue_size": "10"}, "queue_size .* got '10'"),
+        ({"priority": -1}, "priority must be a whole number from 0 .* to 100"),
+        ({"priority": 101}, "priority .* got 101"),
+    ],
+)
 def test_invalid_task_settings_are_refused_at_registration(settings, message):
     name = f"invalid_{uuid.uuid4().hex[:8]}"
     with pytest.raises(ValueError, match=message):
@@ -504,14 +519,29 @@ def test_enqueue_before_migrating_says_what_to_run(define, run_method, empty_dat
 
 def run_examples(method: str, greetings_file: str) -> subprocess.CompletedProcess:
     """``python3 -m examples.enqueue`` from the checkout's root, as the README says."""
-    environment = {**os.environ, "TASK_RUN_METHOD": method,
-                   "EXAMPLE_GREETINGS_FILE": greetings_file}
-    return subprocess.run([sys.executable, "-m", "examples.enqueue"], cwd=ROOT,
-                          env=environment, capture_output=True, text=True, timeout=60)
+    environment = {
+        **os.environ,
+        "TASK_RUN_METHOD": method,
+        "EXAMPLE_GREETINGS_FILE": greetings_file,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "examples.enqueue"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-EXPECTED_GREETINGS = sorted(["Hello, world!", "Good morning, processor!", "Hello, later!",
-                             *(f"Hello, guest {n}!" for n in range(1, 6))])
+EXPECTED_GREETINGS = sorted(
+    [
+        "Hello, world!",
+        "Good morning, processor!",
+        "Hello, later!",
+        *(f"Hello, guest {n}!" for n in range(1, 6)),
+    ]
+)
 
 
 @pytest.mark.parametrize("method", ["SYNCHRONOUSLY", "SEPARATE_THREAD"])
@@ -528,14 +558,16 @@ def test_the_examples_are_queued_for_the_processor(conn, tmp_path):
     result = run_examples("TASK_PROCESSOR", str(greetings))
     assert result.returncode == 0, result.stderr
     assert "queued 10 tasks" in result.stdout
-    counts = dict(fetch_all(conn, "SELECT identifier, count(*) FROM task_processor.tasks "
-                                  "GROUP BY identifier"))
+    counts = dict(
+        fetch_all(conn, "SELECT identifier, count(*) FROM task_processor.tasks GROUP BY identifier")
+    )
     assert counts == {"tasks.greet": 8, "tasks.count_slowly": 1, "tasks.flaky": 1}
     assert not greetings.exists()
 
 
-def test_queue_size_refuses_a_transaction_that_cannot_count_exactly(define, run_method, caller,
-                                                                     conn):
+def test_queue_size_refuses_a_transaction_that_cannot_count_exactly(
+    define, run_method, caller, conn
+):
     run_method("TASK_PROCESSOR")
     handler = define(queue_size=1)
     caller.set_session(isolation_level="REPEATABLE READ")
@@ -549,5 +581,6 @@ def test_args_none_means_no_arguments(define, run_method, conn):
     run_method("TASK_PROCESSOR")
     handler = define()
     task_id = handler.delay(args=None)
-    assert fetch_all(conn, "SELECT args FROM task_processor.tasks WHERE id = %s",
-                     (task_id,)) == [([],)]
+    assert fetch_all(conn, "SELECT args FROM task_processor.tasks WHERE id = %s", (task_id,)) == [
+        ([],)
+    ]

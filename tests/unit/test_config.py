@@ -39,38 +39,49 @@ def refused(capsys: pytest.CaptureFixture, *argv: str) -> str:
 def test_defaults_are_the_references():
     args = parse()
     assert (args.numthreads, args.sleepintervalms, args.graceperiodms, args.queuepopsize) == (
-        5, 2000, 20000, 10)
+        5,
+        2000,
+        20000,
+        10,
+    )
     assert args.migrate is True and args.tasks is None
 
 
-@pytest.mark.parametrize(("argv", "names"), [
-    (["--numthreads", "0"], ["--numthreads", "from 1 to 256", "got 0"]),
-    (["--numthreads", "-3"], ["--numthreads", "got -3"]),
-    (["--numthreads", "five"], ["--numthreads", "got 'five'"]),
-    (["--numthreads", "1.5"], ["--numthreads", "whole number"]),
-    (["--sleepintervalms", "5"], ["--sleepintervalms", "from 10 to"]),
-    (["--graceperiodms", "-1"], ["--graceperiodms", "got -1"]),
-    (["--queuepopsize", "1001"], ["--queuepopsize", "from 1 to 1000"]),
-    (["--drain-timeout", "-1"], ["--drain-timeout"]),
-    (["--log-level", "LOUD"], ["--log-level", "invalid choice", "DEBUG"]),
-    (["--migrate", "maybe"], ["--migrate", "expected true or false"]),
-    (["--no-such-option"], ["unrecognized arguments: --no-such-option"]),
-])
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--numthreads", "0"], ["--numthreads", "from 1 to 256", "got 0"]),
+        (["--numthreads", "-3"], ["--numthreads", "got -3"]),
+        (["--numthreads", "five"], ["--numthreads", "got 'five'"]),
+        (["--numthreads", "1.5"], ["--numthreads", "whole number"]),
+        (["--sleepintervalms", "5"], ["--sleepintervalms", "from 10 to"]),
+        (["--graceperiodms", "-1"], ["--graceperiodms", "got -1"]),
+        (["--queuepopsize", "1001"], ["--queuepopsize", "from 1 to 1000"]),
+        (["--drain-timeout", "-1"], ["--drain-timeout"]),
+        (["--log-level", "LOUD"], ["--log-level", "invalid choice", "DEBUG"]),
+        (["--migrate", "maybe"], ["--migrate", "expected true or false"]),
+        (["--no-such-option"], ["unrecognized arguments: --no-such-option"]),
+    ],
+)
 def test_invalid_flags_exit_78_naming_the_option(capsys, argv, names):
     message = refused(capsys, *argv)
     assert all(name in message for name in names), message
 
 
-@pytest.mark.parametrize(("variable", "value", "option"), [
-    ("TASK_PROCESSOR_NUM_THREADS", "0", "--numthreads"),
-    ("TASK_PROCESSOR_SLEEP_INTERVAL_MS", "soon", "--sleepintervalms"),
-    ("TASK_PROCESSOR_GRACE_PERIOD_MS", "-20000", "--graceperiodms"),
-    ("TASK_PROCESSOR_QUEUE_POP_SIZE", "0", "--queuepopsize"),
-    ("TASK_PROCESSOR_MIGRATE", "perhaps", "--migrate"),
-    ("DATABASE_URL", "mysql://db/app", "--database-url"),
-])
-def test_invalid_environment_values_exit_78_naming_the_option(capsys, monkeypatch, variable,
-                                                              value, option):
+@pytest.mark.parametrize(
+    ("variable", "value", "option"),
+    [
+        ("TASK_PROCESSOR_NUM_THREADS", "0", "--numthreads"),
+        ("TASK_PROCESSOR_SLEEP_INTERVAL_MS", "soon", "--sleepintervalms"),
+        ("TASK_PROCESSOR_GRACE_PERIOD_MS", "-20000", "--graceperiodms"),
+        ("TASK_PROCESSOR_QUEUE_POP_SIZE", "0", "--queuepopsize"),
+        ("TASK_PROCESSOR_MIGRATE", "perhaps", "--migrate"),
+        ("DATABASE_URL", "mysql://db/app", "--database-url"),
+    ],
+)
+def test_invalid_environment_values_exit_78_naming_the_option(
+    capsys, monkeypatch, variable, value, option
+):
     monkeypatch.setenv(variable, value)
     assert option in refused(capsys)
 
@@ -99,8 +110,9 @@ def test_task_modules_from_flags_and_environment(monkeypatch):
 
 def test_an_unknown_config_file_key_exits_78_naming_it(capsys, tmp_path: Path):
     config_file = tmp_path / "processor.conf"
-    config_file.write_text(f"numthreads = 2\nnum-threads = 3\n"
-                           f"databse-url = postgresql://app:{PASSWORD}@db/app\n")
+    config_file.write_text(
+        f"numthreads = 2\nnum-threads = 3\ndatabse-url = postgresql://app:{PASSWORD}@db/app\n"
+    )
     message = refused(capsys, "--config", str(config_file))
     assert "unrecognized arguments" in message and "--num-threads=3" in message
     assert PASSWORD not in message and "postgresql://app:***@db/app" in message
@@ -117,14 +129,17 @@ def test_a_missing_config_file_exits_78(capsys, tmp_path: Path):
     assert "absent.conf" in message
 
 
-@pytest.mark.parametrize(("url", "explains"), [
-    ("mysql://app@db/app", "must start with postgresql://"),
-    ("postgresql://db:5432", "names no database"),
-    ("postgresql:///app", "names no host"),
-    ("postgresql://db:port/app", "host or port unreadable"),
-    (f"postgresql://app:{PASSWORD}/x@db/app", "host or port unreadable"),
-    (f"mysql://app:{PASSWORD}@db/app", "must start with postgresql://"),
-])
+@pytest.mark.parametrize(
+    ("url", "explains"),
+    [
+        ("mysql://app@db/app", "must start with postgresql://"),
+        ("postgresql://db:5432", "names no database"),
+        ("postgresql:///app", "names no host"),
+        ("postgresql://db:port/app", "host or port unreadable"),
+        (f"postgresql://app:{PASSWORD}/x@db/app", "host or port unreadable"),
+        (f"mysql://app:{PASSWORD}@db/app", "must start with postgresql://"),
+    ],
+)
 def test_a_malformed_database_url_exits_78_without_its_password(capsys, url, explains):
     message = refused(capsys, "--database-url", url)
     assert "--database-url" in message and explains in message
@@ -138,19 +153,18 @@ def test_a_good_database_url_is_kept_as_given():
 
 
 def test_scrub_hides_passwords_in_the_user_part_and_parameters():
-    assert redaction.scrub("postgresql://app:pw@db:5432/app") == \
-        "postgresql://app:***@db:5432/app"
-    assert redaction.scrub("postgresql://db/app?password=pw&sslmode=require") == \
-        "postgresql://db/app?password=***&sslmode=require"
-    assert redaction.scrub("host=db password='p w' dbname=app") == \
-        "host=db password=*** dbname=app"
+    assert redaction.scrub("postgresql://app:pw@db:5432/app") == "postgresql://app:***@db:5432/app"
+    assert (
+        redaction.scrub("postgresql://db/app?password=pw&sslmode=require")
+        == "postgresql://db/app?password=***&sslmode=require"
+    )
+    assert redaction.scrub("host=db password='p w' dbname=app") == "host=db password=*** dbname=app"
     assert redaction.scrub("postgresql://app@db/app") == "postgresql://app@db/app"
 
 
 def test_scrub_finds_urls_inside_any_message():
     text = "bad value --x=postgresql://app:pw@db/app and postgres://u@h/d"
-    assert redaction.scrub(text) == \
-        "bad value --x=postgresql://app:***@db/app and postgres://u@h/d"
+    assert redaction.scrub(text) == "bad value --x=postgresql://app:***@db/app and postgres://u@h/d"
 
 
 def test_the_queue_database_is_its_own_when_configured(monkeypatch):
@@ -158,8 +172,10 @@ def test_the_queue_database_is_its_own_when_configured(monkeypatch):
     assert db.queue_database_url() == "postgresql://db/app"
     monkeypatch.setenv("TASK_PROCESSOR_DATABASE_URL", "postgresql://queue-db/queue")
     assert db.queue_database_url() == "postgresql://queue-db/queue"
-    assert db.queue_database_url("postgresql://flag/q", "postgresql://flag/app") == \
-        "postgresql://flag/q"
+    assert (
+        db.queue_database_url("postgresql://flag/q", "postgresql://flag/app")
+        == "postgresql://flag/q"
+    )
 
 
 def test_no_database_configured_and_no_usable_data_dir_says_what_to_set(monkeypatch, tmp_path):
@@ -167,7 +183,7 @@ def test_no_database_configured_and_no_usable_data_dir_says_what_to_set(monkeypa
     monkeypatch.setenv("TASK_PROCESSOR_DATA_DIR", str(tmp_path / "a-file" / "data"))
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("TASK_PROCESSOR_DATABASE_URL", raising=False)
-    with pytest.raises(ConfigError, match="set DATABASE_URL .*TASK_PROCESSOR_DATABASE_URL"):
+    with pytest.raises(ConfigError, match=r"set DATABASE_URL .*TASK_PROCESSOR_DATABASE_URL"):
         db.queue_database_url()
 
 
@@ -193,28 +209,34 @@ def test_an_unreadable_env_flag_names_the_variable(monkeypatch):
 def test_the_configuration_document_names_every_option():
     document = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     for option in OPTIONS.values():
-        assert f"`{option.flags[0]} " in document or f"`{option.flags[0]}`" in document, \
+        assert f"`{option.flags[0]} " in document or f"`{option.flags[0]}`" in document, (
             option.flags[0]
+        )
         assert f"`{option.env}`" in document, option.env
         if option.default is not None and not isinstance(option.default, bool):
-            row = next(line for line in document.splitlines()
-                       if line.startswith(f"| `{option.flags[0]}"))
+            row = next(
+                line for line in document.splitlines() if line.startswith(f"| `{option.flags[0]}")
+            )
             assert f"| {option.default} |" in row or f"| `{option.default}` |" in row, row
 
 
 def test_one_config_file_serves_every_command(capsys, tmp_path: Path):
     shared = tmp_path / "task-processor.conf"
-    shared.write_text("database-url = postgresql://app@db/app\nnumthreads = 3\n"
-                      "bind = 0.0.0.0:9000\ntasks = [a.tasks]\n")
-    api = parse_args(build_parser("run-api", "test", ["database_url", "bind"]),
-                     ["--config", str(shared)])
+    shared.write_text(
+        "database-url = postgresql://app@db/app\nnumthreads = 3\n"
+        "bind = 0.0.0.0:9000\ntasks = [a.tasks]\n"
+    )
+    api = parse_args(
+        build_parser("run-api", "test", ["database_url", "bind"]), ["--config", str(shared)]
+    )
     assert api.bind == ("0.0.0.0", 9000) and not hasattr(api, "numthreads")
     processor = parse("--config", str(shared))
     assert processor.numthreads == 3 and processor.tasks == ["a.tasks"]
     shared.write_text("database-url = postgresql://app@db/app\nbnid = 0.0.0.0:9000\n")
     with pytest.raises(SystemExit) as exit_:
-        parse_args(build_parser("run-api", "test", ["database_url", "bind"]),
-                   ["--config", str(shared)])
+        parse_args(
+            build_parser("run-api", "test", ["database_url", "bind"]), ["--config", str(shared)]
+        )
     assert exit_.value.code == EX_CONFIG and "--bnid" in capsys.readouterr().err
 
 
@@ -223,8 +245,9 @@ def test_wake_ups_listen_on_the_queue_a_direct_url_or_nowhere(monkeypatch):
     direct = "postgresql://app@db:5432/app"
     default = processor_settings(parse("--database-url", queue), "p")
     assert default.wake_up_url == queue
-    separate = processor_settings(parse("--database-url", queue,
-                                        "--listen-database-url", direct), "p")
+    separate = processor_settings(
+        parse("--database-url", queue, "--listen-database-url", direct), "p"
+    )
     assert separate.wake_up_url == direct
     monkeypatch.setenv("TASK_PROCESSOR_LISTEN_DATABASE_URL", "None")
     poll_only = processor_settings(parse("--database-url", queue), "p")

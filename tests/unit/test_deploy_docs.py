@@ -6,26 +6,52 @@ from __future__ import annotations
 import re
 
 import pytest
+from deploy_files import ROOT, packages
 
 from common import config
-from deploy_files import ROOT, packages
 
 GUIDE = ROOT / "docs" / "operations.md"
 # Flags of other programs that the guide's examples use (docker, systemctl, pip, useradd...),
 # and argparse's own.
 OTHER_PROGRAMS_FLAGS = {
-    "--help", "--rm", "--build", "--scale", "--init", "--signal", "--no-cache-dir", "--system",
-    "--home-dir", "--shell", "--now", "--kill-whom", "--kill-who",
+    "--help",
+    "--rm",
+    "--build",
+    "--scale",
+    "--init",
+    "--signal",
+    "--no-cache-dir",
+    "--system",
+    "--home-dir",
+    "--shell",
+    "--now",
+    "--kill-whom",
+    "--kill-who",
     # podman and debootstrap, in "Checking the deployment by hand"
-    "--change", "--format", "--health-cmd", "--health-interval", "--hostname", "--include",
-    "--name", "--network", "--privileged", "--pull", "--restart", "--stop-timeout", "--systemd",
-    "--variant", "--volume",
+    "--change",
+    "--format",
+    "--health-cmd",
+    "--health-interval",
+    "--hostname",
+    "--include",
+    "--name",
+    "--network",
+    "--privileged",
+    "--pull",
+    "--restart",
+    "--stop-timeout",
+    "--systemd",
+    "--variant",
+    "--volume",
 }
 
 
 def package_source() -> str:
-    return "\n".join(path.read_text() for package in packages()
-                     for path in sorted((ROOT / package).rglob("*.py")))
+    return "\n".join(
+        path.read_text()
+        for package in packages()
+        for path in sorted((ROOT / package).rglob("*.py"))
+    )
 
 
 def guide() -> str:
@@ -41,8 +67,13 @@ def test_every_flag_in_the_guide_is_defined_by_a_command():
 
 def test_every_environment_variable_in_the_guide_is_read_by_the_code():
     source = package_source()
-    names = set(re.findall(r"\b((?:TASK_PROCESSOR|ENABLE_TASK_PROCESSOR|TASK_RUN|LOG|SENTRY)"
-                           r"_[A-Z_]*[A-Z]|DATABASE_URL)\b", guide()))
+    names = set(
+        re.findall(
+            r"\b((?:TASK_PROCESSOR|ENABLE_TASK_PROCESSOR|TASK_RUN|LOG|SENTRY)"
+            r"_[A-Z_]*[A-Z]|DATABASE_URL)\b",
+            guide(),
+        )
+    )
     unknown = {name for name in names if f'"{name}"' not in source}
     assert not unknown, f"docs/operations.md names variables nothing reads: {sorted(unknown)}"
 
@@ -66,8 +97,9 @@ def test_configuration_table_matches_the_options():
         option = by_flag[flag]
         assert option.env == env, f"{flag}: the table says {env}, the option reads {option.env}"
         default = str(option.default).lower()
-        assert default_cell.split()[0].lower() == default, \
+        assert default_cell.split()[0].lower() == default, (
             f"{flag}: the table says default {default_cell}, the option's is {option.default}"
+        )
 
 
 @pytest.mark.parametrize("status", [0, config.EX_CONFIG, 1])

@@ -24,8 +24,15 @@ def _writer(slots: Slots, slot: int) -> int:
             n = 0
             while True:
                 n += 1
-                slots.write(slot, pid=n, generation=n, state=WorkerState.BUSY, task_id=n,
-                            deadline=float(n), tasks_done=n)
+                slots.write(
+                    slot,
+                    pid=n,
+                    generation=n,
+                    state=WorkerState.BUSY,
+                    task_id=n,
+                    deadline=float(n),
+                    tasks_done=n,
+                )
         finally:
             os._exit(0)
     return pid
@@ -38,7 +45,7 @@ def _stopped(pid: int) -> bool:
 
 def _sequence(slots: Slots, slot: int) -> int:
     """The raw sequence word: odd while the writer is between its two bumps."""
-    return int.from_bytes(slots._memory[slot * 64:slot * 64 + 8], "little")
+    return int.from_bytes(slots._memory[slot * 64 : slot * 64 + 8], "little")
 
 
 def _consistent(beat) -> bool:
@@ -101,12 +108,18 @@ def test_readings_under_a_concurrent_writer_are_whole_and_never_go_back():
 
 
 @settings(max_examples=50, deadline=None)
-@given(slot=st.integers(min_value=0, max_value=3), pid=integers, generation=integers,
-       state=st.sampled_from(list(WorkerState)), task_id=integers,
-       deadline=st.floats(allow_nan=False), tasks_done=integers)
-def test_what_a_worker_process_writes_is_what_the_supervisor_reads(slot, pid, generation,
-                                                                   state, task_id, deadline,
-                                                                   tasks_done):
+@given(
+    slot=st.integers(min_value=0, max_value=3),
+    pid=integers,
+    generation=integers,
+    state=st.sampled_from(list(WorkerState)),
+    task_id=integers,
+    deadline=st.floats(allow_nan=False),
+    tasks_done=integers,
+)
+def test_what_a_worker_process_writes_is_what_the_supervisor_reads(
+    slot, pid, generation, state, task_id, deadline, tasks_done
+):
     slots = Slots(4)
     child = os.fork()
     if child == 0:
@@ -115,7 +128,12 @@ def test_what_a_worker_process_writes_is_what_the_supervisor_reads(slot, pid, ge
     os.waitpid(child, 0)
     beat = slots.read(slot)
     assert beat is not None
-    assert (beat.pid, beat.generation, beat.state, beat.task_id, beat.deadline,
-            beat.tasks_done) == (pid, generation, state, task_id, deadline, tasks_done)
-    assert all(slots.read(other).state == WorkerState.EMPTY for other in range(4)
-               if other != slot)
+    assert (
+        beat.pid,
+        beat.generation,
+        beat.state,
+        beat.task_id,
+        beat.deadline,
+        beat.tasks_done,
+    ) == (pid, generation, state, task_id, deadline, tasks_done)
+    assert all(slots.read(other).state == WorkerState.EMPTY for other in range(4) if other != slot)

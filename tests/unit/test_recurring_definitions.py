@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from common.recurring import MIN_RUN_EVERY, check_run_every, grid_origin
 
 fixed_offsets = st.integers(min_value=-23 * 60, max_value=23 * 60).map(
-    lambda minutes: timezone(timedelta(minutes=minutes)))
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
 
 
 @given(st.times(), fixed_offsets)
@@ -25,8 +26,7 @@ def test_a_time_of_day_with_a_fixed_offset_is_that_instant_on_the_epoch_day(of_d
 
 @given(st.times())
 def test_a_time_of_day_without_a_zone_is_utc(of_day):
-    assert grid_origin(of_day) == datetime.combine(datetime(1970, 1, 1), of_day,
-                                                   tzinfo=timezone.utc)
+    assert grid_origin(of_day) == datetime.combine(datetime(1970, 1, 1), of_day, tzinfo=UTC)
 
 
 @given(st.datetimes(timezones=fixed_offsets))
@@ -38,11 +38,14 @@ def test_no_first_run_time_means_the_first_start():
     assert grid_origin(None) is None
 
 
-@pytest.mark.parametrize(("value", "error", "message"), [
-    (datetime(2024, 1, 1, 3), ValueError, "must be timezone-aware"),
-    (time(3, tzinfo=ZoneInfo("Europe/Paris")), ValueError, "offset changes over the year"),
-    ("03:00", TypeError, "must be a datetime, a time of day or None"),
-])
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (datetime(2024, 1, 1, 3), ValueError, "must be timezone-aware"),
+        (time(3, tzinfo=ZoneInfo("Europe/Paris")), ValueError, "offset changes over the year"),
+        ("03:00", TypeError, "must be a datetime, a time of day or None"),
+    ],
+)
 def test_unusable_first_run_times_are_refused(value, error, message):
     with pytest.raises(error, match=message):
         grid_origin(value)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from common.tasks import TaskBackoffError, register_task_handler
 from worker.runner import ClaimedTask, run_task
 
-ASKED = datetime(2031, 5, 4, 3, 2, 1, tzinfo=timezone.utc)
+ASKED = datetime(2031, 5, 4, 3, 2, 1, tzinfo=UTC)
 
 
 @register_task_handler()
@@ -21,8 +21,17 @@ def backs_off() -> None:
 
 
 def _run(identifier: str):
-    return run_task(ClaimedTask(id=1, identifier=identifier, args_json="[]", kwargs_json="{}", attempt=1,
-                                max_attempts=3, timeout_ms=1000))
+    return run_task(
+        ClaimedTask(
+            id=1,
+            identifier=identifier,
+            args_json="[]",
+            kwargs_json="{}",
+            attempt=1,
+            max_attempts=3,
+            timeout_ms=1000,
+        )
+    )
 
 
 def test_a_backoff_keeps_the_time_the_task_asked_for():

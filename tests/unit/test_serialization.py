@@ -14,11 +14,18 @@ from hypothesis import strategies as st
 from common.serialization import ArgumentError, serialize_arguments
 
 text = st.text().filter(lambda s: "\x00" not in s)
-scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False,
-                                                                 allow_infinity=False) | text
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | text
+)
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
-    max_leaves=20)
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+    max_leaves=20,
+)
 
 
 def as_json_gives_it(value: Any) -> Any:
@@ -42,19 +49,22 @@ def test_tuples_travel_as_lists():
     assert json.loads(args_json) == [[1, [2, 3]]]
 
 
-@pytest.mark.parametrize(("args", "kwargs", "message"), [
-    ((math.nan,), None, r"app.task: args\[0\] is nan, which JSON cannot carry"),
-    ((math.inf,), None, r"args\[0\] is inf"),
-    (({1, 2},), None, r"args\[0\] has type set"),
-    ((b"bytes",), None, r"args\[0\] has type bytes"),
-    (({1: "a"},), None, r"args\[0\] has the key 1 \(int\)"),
-    (("\ud800",), None, r"args\[0\] contains a lone surrogate"),
-    (("a\x00b",), None, r"args\[0\] contains a NUL character"),
-    ((), {"when": object()}, r"kwargs\['when'\] has type object"),
-    ((), {1: "x"}, r"kwargs key 1 must be a string"),
-    ("abc", None, r"args must be a tuple or list, got str"),
-    ((), ["x"], r"kwargs must be a dict, got list"),
-])
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((math.nan,), None, r"app.task: args\[0\] is nan, which JSON cannot carry"),
+        ((math.inf,), None, r"args\[0\] is inf"),
+        (({1, 2},), None, r"args\[0\] has type set"),
+        ((b"bytes",), None, r"args\[0\] has type bytes"),
+        (({1: "a"},), None, r"args\[0\] has the key 1 \(int\)"),
+        (("\ud800",), None, r"args\[0\] contains a lone surrogate"),
+        (("a\x00b",), None, r"args\[0\] contains a NUL character"),
+        ((), {"when": object()}, r"kwargs\['when'\] has type object"),
+        ((), {1: "x"}, r"kwargs key 1 must be a string"),
+        ("abc", None, r"args must be a tuple or list, got str"),
+        ((), ["x"], r"kwargs must be a dict, got list"),
+    ],
+)
 def test_what_json_cannot_carry_is_refused_naming_the_argument(args, kwargs, message):
     with pytest.raises(ArgumentError, match=message):
         serialize_arguments("app.task", args, kwargs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.heartbeat import Beat, WorkerState
 from supervisor.arbiter import stuck
+from worker.heartbeat import Beat, WorkerState
 
 graces = st.floats(min_value=0.1, max_value=86_400.0)
 seconds = st.floats(min_value=0.0, max_value=10 * 86_400.0)
@@ -14,15 +14,20 @@ quiet_states = st.sampled_from([WorkerState.IDLE, WorkerState.BOOTING])
 
 
 def _beat(state: WorkerState, at: float, deadline: float = 0.0) -> Beat:
-    return Beat(pid=1, generation=1, state=state, beat=at, task_id=7 if deadline else 0,
-                deadline=deadline, tasks_done=0)
+    return Beat(
+        pid=1,
+        generation=1,
+        state=state,
+        beat=at,
+        task_id=7 if deadline else 0,
+        deadline=deadline,
+        tasks_done=0,
+    )
 
 
 @given(state=quiet_states, grace=graces, silence=seconds)
-def test_a_quiet_worker_is_stuck_exactly_when_silent_past_the_grace_period(state, grace,
-                                                                           silence):
-    verdict = stuck(_beat(state, at=1000.0), started=0.0, now=1000.0 + silence, grace=grace,
-                    slot=3)
+def test_a_quiet_worker_is_stuck_exactly_when_silent_past_the_grace_period(state, grace, silence):
+    verdict = stuck(_beat(state, at=1000.0), started=0.0, now=1000.0 + silence, grace=grace, slot=3)
     assert (verdict is not None) == (1000.0 + silence - 1000.0 > grace)
     if verdict is not None:
         reason, result = verdict

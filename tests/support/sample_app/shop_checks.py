@@ -4,7 +4,6 @@ tests/test_pytest_plugin.py), using the plugin's marker and fixtures."""
 import os
 
 import pytest
-
 import shop
 
 
@@ -19,7 +18,9 @@ def test_an_order_sends_its_receipt_through_the_queue(run_tasks):
     assert shop.SENT == []
     ran = run_tasks()
     assert [(r.identifier, r.args, r.result) for r in ran] == [
-        ("shop.place_order", [7], "success"), ("shop.send_receipt", [7], "success")]
+        ("shop.place_order", [7], "success"),
+        ("shop.send_receipt", [7], "success"),
+    ]
     assert shop.SENT == [7]
     assert run_tasks() == [] and len(run_tasks.ran) == 2
 

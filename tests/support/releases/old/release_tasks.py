@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from common.tasks import register_task_handler
 from processor_tasks import record_key
+
+from common.tasks import register_task_handler
 
 
 @register_task_handler(timeout=timedelta(seconds=30))
