@@ -5,3 +5,5 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
+pytest_plugins = ["defined_tasks"]  # the define and run_method fixtures (tests/support)

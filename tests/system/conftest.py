@@ -14,8 +14,6 @@ from processor_tasks import RESULTS_TABLE
 
 from common import enqueue
 
-pytest_plugins = ["defined_tasks"]  # define, run_method
-
 
 @pytest.fixture(scope="session")
 def template_database() -> str:
