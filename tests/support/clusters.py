@@ -78,7 +78,21 @@ class Cluster:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def init_primary(self, settings: dict[str, str] | None = None) -> Cluster:
+    def init_primary(
+        self, settings: dict[str, str] | None = None, password: str | None = None
+    ) -> Cluster:
+        """A new primary; with ``password``, connections over TCP must give it (scram)."""
+        authentication = ["-A", "trust"]
+        if password is not None:
+            password_file = self.root / "password"
+            password_file.write_text(password)
+            if os.geteuid() == 0:
+                shutil.chown(password_file, "postgres", "postgres")
+            authentication = [
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={password_file}",
+            ]
         _run(
             [
                 str(BINDIR / "initdb"),
@@ -86,8 +100,7 @@ class Cluster:
                 str(self.data),
                 "-U",
                 "postgres",
-                "-A",
-                "trust",
+                *authentication,
                 "--no-sync",
             ]
         )

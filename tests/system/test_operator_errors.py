@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from clusters import Cluster, server_programs_missing
 from commands import admin
 from databases import drop_database, fetch_all, insert_task, url_for
 from harness import REPO, SUPPORT, wait_for
@@ -150,6 +151,34 @@ def test_a_refusal_at_start_of_the_admin_command_and_the_api_exits_78(refusal):
         result = run(command, *args, DATABASE_URL=url)
         assert result.returncode == EX_CONFIG, result.stderr
         assert reason in result.stderr.splitlines()[-1] and PASSWORD not in result.stderr
+
+
+@pytest.fixture
+def guarded() -> Iterator[Cluster]:
+    """A server of the test's own that asks for a password over TCP."""
+    missing = server_programs_missing()
+    if missing:
+        pytest.skip(missing)
+    cluster = Cluster("guarded").init_primary(password="the-right-one").start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop(remove=True)
+
+
+def test_a_refused_password_at_start_exits_78_saying_how_to_fix_it(guarded):
+    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{guarded.port}/postgres"
+    for command, args in (
+        ("run-task-processor", ["--tasks", "processor_tasks"]),
+        ("task-processor", ["status"]),
+        ("run-api", ["--bind", "127.0.0.1:0"]),
+    ):
+        result = run(command, *args, DATABASE_URL=url)
+        assert result.returncode == EX_CONFIG, result.stderr
+        line = one_line(result, command)
+        assert "password authentication failed" in line, line
+        assert "fix the password in the database URL (or PGPASSWORD)" in line
+        assert PASSWORD not in result.stdout + result.stderr
 
 
 def test_a_refusal_during_a_run_is_retried(database_url, start_processor):
