@@ -17,7 +17,13 @@ from api.app import Api
 from api.http_server import GunicornServer, ServerSettings
 from api.settings import ApiSettings
 from common import db, logs, migrations, sentry
-from common.config import ConfigError, build_parser, exit_config_error, parse_args
+from common.config import (
+    SHARED_OPTIONS,
+    ConfigError,
+    build_parser,
+    exit_config_error,
+    parse_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         "TASK_PROCESSOR_HEALTH_CHECK_TIMEOUT, TASK_PROCESSOR_MONITORING_TOKEN, "
         "TASK_PROCESSOR_DASHBOARD_TOKEN, TASK_PROCESSOR_DASHBOARD_ACTION_TOKEN.",
         [
-            "database_url",
-            "task_processor_database_url",
-            "data_dir",
-            "log_level",
-            "log_format",
-            "sentry_dsn",
+            *SHARED_OPTIONS,
             "bind",
             "api_workers",
             "api_threads",

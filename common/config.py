@@ -434,6 +434,17 @@ def with_legacy_names(environ: Mapping[str, str]) -> dict[str, str]:
     return merged
 
 
+# The options every long-running command takes: where the database is, and how to log.
+SHARED_OPTIONS = (
+    "database_url",
+    "task_processor_database_url",
+    "data_dir",
+    "log_level",
+    "log_format",
+    "sentry_dsn",
+)
+
+
 class _Parser(configargparse.ArgumentParser):
     """An ArgumentParser whose errors raise :class:`ConfigError` instead of exiting with 2,
     and that reads the legacy names of environment variables."""

@@ -18,6 +18,7 @@ from builtin_tasks import BUILTIN_TASK_MODULES
 from common import db, logs, move_queue, registry, sentry
 from common.config import (
     POLL_ONLY,
+    SHARED_OPTIONS,
     ConfigError,
     build_parser,
     exit_config_error,
@@ -58,12 +59,7 @@ OPTIONS = (
     "dead_retention_days",
     "metrics_bind",
     "migrate",
-    "database_url",
-    "task_processor_database_url",
-    "data_dir",
-    "log_level",
-    "log_format",
-    "sentry_dsn",
+    *SHARED_OPTIONS,
 )
 
 
