@@ -76,9 +76,14 @@ WITH processor AS (
         grace_period_ms = excluded.grace_period_ms
     RETURNING id
 ), renewed AS (
+    -- Rows a worker of this processor holds locked right now are skipped, not waited for: it
+    -- is claiming them (with a fresh lease) or finishing them (they leave 'running'). Waiting
+    -- would lock them in another order than the worker and deadlock with it.
     UPDATE task_processor.tasks
     SET lease_expires_at = now() + %(lease_seconds)s * interval '1 second'
-    WHERE state = 'running' AND lease_owner = ANY(%(own_owners)s)
+    WHERE id IN (SELECT id FROM task_processor.tasks
+                 WHERE state = 'running' AND lease_owner = ANY(%(own_owners)s)
+                 FOR UPDATE SKIP LOCKED)
     RETURNING id
 ), worker_rows AS (
     INSERT INTO task_processor.workers AS w

@@ -19,16 +19,14 @@ from common.lifecycle import (
 from common.prepared import Prepared
 from worker.runner import Outcome
 
-# Claims up to %(limit)s due tasks of the identifiers this processor knows (%(known)s): for
-# each known identifier, the first due tasks in claim order (a short range scan of
-# tasks_claim_known_idx), locked as they are read; the best %(limit)s of those are claimed.
-# Tasks of identifiers it does not know are never read, locked or claimed: they wait for a
-# processor that knows them. Locked candidates that are not claimed are free again when the
-# statement ends; idle workers are woken for them, since a peer claiming at the same moment
-# skipped them. The claim counts the attempt and sets the lease. Every row also says in how
-# many seconds the next delayed task falls due (one probe of tasks_scheduled_idx); with nothing
-# claimed, a single row carries only that. The worker's heartbeat row is the supervisor's to
-# write (with its own heartbeat), so a claim writes nothing but the tasks it takes.
+# Claims up to %(limit)s due tasks of the identifiers this processor knows (%(known)s), in
+# claim order (tasks_claim_idx; see docs/architecture.md for why a filter and not a range scan
+# per identifier): tasks of identifiers it does not know are never locked or claimed, and wait
+# for a processor that knows them. The claim counts the attempt and sets the lease. Every row
+# also says in how many seconds the next delayed task falls due (one probe of
+# tasks_scheduled_idx); with nothing claimed, a single row carries only that. The worker's
+# heartbeat row is the supervisor's to write (with its own heartbeat), so a claim writes
+# nothing but the tasks it takes.
 _CLAIM_CTES = f"""orphans AS (
     -- A worker claims only when it holds nothing: anything still leased to it comes from a
     -- claim whose answer was lost with a broken connection (and may have committed late).
@@ -36,23 +34,17 @@ _CLAIM_CTES = f"""orphans AS (
     SET {GIVE_BACK_UNSTARTED}
     WHERE lease_owner = %(owner)s AND state = 'running'{{keep_recorded}}
     RETURNING id
-), locked AS (
-    SELECT c.id, c.priority, c.scheduled_for
-    FROM unnest(%(known)s::text[]) AS known(identifier)
-    CROSS JOIN LATERAL (
-        SELECT id, priority, scheduled_for FROM task_processor.tasks
-        WHERE state = 'waiting' AND identifier = known.identifier AND scheduled_for <= now()
-        ORDER BY priority, scheduled_for, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS c
-    -- nothing due: one probe of tasks_scheduled_idx instead of walking the delayed tasks
-    -- (a min(), which the planner always serves from the index: an EXISTS was planned as a
-    -- table scan that walks past every finished task, more of them as a drain goes on)
-    WHERE (SELECT min(scheduled_for) FROM task_processor.tasks WHERE state = 'waiting')
-          <= now()
 ), next AS (
-    SELECT id FROM locked ORDER BY priority, scheduled_for, id LIMIT %(limit)s
+    SELECT id FROM task_processor.tasks
+    WHERE state = 'waiting' AND scheduled_for <= now() AND identifier = ANY(%(known)s::text[])
+      -- nothing due: one probe of tasks_scheduled_idx instead of walking the delayed tasks
+      -- (a min(), which the planner always serves from the index: an EXISTS was planned as a
+      -- table scan that walks past every finished task, more of them as a drain goes on)
+      AND (SELECT min(scheduled_for) FROM task_processor.tasks WHERE state = 'waiting')
+          <= now()
+    ORDER BY priority, scheduled_for, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE task_processor.tasks AS t
     SET state = 'running', attempts = t.attempts + 1, lease_owner = %(owner)s,
@@ -79,10 +71,8 @@ SELECT c.id, c.identifier, c.args, c.kwargs, c.attempts, c.max_attempts, c.timeo
        c.recurring, c.waited, c.trace_context, upcoming.due_in{{recorded}}
 FROM upcoming
 LEFT JOIN claimed AS c ON true
-LEFT JOIN LATERAL (  -- wake other workers for the orphans given back and the tasks left
-    SELECT {WAKE}
-    WHERE EXISTS (SELECT 1 FROM orphans)
-       OR (SELECT count(*) FROM locked) > (SELECT count(*) FROM next)
+LEFT JOIN LATERAL (  -- wake other workers for the orphans given back
+    SELECT {WAKE} WHERE EXISTS (SELECT 1 FROM orphans)
 ) AS wake ON true
 ORDER BY c.priority, c.scheduled_for, c.id
 """
