@@ -382,7 +382,7 @@ MUTANTS = (
         WORKER,
         "                self.prepared = False\n",
         "                raise\n",
-        (at(PGBOUNCER, "test_processor_migrations_and_health_through_pgbouncer"),),
+        (at(PGBOUNCER, "test_prepared_statements_a_pooler_loses_fall_back_to_plain_text"),),
         "PgBouncer in transaction mode: plain statements once a prepared one is lost",
     ),
 )

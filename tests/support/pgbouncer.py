@@ -34,6 +34,7 @@ pool_mode = {pool_mode}
 max_client_conn = 500
 default_pool_size = 40
 server_reset_query = DISCARD ALL
+server_reset_query_always = {reset_always}
 logfile = {root}/pgbouncer.log
 """
 
@@ -51,8 +52,14 @@ class PgBouncer:
     """One pgbouncer process; :meth:`url` gives the URL of a database through it."""
 
     def __init__(
-        self, pool_mode: str, server_port: int = 5432, server_host: str = "127.0.0.1"
+        self,
+        pool_mode: str,
+        server_port: int = 5432,
+        server_host: str = "127.0.0.1",
+        reset_always: bool = False,
     ) -> None:
+        """``reset_always``: DISCARD ALL after every transaction too, as some poolers are set
+        up, so that a server connection keeps no prepared statement from one to the next."""
         self.pool_mode = pool_mode
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix=f"tp-pgbouncer-{pool_mode}-"))
@@ -64,6 +71,7 @@ class PgBouncer:
                 listen_port=self.port,
                 root=self.root,
                 pool_mode=pool_mode,
+                reset_always=int(reset_always),
             ),
             encoding="utf-8",
         )

@@ -35,11 +35,11 @@ def limited(number: int) -> None:
 
 
 @contextmanager
-def running_bouncer(pool_mode: str) -> Iterator[PgBouncer]:
+def running_bouncer(pool_mode: str, reset_always: bool = False) -> Iterator[PgBouncer]:
     reason = missing()
     if reason:
         pytest.skip(reason)
-    bouncer = PgBouncer(pool_mode)
+    bouncer = PgBouncer(pool_mode, reset_always=reset_always)
     try:
         yield bouncer
     finally:
@@ -187,3 +187,40 @@ def test_enqueue_in_the_callers_transaction_through_pgbouncer(bouncer, database_
         assert query(database_url, "SELECT id FROM task_processor.tasks") == [(task_id,)]
     finally:
         caller.close()
+
+
+def test_prepared_statements_a_pooler_loses_fall_back_to_plain_text(
+    empty_database_url, tmp_path, monkeypatch, caplog
+):
+    """A pooler that resets its server connections after every transaction loses every
+    prepared statement: the workers and .delay() go on with plain statements, and every task
+    runs."""
+    with running_bouncer("transaction", reset_always=True) as bouncer:
+        pooled = bouncer.url(name_of(empty_database_url))
+        assert admin("migrate", DATABASE_URL=pooled).returncode == 0
+        query(empty_database_url, RESULTS_TABLE)
+        processor = Processor(
+            pooled,
+            tmp_path / "processor.log",
+            "--numthreads",
+            "2",
+            "--listen-database-url",
+            empty_database_url,
+        )
+        try:
+            processor.wait_ready(2, timeout=60)
+            monkeypatch.setenv("DATABASE_URL", pooled)
+            monkeypatch.setenv("TASK_RUN_METHOD", "TASK_PROCESSOR")
+            with caplog.at_level("INFO", logger="common.enqueue"):
+                for n in range(20):
+                    processor_tasks.record.delay(args=(f"task-{n}",))
+            wait_for(
+                lambda: task_states(pooled) == {"succeeded": 20},
+                timeout=60,
+                message="every task run",
+            )
+            assert "does not keep prepared statements" in caplog.text
+            assert "does not keep prepared statements" in processor.log_text()
+        finally:
+            enqueue.close_own_connection()
+            processor.stop()
