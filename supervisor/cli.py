@@ -30,6 +30,7 @@ from common.settings import ProcessorSettings, enter_processor
 from supervisor.arbiter import MAX_WORKERS, Supervisor
 from supervisor.metrics import MetricsServerError, ProcessorMetrics
 from supervisor.recurring import RecurringDuty
+from supervisor.statistics import StatisticsWatch
 from supervisor.unrunnable import UnrunnableWatch
 
 logger = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_workers=options.numthreads,
         drain_timeout=options.drain_timeout,
         reload_settings=reload,
-        duties=[RecurringDuty(processor_id), UnrunnableWatch()],
+        duties=[RecurringDuty(processor_id), UnrunnableWatch(), StatisticsWatch()],
         migrate=options.migrate,
         metrics=metrics,
     )
