@@ -14,6 +14,7 @@ import logging
 import time
 
 from common import db
+from supervisor.periodic import PeriodicCheck
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +31,12 @@ WHERE s.relid = 'task_processor.tasks'::regclass
 _ANALYZE = "ANALYZE task_processor.tasks"
 
 
-class StatisticsWatch:
+class StatisticsWatch(PeriodicCheck):
     """Owned by the supervisor (a :class:`supervisor.database.Duty`), in its single thread."""
 
-    def __init__(self) -> None:
-        self._next_due = time.monotonic() + CHECK_EVERY
+    interval = CHECK_EVERY
 
-    def start(self, connection: db.Connection) -> None:
-        """Nothing to write at start."""
-
-    def next_due(self) -> float:
-        return self._next_due
-
-    def run(self, connection: db.Connection) -> None:
-        self._next_due = time.monotonic() + CHECK_EVERY
+    def check(self, connection: db.Connection) -> None:
         with connection.cursor() as cursor:
             cursor.execute(_CHANGED)
             row = cursor.fetchone()

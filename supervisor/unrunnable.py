@@ -5,10 +5,10 @@ processors; a warning means that none of them is running, or none has kept up.""
 from __future__ import annotations
 
 import logging
-import time
 
 from common import db, registry
 from common.unrunnable_sql import waiting_unrunnable
+from supervisor.periodic import PeriodicCheck
 
 logger = logging.getLogger(__name__)
 
@@ -16,20 +16,12 @@ CHECK_EVERY = 60.0  # seconds between two looks: one statement a minute per proc
 WAITED_LONG = 60.0  # due for this long: worth a warning
 
 
-class UnrunnableWatch:
+class UnrunnableWatch(PeriodicCheck):
     """Owned by the supervisor (a :class:`supervisor.database.Duty`), in its single thread."""
 
-    def __init__(self) -> None:
-        self._next_due = time.monotonic() + CHECK_EVERY
+    interval = CHECK_EVERY
 
-    def start(self, connection: db.Connection) -> None:
-        """Nothing to write: the identifiers this processor knows are in its own row."""
-
-    def next_due(self) -> float:
-        return self._next_due
-
-    def run(self, connection: db.Connection) -> None:
-        self._next_due = time.monotonic() + CHECK_EVERY
+    def check(self, connection: db.Connection) -> None:
         with connection.cursor() as cursor:
             found = waiting_unrunnable(cursor, registry.identifiers())
         for group in found:

@@ -1,0 +1,30 @@
+"""The shape of the supervisor's simple periodic checks: run every ``interval`` seconds, with
+nothing to write at start (a :class:`supervisor.database.Duty`)."""
+
+from __future__ import annotations
+
+import time
+
+from common import db
+
+
+class PeriodicCheck:
+    """Owned by the supervisor, in its single thread; subclasses say what :meth:`check` does."""
+
+    interval = 60.0
+
+    def __init__(self) -> None:
+        self._next_due = time.monotonic() + self.interval
+
+    def start(self, connection: db.Connection) -> None:
+        """Nothing to write at start."""
+
+    def next_due(self) -> float:
+        return self._next_due
+
+    def run(self, connection: db.Connection) -> None:
+        self._next_due = time.monotonic() + self.interval
+        self.check(connection)
+
+    def check(self, connection: db.Connection) -> None:
+        raise NotImplementedError
