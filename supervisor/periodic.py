@@ -12,9 +12,10 @@ class PeriodicCheck:
     """Owned by the supervisor, in its single thread; subclasses say what :meth:`check` does."""
 
     interval = 60.0
+    at_start = False  # also run the first check at once, not one interval after start
 
     def __init__(self) -> None:
-        self._next_due = time.monotonic() + self.interval
+        self._next_due = time.monotonic() + (0.0 if self.at_start else self.interval)
 
     def start(self, connection: db.Connection) -> None:
         """Nothing to write at start."""

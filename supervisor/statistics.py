@@ -5,7 +5,8 @@ wait. A backlog that lands at once in a table whose statistics describe a small 
 load after an outage, a ``TRUNCATE``) makes it fetch and sort every waiting task for each claim
 instead, about a second a claim behind a million tasks, until the table is analysed; autovacuum
 analyses only after it has vacuumed, which takes minutes on such a table. So every processor
-looks, twice a minute, at how much of the table changed since its last analysis, and analyses
+looks, at its start (a backlog that grew during an outage waits for it) and twice a minute
+after, at how much of the table changed since its last analysis, and analyses
 it when that is a tenth of it or more (PostgreSQL's own default trigger)."""
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class StatisticsWatch(PeriodicCheck):
     """Owned by the supervisor (a :class:`supervisor.database.Duty`), in its single thread."""
 
     interval = CHECK_EVERY
+    at_start = True
 
     def check(self, connection: db.Connection) -> None:
         with connection.cursor() as cursor:

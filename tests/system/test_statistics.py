@@ -30,3 +30,20 @@ def test_a_backlog_that_lands_at_once_is_analysed(database_url, start_processor)
         "WHERE relid = 'task_processor.tasks'::regclass",
     )
     assert analysed == (True,)
+
+
+def test_a_backlog_that_landed_before_the_start_is_analysed_at_once(
+    database_url, start_processor
+):
+    query(
+        database_url,
+        "INSERT INTO task_processor.tasks (identifier) "
+        "SELECT 'another_release.task' FROM generate_series(1, 20000)",
+    )
+    processor = start_processor("--numthreads", "1")
+    # At start, not a look (30 s) later: a backlog left by an outage is drained from the start.
+    wait_for(
+        lambda: "analysed task_processor.tasks" in processor.log_text(),
+        timeout=15,
+        message="the supervisor to analyse the tasks table at its start",
+    )
