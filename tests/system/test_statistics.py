@@ -32,9 +32,7 @@ def test_a_backlog_that_lands_at_once_is_analysed(database_url, start_processor)
     assert analysed == (True,)
 
 
-def test_a_backlog_that_landed_before_the_start_is_analysed_at_once(
-    database_url, start_processor
-):
+def test_a_backlog_that_landed_before_the_start_is_analysed_at_once(database_url, start_processor):
     query(
         database_url,
         "INSERT INTO task_processor.tasks (identifier) "
