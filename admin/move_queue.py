@@ -15,7 +15,7 @@ BATCH = 1000
 
 # Takes a batch of waiting tasks out of the old queue, in the caller's transaction: it is
 # committed only once the new queue has committed their copies. Their runs go with them
-# (ON DELETE CASCADE); the attempts already spent move in ``attempts``.
+# (the tasks_delete_runs trigger, migration 0012); the attempts already spent move in ``attempts``.
 TAKE_WAITING = """
 DELETE FROM task_processor.tasks
 WHERE id IN (SELECT id FROM task_processor.tasks WHERE state = 'waiting'

@@ -77,7 +77,7 @@ class Run:
             "PYTHONPATH": os.pathsep.join([str(BENCH), str(checkout)]),
         }
         subprocess.run(
-            [sys.executable, "-m", "common.admin", "migrate"],
+            [sys.executable, "bin/task-processor", "migrate"],
             cwd=checkout,
             env=self.env,
             check=True,

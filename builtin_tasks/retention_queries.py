@@ -4,8 +4,9 @@ short transaction, so the clean-up never holds many locks or a long transaction.
 from __future__ import annotations
 
 # One batch of finished tasks in ``state`` older than the cutoff, oldest first; their runs go
-# with them (ON DELETE CASCADE). tasks_finished_idx serves the inner SELECT; rows another
-# transaction holds are left for the next batch instead of waited for.
+# with them (the tasks_delete_runs trigger: one statement per batch, migration 0012).
+# tasks_finished_idx serves the inner SELECT; rows another transaction holds are left for the
+# next batch instead of waited for.
 DELETE_FINISHED_TASKS = """
 DELETE FROM task_processor.tasks
 WHERE id IN (

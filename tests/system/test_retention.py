@@ -98,6 +98,21 @@ def test_old_finished_tasks_go_in_batches_and_the_rest_stays(conn):
     )
 
 
+def test_runs_go_with_their_tasks_whatever_deletes_them(conn):
+    """No foreign key ties a run to its task (migration 0012): a trigger deletes the runs of
+    every task a statement deleted, and TRUNCATE of the tasks empties the runs."""
+    gone, kept = add_tasks(conn, 3, "succeeded", 1), add_tasks(conn, 2, "succeeded", 1)
+    fetch_all(
+        conn,
+        "DELETE FROM task_processor.tasks WHERE id = ANY(%s) RETURNING id",
+        (gone,),
+    )
+    assert remaining(conn, "runs", "task_id") == set(kept)
+    with conn.cursor() as cursor:
+        cursor.execute("TRUNCATE task_processor.tasks")
+    assert remaining(conn, "runs") == set()
+
+
 def test_old_processor_rows_go_with_their_workers_and_what_they_knew(conn):
     add_processor(conn, "stopped-long-ago", "stopped", 31)
     add_processor(conn, "killed-long-ago", "running", 31)  # never stopped: silent
