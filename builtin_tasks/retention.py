@@ -4,12 +4,15 @@ Succeeded and cancelled tasks (and their runs) go after ``--retention-days``, de
 the longer ``--dead-retention-days`` (they are kept to be looked at and requeued), processor
 and worker rows once their processor has been stopped or silent for ``--retention-days``.
 Deletes go in small batches, each its own short transaction, so the queue never waits on the
-clean-up.
+clean-up, and the clean-up pauses after each batch for three times as long as the batch took:
+it keeps a quarter of one backend at most, so a busy queue drains at nearly full speed while it
+runs (an hour of tasks at 2,000/s is about 50 s of deleting, spread over some 3 minutes).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from builtin_tasks import retention_queries
@@ -20,20 +23,29 @@ from common.tasks import TaskPriority, register_recurring_task
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
+PAUSE_FACTOR = 3.0  # after each full batch, wait this many times as long as it took
 
 
-def delete_in_batches(connection, sql: str, params: dict, batch_size: int = BATCH_SIZE) -> int:
+def delete_in_batches(
+    connection,
+    sql: str,
+    params: dict,
+    batch_size: int = BATCH_SIZE,
+    pause_factor: float = PAUSE_FACTOR,
+) -> int:
     """Run a one-batch DELETE until a batch comes back short; return the rows deleted.
 
     ``connection`` is in autocommit mode, so every batch commits on its own.
     """
     total = 0
     while True:
+        started = time.monotonic()
         with connection.cursor() as cursor:
             cursor.execute(sql, {**params, "batch_size": batch_size})
             total += cursor.rowcount
         if cursor.rowcount < batch_size:
             return total
+        time.sleep((time.monotonic() - started) * pause_factor)
 
 
 def clean_up(

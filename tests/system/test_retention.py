@@ -3,9 +3,12 @@ that skip rows other transactions hold."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
+from typing import ClassVar
 
 import psycopg2
+import psycopg2.extensions
 from databases import fetch_all
 from harness import processor_settings, wait_for
 
@@ -111,6 +114,41 @@ def test_runs_go_with_their_tasks_whatever_deletes_them(conn):
     with conn.cursor() as cursor:
         cursor.execute("TRUNCATE task_processor.tasks")
     assert remaining(conn, "runs") == set()
+
+
+class _TimedCursor(psycopg2.extensions.cursor):
+    """Records how long each statement took."""
+
+    durations: ClassVar[list[float]] = []
+
+    def execute(self, query, vars=None):
+        started = time.monotonic()
+        try:
+            return super().execute(query, vars)
+        finally:
+            self.durations.append(time.monotonic() - started)
+
+
+def test_the_clean_up_pauses_after_each_full_batch_for_three_times_its_length(database_url):
+    """It yields to the queue: a batch that took 50 ms is followed by 150 ms of nothing."""
+    connection = psycopg2.connect(database_url, cursor_factory=_TimedCursor)
+    connection.autocommit = True
+    try:
+        add_tasks(connection, 4, "succeeded", 31)
+        _TimedCursor.durations = []
+        slow_batch = (
+            "DELETE FROM task_processor.tasks WHERE id IN (SELECT id FROM "
+            "task_processor.tasks LIMIT %(batch_size)s) AND pg_sleep(0.05) IS NOT NULL"
+        )
+        started = time.monotonic()
+        deleted = retention.delete_in_batches(connection, slow_batch, {}, batch_size=1)
+        elapsed = time.monotonic() - started
+    finally:
+        connection.close()
+    batches = _TimedCursor.durations
+    # Four full batches, each followed by its pause, and a fifth that finds nothing.
+    assert deleted == 4 and len(batches) == 5
+    assert elapsed >= sum(batches) + retention.PAUSE_FACTOR * sum(batches[:4]) * 0.95
 
 
 def test_old_processor_rows_go_with_their_workers_and_what_they_knew(conn):
