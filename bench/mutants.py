@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Where each concern lives. The layout is being reorganised: update the paths here, once.
 WORKER_SQL = "worker/queries.py"
+PREPARED = "common/prepared.py"
 SUPERVISOR_SQL = "supervisor/queries.py"
 SUPERVISOR_DATABASE = "supervisor/database.py"
 ARBITER = "supervisor/arbiter.py"
@@ -56,6 +57,7 @@ EXACT_ARGUMENTS = "tests/system/test_exact_arguments.py"
 RELIABILITY = "tests/system/test_reliability.py"
 CANCEL = "tests/system/test_cancel.py"
 PGBOUNCER = "tests/system/test_pgbouncer.py"
+PREPARED_PLANS = "tests/system/test_prepared_plans.py"
 
 
 def at(path: str, test: str) -> str:
@@ -384,6 +386,14 @@ MUTANTS = (
         "                raise\n",
         (at(PGBOUNCER, "test_prepared_statements_a_pooler_loses_fall_back_to_plain_text"),),
         "PgBouncer in transaction mode: plain statements once a prepared one is lost",
+    ),
+    Mutant(
+        "claim-re-planned-at-every-call",
+        PREPARED,
+        'sql = sql.replace(f"%({key})s", str(int(value)))',
+        "pass",
+        (at(PREPARED_PLANS, "test_record_then_claim_settles_on_a_generic_plan"),),
+        "the worker's statements are planned once per connection, not at every call",
     ),
 )
 

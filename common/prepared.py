@@ -24,8 +24,25 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 
 class Prepared:
-    def __init__(self, name: str, sql: str, types: dict[str, str]) -> None:
-        """``types``: the PostgreSQL type of each named parameter (PREPARE needs them)."""
+    def __init__(
+        self,
+        name: str,
+        sql: str,
+        types: dict[str, str],
+        literals: dict[str, int] | None = None,
+    ) -> None:
+        """``types``: the PostgreSQL type of each named parameter (PREPARE needs them).
+
+        ``literals``: integer parameters that are the same at every call on a connection,
+        written into the prepared statement itself (the plain text keeps the placeholder). After
+        a few executions PostgreSQL runs a prepared statement with a generic plan, planned once,
+        when that plan looks as cheap as planning each call anew; a ``LIMIT`` whose value it
+        cannot see is costed as a tenth of the table, which makes the generic plan look dear
+        and keeps the statement re-planned at every call.
+        """
+        self.plain = sql
+        for key, value in (literals or {}).items():
+            sql = sql.replace(f"%({key})s", str(int(value)))
         order: list[str] = []
 
         def number(match: re.Match[str]) -> str:
@@ -41,7 +58,6 @@ class Prepared:
         signature = ", ".join(types[key] for key in order)
         digest = hashlib.sha256(f"{signature}\n{body}".encode()).hexdigest()[:12]
         self.name = f"task_processor_{name}_{digest}"
-        self.plain = sql
         self.prepare = f"PREPARE {self.name} ({signature}) AS {body}"
         self.execute = f"EXECUTE {self.name} ({', '.join(f'%({key})s' for key in order)})"
 

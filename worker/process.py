@@ -345,8 +345,11 @@ class Worker:
         self.connection = db.connect(self.settings.database_url, f"worker {self.slot}")
         if self.prepared:
             with self.connection.cursor() as cursor:
-                for statement in queries.PREPARED:
+                for statement in self._statements():
                     statement.prepare_on(cursor)
+
+    def _statements(self) -> queries.Statements:
+        return queries.prepared(self.settings.queue_pop_size)
 
     def _sql(self, statement: Prepared) -> str:
         """The statement as prepared on this connection, or its text behind a pooler that
@@ -362,7 +365,7 @@ class Worker:
         if self.unrecorded:
             return self._record_then_claim()
         with self._cursor() as cursor:
-            cursor.execute(self._sql(queries.CLAIM_STATEMENT), self._claim_params())
+            cursor.execute(self._sql(self._statements().claim), self._claim_params())
             rows = cursor.fetchall()
         return self._claimed(rows)
 
@@ -377,7 +380,7 @@ class Worker:
         try:
             with self._cursor() as cursor:
                 cursor.execute(
-                    self._sql(queries.RECORD_THEN_CLAIM_STATEMENT),
+                    self._sql(self._statements().record_then_claim),
                     {**self._outcome_params(outcomes), **self._claim_params()},
                 )
                 rows = cursor.fetchall()
@@ -429,7 +432,7 @@ class Worker:
 
     def _finish(self, outcomes: list[Outcome]) -> bool:
         with self._cursor() as cursor:
-            cursor.execute(self._sql(queries.FINISH_STATEMENT), self._outcome_params(outcomes))
+            cursor.execute(self._sql(self._statements().finish), self._outcome_params(outcomes))
             recorded = {row[0] for row in cursor.fetchall()}
         return self._check_recorded(outcomes, recorded)
 

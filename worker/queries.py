@@ -4,8 +4,9 @@ are one statement together, so a draining worker costs one round trip per batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from common.lifecycle import (
     FINISHED_IF_DEAD,
@@ -142,7 +143,8 @@ SELECT count(*) FROM released, LATERAL (SELECT {WAKE}) AS wake
 """
 
 # Claims and recordings are sent thousands of times a second while draining: each worker
-# connection prepares them once (planning costs about as much as running them).
+# connection prepares them once, with its batch size written in, so that PostgreSQL plans them
+# once and reuses the plan (planning costs about as much as running them; common/prepared.py).
 _CLAIM_TYPES = {"limit": "integer", "owner": "text", "lease_seconds": "integer", "known": "text[]"}
 _RECORD_TYPES = {
     "ids": "bigint[]",
@@ -153,12 +155,23 @@ _RECORD_TYPES = {
     "retry_at": "timestamptz[]",
     "owner": "text",
 }
-PREPARED = (
-    Prepared("claim", CLAIM, _CLAIM_TYPES),
-    Prepared("finish", FINISH, _RECORD_TYPES),
-    Prepared("record_then_claim", RECORD_THEN_CLAIM, {**_RECORD_TYPES, **_CLAIM_TYPES}),
-)
-CLAIM_STATEMENT, FINISH_STATEMENT, RECORD_THEN_CLAIM_STATEMENT = PREPARED
+
+
+class Statements(NamedTuple):
+    claim: Prepared
+    finish: Prepared
+    record_then_claim: Prepared
+
+
+@functools.cache
+def prepared(limit: int) -> Statements:
+    """The worker's prepared statements for batches of ``limit`` (``--queuepopsize``)."""
+    batch = {"limit": limit}
+    return Statements(
+        Prepared("claim", CLAIM, _CLAIM_TYPES, batch),
+        Prepared("finish", FINISH, _RECORD_TYPES),
+        Prepared("record_then_claim", RECORD_THEN_CLAIM, {**_RECORD_TYPES, **_CLAIM_TYPES}, batch),
+    )
 
 
 def claim_parameters(
