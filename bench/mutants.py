@@ -58,6 +58,7 @@ RELIABILITY = "tests/system/test_reliability.py"
 CANCEL = "tests/system/test_cancel.py"
 PGBOUNCER = "tests/system/test_pgbouncer.py"
 PREPARED_PLANS = "tests/system/test_prepared_plans.py"
+STATISTICS = "tests/system/test_statistics.py"
 
 
 def at(path: str, test: str) -> str:
@@ -394,6 +395,14 @@ MUTANTS = (
         "pass",
         (at(PREPARED_PLANS, "test_record_then_claim_settles_on_a_generic_plan"),),
         "the worker's statements are planned once per connection, not at every call",
+    ),
+    Mutant(
+        "statistics-looked-at-only-twice-a-minute",
+        ARBITER,
+        "            if notified:\n                self.database.tasks_announced()\n",
+        "",
+        (at(STATISTICS, "test_a_backlog_that_lands_at_once_is_analysed"),),
+        "a burst of new tasks is analysed within seconds, not at the next half-minute look",
     ),
 )
 

@@ -270,7 +270,10 @@ def _own_connection() -> _OwnConnection:
 
 
 def close_own_connection() -> None:
-    """Close this thread's queue connection (tests, and processes about to exit)."""
+    """Close this thread's queue connection (tests, and processes about to exit), and forget
+    what it learnt: the next one, perhaps to another URL, finds out afresh whether prepared
+    statements stay on it."""
     own = getattr(_local, "own", None)
     if own is not None and own.pid == os.getpid():
         own.close()
+        _local.own = None

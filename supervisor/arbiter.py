@@ -272,6 +272,8 @@ class Supervisor:
                 readable = []
             notified = any(item is not signal_read for item in readable)
             self.listener.tend(notified, self._idle_beats() if readable else idle)
+            if notified:
+                self.database.tasks_announced()
             if signal_read in readable:
                 _drain(signal_read)
                 return

@@ -41,6 +41,8 @@ class Duty(Protocol):
     def start(self, connection: db.Connection) -> None: ...
     def next_due(self) -> float: ...
     def run(self, connection: db.Connection) -> None: ...
+    def tasks_announced(self) -> None:
+        """New tasks were committed (a notification came): a duty may want to look sooner."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,10 @@ class SupervisorDatabase:
             )
             # Never wait longer than a beat: the leases must be renewed in time.
             self.reconnect_delay = min(self.reconnect_delay * 2, self.beat_interval)
+
+    def tasks_announced(self) -> None:
+        for duty in self.duties:
+            duty.tasks_announced()
 
     def _run_duties(self, now: float) -> None:
         """Database errors propagate (reconnect and retry); any other error of a duty is a

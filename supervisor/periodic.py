@@ -16,6 +16,7 @@ class PeriodicCheck:
 
     def __init__(self) -> None:
         self._next_due = time.monotonic() + (0.0 if self.at_start else self.interval)
+        self._last_run = float("-inf")
 
     def start(self, connection: db.Connection) -> None:
         """Nothing to write at start."""
@@ -24,8 +25,12 @@ class PeriodicCheck:
         return self._next_due
 
     def run(self, connection: db.Connection) -> None:
-        self._next_due = time.monotonic() + self.interval
+        self._last_run = time.monotonic()
+        self._next_due = self._last_run + self.interval
         self.check(connection)
+
+    def tasks_announced(self) -> None:
+        """Nothing to do sooner, unless a subclass says otherwise."""
 
     def check(self, connection: db.Connection) -> None:
         raise NotImplementedError

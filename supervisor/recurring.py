@@ -57,6 +57,9 @@ class RecurringDuty:
             )
             cursor.execute(recurring_queries.UPSERT_DEFINITIONS, self._definition_rows(known))
 
+    def tasks_announced(self) -> None:
+        """New tasks change nothing of the schedule."""
+
     def next_due(self) -> float:
         """The ``time.monotonic()`` value at which :meth:`run` should next be called."""
         return min(self._next_due, self._next_retirement_check)
