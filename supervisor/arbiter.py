@@ -166,8 +166,9 @@ class Supervisor:
             else:
                 self._replace_outdated()
                 self._spawn_missing()
-            self._tend_database()
+            # Counters first: a worker killed is counted before its task's state shows it.
             self._tend_metrics()
+            self._tend_database()
             self._talk_to_systemd()
 
     # -- signals ------------------------------------------------------------------------------
