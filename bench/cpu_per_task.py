@@ -28,30 +28,13 @@ import uuid
 from pathlib import Path
 
 import psutil
-import psycopg2
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from run import connect, processor_command, scalar, wait_until  # noqa: E402
+
 DUE_IN = 4.0  # seconds between the insert and the tasks' due time (the analysis runs meanwhile)
-
-
-def connect(url: str):
-    connection = psycopg2.connect(url)
-    connection.autocommit = True
-    return connection
-
-
-def scalar(connection, sql: str, params=()):
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()[0]
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark step timed out")
-        time.sleep(interval)
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:
@@ -113,15 +96,7 @@ class Run:
 
     def drain(self, tasks: int, stale_statistics: bool) -> dict[str, float]:
         self.processor = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "supervisor.cli",
-                "--tasks",
-                "bench_tasks",
-                "--numthreads",
-                str(self.numthreads),
-            ],
+            processor_command(numthreads=self.numthreads),
             cwd=self.checkout,
             env=self.env,
             stderr=subprocess.DEVNULL,

@@ -23,7 +23,7 @@ import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
-from run import BENCH, REPO, Bench, scalar, wait_until
+from run import BENCH, REPO, Bench, processor_command, scalar, wait_until
 
 _LISTENING = re.compile(rb"metrics on http://([^ ]+)/metrics")
 
@@ -36,16 +36,7 @@ class MetricsBench(Bench):
         descriptor, self.log_path = tempfile.mkstemp(prefix="tp-bench-", suffix=".log")
         with os.fdopen(descriptor, "wb") as log:
             self.processor = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "supervisor.cli",
-                    "--tasks",
-                    "bench_tasks",
-                    "--numthreads",
-                    "5",
-                    *args,
-                ],
+                processor_command(*args),
                 cwd=REPO,
                 env=env,
                 stderr=log,

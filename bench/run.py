@@ -44,6 +44,20 @@ def scalar(connection, sql: str, params=()):
         return cursor.fetchone()[0]
 
 
+def processor_command(*options: str, numthreads: int = 5) -> list[str]:
+    """``run-task-processor`` running the bench tasks, from the checkout on ``PYTHONPATH``."""
+    return [
+        sys.executable,
+        "-m",
+        "supervisor.cli",
+        "--tasks",
+        "bench_tasks",
+        "--numthreads",
+        str(numthreads),
+        *options,
+    ]
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.01) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -71,7 +85,7 @@ class Bench:
     def start_processor(self, wait: bool = True) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO)])}
         self.processor = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "--tasks", "bench_tasks", "--numthreads", "5"],
+            processor_command(),
             cwd=REPO,
             env=env,
             stderr=subprocess.DEVNULL,

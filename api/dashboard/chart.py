@@ -22,6 +22,18 @@ def _nice_ceiling(value: int) -> int:
         step *= 10
 
 
+def _bar(x: float, width: float, base: float, height: float, css_class: str) -> Markup:
+    """One rectangle of a stacked bar, standing on ``base`` (SVG's y grows downwards)."""
+    return el(
+        "rect",
+        x=f"{x:.1f}",
+        y=f"{base - height:.1f}",
+        width=f"{width:.1f}",
+        height=f"{height:.1f}",
+        class_=css_class,
+    )
+
+
 def throughput_chart(minutes: list[dict]) -> Markup:
     """Stacked bars, succeeded under failed, one per minute, oldest on the left."""
     peak = _nice_ceiling(max((m["succeeded"] + m["failed"] for m in minutes), default=0))
@@ -40,22 +52,8 @@ def throughput_chart(minutes: list[dict]) -> Markup:
             el(
                 "g",
                 el("title", label),
-                el(
-                    "rect",
-                    x=f"{x:.1f}",
-                    y=f"{HEIGHT - BOTTOM - succeeded_height:.1f}",
-                    width=f"{slot - 2:.1f}",
-                    height=f"{succeeded_height:.1f}",
-                    class_="bar-succeeded",
-                ),
-                el(
-                    "rect",
-                    x=f"{x:.1f}",
-                    y=f"{HEIGHT - BOTTOM - succeeded_height - failed_height:.1f}",
-                    width=f"{slot - 2:.1f}",
-                    height=f"{failed_height:.1f}",
-                    class_="bar-failed",
-                ),
+                _bar(x, slot - 2, HEIGHT - BOTTOM, succeeded_height, "bar-succeeded"),
+                _bar(x, slot - 2, HEIGHT - BOTTOM - succeeded_height, failed_height, "bar-failed"),
                 class_="minute",
             )
         )

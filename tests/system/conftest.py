@@ -1,5 +1,5 @@
-"""Fixtures of the system tests: a fresh migrated database per test, and real processors on it
-that are always killed afterwards."""
+"""Fixtures of the system tests: a fresh migrated database per test, real processors on it
+that are always killed afterwards, and the deployment tests' image and containers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 from databases import create_database, drop_database, ensure_template, url_for
+from deploy_podman import Containers, Images, shared_images
 from harness import Processor, become_subreaper, query
 from processor_tasks import RESULTS_TABLE
 
@@ -91,3 +92,18 @@ def start_processor(database_url: str, tmp_path, monkeypatch) -> Iterator[Callab
     yield start
     for processor in started:
         processor.stop()
+
+
+# -- the deployment tests: the image is built once per session, containers removed after each
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
+    return shared_images(tmp_path_factory)
+
+
+@pytest.fixture
+def containers(images: Images) -> Iterator[Containers]:
+    started = Containers(images.podman)
+    yield started
+    started.remove_all()

@@ -20,22 +20,10 @@ from pathlib import Path
 import pytest
 from deploy_compose import Substitutions, host_probe, is_healthy, start_order, up
 from deploy_files import compose, compose_probe
-from deploy_podman import SET_UP_TIMEOUT, Containers, Images, shared_images
+from deploy_podman import SET_UP_TIMEOUT
 from harness import query, wait_for
 
 WAIT_SECONDS = 90
-
-
-@pytest.fixture(scope="session")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
-    return shared_images(tmp_path_factory)
-
-
-@pytest.fixture
-def containers(images: Images) -> Iterator[Containers]:
-    started = Containers(images.podman)
-    yield started
-    started.remove_all()
 
 
 def free_port() -> int:

@@ -1,8 +1,8 @@
 """The image, built with podman from the unchanged Dockerfile and run against the test database
 on the host's PostgreSQL (host networking): what docs/operations.md promises of it.
 
-The base image and the build are made once per run (tests/deploy_podman.py); these tests skip,
-saying why, where podman cannot run.
+The base image and the build are made once per run (tests/support/deploy_podman.py); these
+tests skip, saying why, where podman cannot run (and fail instead under CI).
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 from databases import fetch_all
-from deploy_podman import SET_UP_TIMEOUT, Containers, Images, shared_images
+from deploy_podman import SET_UP_TIMEOUT, Images
 from harness import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(SET_UP_TIMEOUT)]
@@ -38,18 +38,6 @@ PROCESSOR_OPTIONS = (
 )
 IMAGE_USER_ID = 10001
 WAIT_SECONDS = 60
-
-
-@pytest.fixture(scope="session")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
-    return shared_images(tmp_path_factory)
-
-
-@pytest.fixture
-def containers(images: Images) -> Iterator[Containers]:
-    started = Containers(images.podman)
-    yield started
-    started.remove_all()
 
 
 @pytest.fixture
@@ -206,31 +194,25 @@ def test_the_image_runs_tasks_under_a_non_root_pid_1_supervisor_and_drains_on_st
     # The HEALTHCHECK passes; `exec` and `--all` check this processor, a new container does not.
     assert healthcheck(images, name) == 0
     assert podman.run("exec", name, "check-health", check=False).returncode == 0
-    alone = podman.run(
-        "run",
-        "--rm",
-        "--network",
-        "host",
-        "--env",
-        f"DATABASE_URL={database_url}",
-        images.app,
-        "check-health",
-        check=False,
-    )
+
+    def check_health_in_a_new_container(*flags: str) -> subprocess.CompletedProcess:
+        return podman.run(
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--env",
+            f"DATABASE_URL={database_url}",
+            images.app,
+            "check-health",
+            *flags,
+            check=False,
+        )
+
+    alone = check_health_in_a_new_container()
     assert alone.returncode == 1, alone.stdout
     assert "no task processor" in alone.stdout
-    everyone = podman.run(
-        "run",
-        "--rm",
-        "--network",
-        "host",
-        "--env",
-        f"DATABASE_URL={database_url}",
-        images.app,
-        "check-health",
-        "--all",
-        check=False,
-    )
+    everyone = check_health_in_a_new_container("--all")
     assert everyone.returncode == 0, everyone.stdout
 
     # A SIGKILLed worker is reaped and replaced.

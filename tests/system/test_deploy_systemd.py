@@ -1,6 +1,6 @@
 """deploy/task-processor.service under a real systemd: PID 1 of a privileged container made
-from the run's image (tests/deploy_podman.py) plus Debian's systemd, installed as the unit's
-header and docs/operations.md say, against the test database on the host's PostgreSQL.
+from the run's image (tests/support/deploy_podman.py) plus Debian's systemd, installed as the
+unit's header and docs/operations.md say, against the test database on the host's PostgreSQL.
 
 Checked: ``Type=notify`` readiness (``systemctl enable --now`` returns once the workers are up),
 the watchdog (a stopped supervisor is killed, the unit restarted, and the new processor requeues
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from databases import fetch_all
 from deploy_files import ROOT
-from deploy_podman import SET_UP_TIMEOUT, Containers, Images, shared_images
+from deploy_podman import SET_UP_TIMEOUT, Containers, Images
 from harness import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(SET_UP_TIMEOUT)]
@@ -54,18 +54,6 @@ ENTRYPOINT ["/sbin/init"]
 CMD []
 """
 WAIT_SECONDS = 90
-
-
-@pytest.fixture(scope="session")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
-    return shared_images(tmp_path_factory)
-
-
-@pytest.fixture
-def containers(images: Images) -> Iterator[Containers]:
-    started = Containers(images.podman)
-    yield started
-    started.remove_all()
 
 
 def environment_file(database_url: str) -> str:
