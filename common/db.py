@@ -17,7 +17,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from common import embedded_postgres, redaction
+from common import redaction
 from common.config import validate_database_url
 from common.logs import one_line
 from common.settings import processor_settings
@@ -59,6 +59,11 @@ def queue_database_url(
         or os.environ.get("DATABASE_URL")
     )
     if not url:
+        # Imported here, when it is needed: the embedded server's module brings subprocess,
+        # psutil and hashlib, which a process given a database URL (every processor in
+        # production) would otherwise carry (tests/unit/test_imports.py).
+        from common import embedded_postgres
+
         return embedded_postgres.queue_url(data_dir)
     validate_database_url(url)
     return url

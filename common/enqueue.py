@@ -269,6 +269,13 @@ def _own_connection() -> _OwnConnection:
     return own
 
 
+def on_own_connection(work: Callable[[db.Connection], T]) -> T:
+    """Run ``work`` on this thread's own queue connection, the one ``.delay()`` uses, opening
+    it first if need be (an application may call this at start to connect before its first
+    request). A broken connection is replaced once, as for an enqueue."""
+    return _own_connection().run(lambda own: work(own.connect()))
+
+
 def close_own_connection() -> None:
     """Close this thread's queue connection (tests, and processes about to exit), and forget
     what it learnt: the next one, perhaps to another URL, finds out afresh whether prepared

@@ -7,15 +7,15 @@ per connection (``PREPARE``) and run with ``EXECUTE``, which skips both.
 
 Behind a pooler that hands out server connections per transaction (PgBouncer in transaction
 mode), a statement prepared on one server connection is missing on the next. Its name carries a
-digest of its text, so a statement of that name prepared by any client is this very statement;
+checksum of its text, so a statement of that name prepared by any client is this very statement;
 where one turns out to be missing (:func:`vanished`), the caller sends the plain text from then
 on (:attr:`Prepared.plain`): slower, never wrong.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
+import zlib
 from typing import Any
 
 import psycopg2.errors
@@ -56,8 +56,10 @@ class Prepared:
         if missing:
             raise ValueError(f"{name}: no type given for {sorted(missing)}")
         signature = ", ".join(types[key] for key in order)
-        digest = hashlib.sha256(f"{signature}\n{body}".encode()).hexdigest()[:12]
-        self.name = f"task_processor_{name}_{digest}"
+        # A checksum, not hashlib: hashlib loads the system's OpenSSL into every process of
+        # the processor, for names that only need to differ when the statements do.
+        digest = zlib.crc32(f"{signature}\n{body}".encode())
+        self.name = f"task_processor_{name}_{digest:08x}"
         self.prepare = f"PREPARE {self.name} ({signature}) AS {body}"
         self.execute = f"EXECUTE {self.name} ({', '.join(f'%({key})s' for key in order)})"
 

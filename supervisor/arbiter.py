@@ -24,12 +24,12 @@ import setproctitle
 
 from common import db
 from common.lifecycle import RunResult, lease_owner
+from common.procfs import is_stopped, resident_mb
 from common.settings import ProcessorSettings, enter_processor
 from supervisor import metrics as why_killed
 from supervisor.database import Duty, SupervisorDatabase
 from supervisor.listener import Listener
 from supervisor.metrics import ProcessorMetrics
-from supervisor.procfs import is_stopped, resident_mb
 from supervisor.systemd import Notifier
 from supervisor.worker_rows import WorkerRows, worker_rows
 from worker import fence

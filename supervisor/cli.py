@@ -8,7 +8,6 @@ import argparse
 import gc
 import logging
 import os
-import secrets
 import socket
 import sys
 import traceback
@@ -123,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(PROG, DESCRIPTION, OPTIONS)
     options = parse_args(parser, argv)
     logs.configure(options.log_level, options.log_format, role="supervisor")
-    processor_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    processor_id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
     try:
         settings = processor_settings(options, processor_id)
     except ConfigError as error:

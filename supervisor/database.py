@@ -16,9 +16,9 @@ import psycopg2
 from common import db, migrations, registry
 from common.lifecycle import RunResult, lease_owner_prefix
 from common.logs import one_line
+from common.procfs import host_key, process_alive, start_ticks
 from common.settings import ProcessorSettings
 from supervisor import queries
-from supervisor.procfs import host_key, process_alive, start_ticks
 from supervisor.worker_rows import NO_ROWS, REFRESH_AFTER, WorkerRows
 from worker import fence
 

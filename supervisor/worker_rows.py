@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from supervisor.procfs import resident_bytes
+from common.procfs import resident_bytes
 from worker.heartbeat import Beat, WorkerState
 
 REFRESH_AFTER = 1.0  # a changed row waits at most this long for the next heartbeat

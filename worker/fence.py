@@ -24,6 +24,7 @@ import struct
 import threading
 import time
 
+from worker import libc
 from worker.seqlock import SequenceWords
 
 logger = logging.getLogger(__name__)
@@ -100,10 +101,9 @@ class KillTimer:
     timer is not inherited by ``fork``."""
 
     def __init__(self) -> None:
-        self._libc = ctypes.CDLL(None, use_errno=True)
         event = _Sigevent(sigev_signo=signal.SIGKILL, sigev_notify=_SIGEV_SIGNAL)
         self._timer = ctypes.c_void_p()
-        if self._libc.timer_create(CLOCK, ctypes.byref(event), ctypes.byref(self._timer)):
+        if libc.timer_create(CLOCK, ctypes.byref(event), ctypes.byref(self._timer)):
             errno = ctypes.get_errno()
             raise OSError(errno, "timer_create: cannot arm the lease fence")
 
@@ -112,7 +112,7 @@ class KillTimer:
         deadline = max(deadline, 1e-9)  # an all-zero time would disarm the timer
         seconds = int(deadline)
         spec = _Itimerspec(it_value=_Timespec(seconds, int((deadline - seconds) * 1e9)))
-        if self._libc.timer_settime(self._timer, _TIMER_ABSTIME, ctypes.byref(spec), None):
+        if libc.timer_settime(self._timer, _TIMER_ABSTIME, ctypes.byref(spec), None):
             errno = ctypes.get_errno()
             raise OSError(errno, "timer_settime: cannot move the lease fence")
 

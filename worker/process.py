@@ -7,7 +7,6 @@ supervisor reads it and kills the worker if it goes silent or overruns a task's 
 
 from __future__ import annotations
 
-import ctypes
 import faulthandler
 import logging
 import math
@@ -18,7 +17,6 @@ import sys
 import time
 from typing import Any
 
-import psutil
 import psycopg2
 import psycopg2.errors
 import setproctitle
@@ -27,8 +25,9 @@ from common import db, logs, registry, sentry, tracing
 from common.lifecycle import NO_TIME_LIMIT_MS, lease_owner
 from common.logs import one_line
 from common.prepared import Prepared, vanished
+from common.procfs import resident_mb
 from common.settings import ProcessorSettings, enter_processor
-from worker import queries
+from worker import libc, queries
 from worker.fence import Fence, FenceBoard
 from worker.heartbeat import Slots, WorkerState
 from worker.metrics import AttemptMetrics, MetricsBoard
@@ -78,7 +77,6 @@ class Worker:
         self.unrecorded: list[Outcome] = []  # a batch's last outcomes, recorded with the claim
         self.prepared = True  # False once a pooler has dropped a prepared statement
         self._wakeup_read = -1
-        self._process = psutil.Process()
         self.known = registry.identifiers()  # claimed: only tasks this processor can run
         # counted only with --metrics-bind; the slot's page carries on its predecessors' counts
         self.metrics = AttemptMetrics(metrics_board, slot) if metrics_board else None
@@ -124,7 +122,6 @@ class Worker:
     def _die_with_parent(self) -> None:
         """Ask the kernel to SIGKILL this process when the supervisor dies, then make sure it
         did not die already (between fork and prctl)."""
-        libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != self.parent_pid:
             os._exit(0)
@@ -471,8 +468,8 @@ class Worker:
         if self.settings.max_tasks and self.tasks_done >= self.settings.max_tasks:
             return True
         if self.settings.max_memory_mb and self.tasks_done:
-            rss_mb = self._process.memory_info().rss / (1024 * 1024)
-            if rss_mb > self.settings.max_memory_mb:
+            rss_mb = resident_mb(self.pid)
+            if rss_mb is not None and rss_mb > self.settings.max_memory_mb:
                 logger.info(
                     "worker %s uses %.0f MiB (limit %d); recycling",
                     self.owner,

@@ -120,6 +120,31 @@ class Cluster:
             hba.write("host replication all 127.0.0.1/32 trust\n")
         return self
 
+    def enable_tls(self) -> Cluster:
+        """Serve TLS with a self-signed certificate (made by the openssl program) as well as
+        plain connections; call after :meth:`init_primary`, before :meth:`start`."""
+        _run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                str(self.data / "server.key"),
+                "-out",
+                str(self.data / "server.crt"),
+            ]
+        )
+        with open(self.data / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
+            conf.write("ssl = on\n")
+        return self
+
     def init_standby_of(self, primary: Cluster, settings: dict[str, str] | None = None) -> Cluster:
         """A streaming standby of ``primary`` (which must be running), on its own port, with
         ``settings`` over those it copied from the primary."""

@@ -21,7 +21,7 @@ from databases import fetch_all
 from defined_tasks import Recorder
 from harness import processor_settings
 
-from common import enqueue, lifecycle, registry, settings
+from common import enqueue, lifecycle, queue, registry, settings
 from common.config import ConfigError
 from common.enqueue import QueueSizeError
 from common.migrations import SchemaOutdated
@@ -235,6 +235,31 @@ def test_enqueue_on_an_autocommit_connection_commits_at_once(define, run_method,
 
     assert caller.autocommit is True
     assert count_tasks(conn, handler.identifier) == 1
+
+
+@pytest.mark.parametrize("entry", ["common.enqueue", "common.queue (the first release's name)"])
+def test_the_queue_connection_opened_ahead_is_the_one_delay_uses(define, run_method, conn, entry):
+    run_method("TASK_PROCESSOR")
+    handler = define()
+    enqueue.close_own_connection()
+
+    def backend_pid(connection) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    if entry == "common.enqueue":
+        opened = enqueue.on_own_connection(backend_pid)
+    else:
+        opened = queue._own_connection().run(backend_pid)
+    handler.delay()
+
+    assert enqueue.on_own_connection(backend_pid) == opened
+    assert count_tasks(conn, handler.identifier) == 1
+    application_name = fetch_all(
+        conn, "SELECT application_name FROM pg_stat_activity WHERE pid = %s", (opened,)
+    )
+    assert application_name and "enqueue" in application_name[0][0]
 
 
 def test_delay_until_is_stored_as_scheduled_for_and_announced_as_scheduled(

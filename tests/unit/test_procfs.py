@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from supervisor.procfs import host_key, is_stopped, process_alive, start_ticks
+from common.procfs import host_key, is_stopped, process_alive, start_ticks
 
 
 def test_a_running_process_is_not_stopped_and_has_a_start_time():
