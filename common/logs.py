@@ -1,4 +1,4 @@
-"""Logging set-up, called once per process (the supervisor, and each worker after fork).
+"""Logging set-up: once per process, and a worker keeps its supervisor's, under its own name.
 
 Both formats pass every line through :func:`common.redaction.scrub`: a log record can quote a
 driver's message, an exception or a value that carries a password.
@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 
 from common import redaction
+
+_role = ""  # what this process is, in its text log lines: "supervisor", "worker 3", "api"
 
 
 class TextFormatter(logging.Formatter):
     """The usual one-line format, scrubbed of secrets (tracebacks included)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        record.role_prefix = f"[{_role} {record.process}] " if _role else ""
         return redaction.scrub(super().format(record))
 
 
@@ -43,13 +45,21 @@ def configure(level: str = "INFO", fmt: str = "text", role: str = "") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        prefix = f"[{role} {os.getpid()}] " if role else ""
         handler.setFormatter(
-            TextFormatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
+            TextFormatter("%(asctime)s %(levelname)s %(role_prefix)s%(name)s: %(message)s")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    set_role(role)
+
+
+def set_role(role: str) -> None:
+    """Name this process in its log lines from now on. A forked worker calls only this: it
+    keeps the handler it inherited rather than build logging objects of its own, each of which
+    would copy pages of the heap it shares with the supervisor."""
+    global _role
+    _role = role
 
 
 def one_line(error: BaseException | str, limit: int | None = None) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import setproctitle
 
-from common import db
+from common import db, logs
 from common.lifecycle import RunResult, lease_owner
 from common.procfs import is_stopped, resident_mb
 from common.settings import ProcessorSettings, enter_processor
@@ -241,6 +241,8 @@ class Supervisor:
             self.settings = _same_identity(self.settings, self.database.settings)
             self.database.settings = self.settings
             enter_processor(self.settings)
+            # Workers keep the logging they inherit: the new level and format reach them so.
+            logs.configure(self.settings.log_level, self.settings.log_format, role="supervisor")
             logger.info("SIGHUP: configuration reloaded; replacing workers one by one")
             self._resize(num_workers)
         self.notifier.ready(self._status_line())

@@ -109,9 +109,7 @@ class Worker:
         self._reset_signals()
         self.pid = os.getpid()
         self._beat(WorkerState.BOOTING)
-        logs.configure(
-            self.settings.log_level, self.settings.log_format, role=f"worker {self.slot}"
-        )
+        logs.set_role(f"worker {self.slot}")
         sentry.init(self.settings.sentry_dsn, f"worker {self.slot}")
         enter_processor(self.settings)
         # Programs that tasks start find the queue even when its URL was given to the

@@ -96,6 +96,32 @@ def test_sighup_reloads_the_config_file_and_replaces_workers(
     assert processor.process.poll() is None
 
 
+def test_log_lines_name_their_process_and_a_reload_sets_the_level_of_all(
+    database_url, start_processor, tmp_path
+):
+    """Workers keep the logging they inherit (common/logs.py): each line still names the
+    worker that wrote it, and a level reloaded by the supervisor reaches the workers it forks
+    afterwards as well as the supervisor itself."""
+    config = tmp_path / "processor.conf"
+    config.write_text("numthreads = 1\nlog-level = WARNING\n")
+    processor = start_processor("--config", str(config))
+    (first,) = processor.wait_ready(1)
+    config.write_text("numthreads = 1\nlog-level = DEBUG\n")
+    processor.signal(signal.SIGHUP)
+    (second,) = wait_for(
+        lambda: (pids := processor.worker_pids()) and first not in pids and pids,
+        message="the worker replaced after reload",
+    )
+    wait_for(lambda: len(processor.workers()) == 1 and processor.workers()[0][0] == second)
+    processor.signal(signal.SIGTERM)
+    assert processor.wait(20) == 0
+
+    log = processor.log_text()
+    assert f"DEBUG [supervisor {processor.pid}] supervisor.arbiter: worker 0 started" in log
+    assert f"DEBUG [worker 0 {second}] worker.process: worker " in log
+    assert f"[worker 0 {first}]" not in log  # it logged at WARNING: nothing to say
+
+
 def test_systemd_notifications_on_a_real_socket(database_url, start_processor, tmp_path):
     path = str(tmp_path / "notify.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
