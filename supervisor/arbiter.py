@@ -33,7 +33,7 @@ from supervisor.metrics import ProcessorMetrics
 from supervisor.systemd import Notifier
 from supervisor.worker_rows import WorkerRows, worker_rows
 from worker import fence
-from worker.heartbeat import Beat, Slots, WorkerState
+from worker.heartbeat import IDLE_STATES, Beat, Slots, WorkerState
 from worker.process import Worker
 from worker.wakeup import WakeUps
 
@@ -115,6 +115,7 @@ class Supervisor:
         # On the queue's database, or on a direct connection past a pooler; none: poll only.
         self.listener = Listener(
             self.settings.wake_up_url,
+            self.settings.processor_id,
             self.settings.sleep_interval,
             self.database.statement_deadline,
             self.wakeups,
@@ -289,7 +290,7 @@ class Supervisor:
         idle = []
         for process in self.workers.values():
             beat = self.slots.read(process.slot)
-            if beat is not None and beat.pid == process.pid and beat.state == WorkerState.IDLE:
+            if beat is not None and beat.pid == process.pid and beat.state in IDLE_STATES:
                 idle.append(beat)
         return idle
 
@@ -621,8 +622,7 @@ class Supervisor:
             not self.ready_sent
             and self.workers
             and all(
-                p.last_beat is not None
-                and p.last_beat.state in (WorkerState.IDLE, WorkerState.BUSY)
+                p.last_beat is not None and p.last_beat.state in (*IDLE_STATES, WorkerState.BUSY)
                 for p in self.workers.values()
             )
         ):

@@ -67,6 +67,8 @@ class SupervisorDatabase:
             "process_start_ticks": start_ticks(pid),
             # what this processor's workers claim, for the status of the queue
             "task_identifiers": registry.identifiers(),
+            # NULL: the listener says; a processor that only polls asks for no announcements
+            "awaits_tasks": False if settings.wake_up_url is None else None,
         }
         self.state = "running"
         self.connection: db.Connection | None = None

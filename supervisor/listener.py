@@ -15,6 +15,13 @@ The processor also owns the timers that each worker used to keep:
 - **due times**: a worker whose claim found nothing publishes, in its heartbeat slot, when the
   next delayed task falls due; the processor wakes one idle worker then.
 
+New tasks announce themselves only to processors that wait for them (migration 0013: every
+NOTIFY serialises the commits of all producers). The listener keeps the processor's row saying
+so: ``awaits_tasks`` as soon as a worker waits (its claim found nothing), then a claim at once
+and another shortly after, for the inserts that ran their trigger just before and committed
+just after; not any more once every worker has been busy for ``QUIET_AFTER``, when each claims
+again after its batch anyway.
+
 The listening connection never blocks the loop: it connects with a short timeout, issues its
 one statement under a client-side deadline, and is only read when ``select()`` says it has
 data. While it is down, the fallback poll and due times go on, and the first thing after a
@@ -30,24 +37,29 @@ import psycopg2
 
 from common import db
 from common.lifecycle import LISTEN
-from worker.heartbeat import Beat
+from supervisor.queries import AWAIT_TASKS
+from worker.heartbeat import Beat, WorkerState
 from worker.wakeup import WakeUps
 
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 2  # seconds: the loop that watches the workers waits no longer
 RECONNECT_BASE, RECONNECT_CAP = 0.5, 5.0
+QUIET_AFTER = 1.0  # seconds of every worker busy before inserts stop announcing themselves
+RECHECK_AFTER = 0.05  # after asking for announcements again, the second claim
 
 
 class Listener:
     def __init__(
         self,
         database_url: str | None,
+        processor_id: str,
         sleep_interval: float,
         statement_deadline: float,
         wakeups: WakeUps,
     ) -> None:
         self.database_url = database_url
+        self.processor_id = processor_id
         self.sleep_interval = sleep_interval
         self.statement_deadline = statement_deadline
         self.wakeups = wakeups
@@ -56,6 +68,9 @@ class Listener:
         self.reconnect_delay = RECONNECT_BASE
         self.last_wake = time.monotonic()  # the workers claim at start
         self.missed = False  # notifications may have been lost: claim once connected
+        self.awaiting: bool | None = None  # what the processor's row says (None: unknown)
+        self.busy_since: float | None = None  # since when no worker has waited
+        self.recheck_at: float | None = None  # the second claim after asking again
 
     def fds(self) -> list[db.Connection]:
         """What ``select()`` should watch: the listening connection, when there is one."""
@@ -64,6 +79,8 @@ class Listener:
     def timeout(self, now: float, idle: list[Beat]) -> float:
         """Seconds until the next timed wake-up (fallback poll, due time, reconnect)."""
         moments = [self._next_poll(), *self._pending_due(idle)]
+        if self.recheck_at is not None:
+            moments.append(self.recheck_at)
         if self.connection is None and self.database_url is not None:
             moments.append(self.next_connect)
         return max(0.0, min(moments) - now)
@@ -75,10 +92,15 @@ class Listener:
         announced = self._take_notifications() if readable else 0
         if self.connection is None and self.database_url is not None and now >= self.next_connect:
             self._connect(now)
+        if self.connection is not None:
+            self._keep_awaiting(now, any(beat.state == WorkerState.WAITING for beat in idle))
         tokens = min(announced, len(idle))
         due = [moment for moment in self._pending_due(idle) if moment <= now]
-        if idle and (due or self.missed or now >= self._next_poll()):
+        recheck = self.recheck_at is not None and now >= self.recheck_at
+        if idle and (due or self.missed or recheck or now >= self._next_poll()):
             tokens = max(tokens, 1)
+            if recheck:
+                self.recheck_at = None
         if tokens or (not idle and now >= self._next_poll()):
             # With no worker idle, none is woken: a busy worker claims after every batch,
             # and a new one when it starts. Either way the queue was just looked at.
@@ -100,6 +122,39 @@ class Listener:
         last wake-up: older ones were served by it."""
         return [beat.deadline for beat in idle if beat.deadline > self.last_wake]
 
+    def _keep_awaiting(self, now: float, waiting: bool) -> None:
+        """Keep the processor's row saying whether it waits for new tasks: yes as soon as a
+        worker waits, no once none has for ``QUIET_AFTER``."""
+        if waiting:
+            self.busy_since = None
+            if self.awaiting is not True and self._write_awaiting(now, True):
+                # An insert whose trigger ran before this commit announced nothing, and may
+                # have committed after the waiting workers' last claim: claim now, and again
+                # shortly after for one whose commit was still on its way. (One whose
+                # transaction stays open longer is found by the fallback poll.)
+                self.missed = True
+                self.recheck_at = now + RECHECK_AFTER
+        elif self.busy_since is None:
+            self.busy_since = now
+        elif self.awaiting is not False and now - self.busy_since >= QUIET_AFTER:
+            self._write_awaiting(now, False)
+
+    def _write_awaiting(self, now: float, awaiting: bool) -> bool:
+        assert self.connection is not None
+        try:
+            with (
+                db.Deadline(self.connection, self.statement_deadline),
+                self.connection.cursor() as cursor,
+            ):
+                cursor.execute(
+                    AWAIT_TASKS, {"processor_id": self.processor_id, "awaiting": awaiting}
+                )
+        except (psycopg2.Error, db.DatabaseUnavailable) as error:
+            self._drop(now, error)
+            return False
+        self.awaiting = awaiting
+        return True
+
     def _connect(self, now: float) -> None:
         assert self.database_url is not None
         try:
@@ -116,6 +171,7 @@ class Listener:
             return
         self.reconnect_delay = RECONNECT_BASE
         self.missed = True
+        self.awaiting = None  # written again once a worker waits
 
     def _take_notifications(self) -> int:
         """How many notifications arrived (each is at least one committed transaction)."""

@@ -14,13 +14,21 @@ from common.lifecycle import (
     WAKE,
 )
 
+# awaits_tasks: NULL until the listener says (inserts announce themselves to this processor
+# meanwhile); false for a processor that does not listen.
 REGISTER = """
 INSERT INTO task_processor.processors
     (id, host, pid, num_workers, grace_period_ms, host_key, process_start_ticks,
-     task_identifiers)
+     task_identifiers, awaits_tasks)
 VALUES (%(processor_id)s, %(host)s, %(pid)s, %(num_workers)s, %(grace_period_ms)s,
-        %(host_key)s, %(process_start_ticks)s, %(task_identifiers)s)
+        %(host_key)s, %(process_start_ticks)s, %(task_identifiers)s, %(awaits_tasks)s)
 ON CONFLICT (id) DO NOTHING
+"""
+
+# Whether this processor has a worker waiting for new tasks: while it has, inserts announce
+# themselves (NOTIFY), and only then (migration 0013).
+AWAIT_TASKS = """
+UPDATE task_processor.processors SET awaits_tasks = %(awaiting)s WHERE id = %(processor_id)s
 """
 
 # Requeues the tasks selected by the CTE ``lost`` (columns id, lease_owner): each lost
@@ -68,9 +76,10 @@ BEAT = """
 WITH processor AS (
     INSERT INTO task_processor.processors AS p
         (id, host, pid, num_workers, grace_period_ms, state, host_key, process_start_ticks,
-         task_identifiers)
+         task_identifiers, awaits_tasks)
     VALUES (%(processor_id)s, %(host)s, %(pid)s, %(num_workers)s, %(grace_period_ms)s,
-            %(state)s, %(host_key)s, %(process_start_ticks)s, %(task_identifiers)s)
+            %(state)s, %(host_key)s, %(process_start_ticks)s, %(task_identifiers)s,
+            %(awaits_tasks)s)
     ON CONFLICT (id) DO UPDATE
     SET last_beat_at = now(), num_workers = excluded.num_workers, state = excluded.state,
         grace_period_ms = excluded.grace_period_ms

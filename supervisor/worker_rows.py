@@ -19,7 +19,12 @@ from worker.heartbeat import Beat, WorkerState
 
 REFRESH_AFTER = 1.0  # a changed row waits at most this long for the next heartbeat
 
-_STATES = {WorkerState.BOOTING: "booting", WorkerState.IDLE: "idle", WorkerState.BUSY: "busy"}
+_STATES = {
+    WorkerState.BOOTING: "booting",
+    WorkerState.IDLE: "idle",
+    WorkerState.WAITING: "idle",
+    WorkerState.BUSY: "busy",
+}
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,12 @@ _READ_TRIES = 50
 class WorkerState(enum.IntEnum):
     EMPTY = 0
     BOOTING = 1
-    IDLE = 2
+    IDLE = 2  # between batches: recording, or about to claim
     BUSY = 3
+    WAITING = 4  # its last claim found nothing: it waits to be woken
+
+
+IDLE_STATES = (WorkerState.IDLE, WorkerState.WAITING)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,6 @@ class Slots:
         for slot in range(self.capacity):
             if slot != besides:
                 beat = self.read(slot)
-                if beat is not None and beat.state == WorkerState.IDLE:
+                if beat is not None and beat.state in IDLE_STATES:
                     return True
         return False

@@ -197,7 +197,7 @@ class Worker:
                         hold_until = time.monotonic() + _HANDOFF_WINDOW
                     continue  # there may be more: claim again before sleeping
                 wake = False
-            self._beat(WorkerState.IDLE, 0, self.due_at)
+            self._beat(WorkerState.WAITING, 0, self.due_at)
             self._title("idle")
             if wake:  # holding back after a hand-off: the tokens are for the peers
                 self._wait(max(0.0, min(hold_until - now, _MAX_WAIT)), take_token=False)

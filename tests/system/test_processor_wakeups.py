@@ -3,13 +3,16 @@ database, a real pipe, the supervisor's own Listener class, and a running proces
 
 from __future__ import annotations
 
+import dataclasses
 import select
 import time
 
+import processor_tasks
 import psycopg2
+import pytest
 from harness import wait_for
 
-from supervisor.listener import Listener
+from supervisor.listener import QUIET_AFTER, RECHECK_AFTER, Listener
 from worker.heartbeat import Beat, WorkerState
 from worker.wakeup import WakeUps
 
@@ -43,7 +46,7 @@ def serve(listener: Listener, idle: list[Beat], seconds: float) -> None:
 
 
 def started_listener(database_url: str, wakeups: WakeUps, sleep_interval: float) -> Listener:
-    listener = Listener(database_url, sleep_interval, 5.0, wakeups)
+    listener = Listener(database_url, "test-processor", sleep_interval, 5.0, wakeups)
     listener.tend(False, [idle_beat(0)])  # connects, and claims once for what it missed
     assert listener.fds(), "the listener connected"
     tokens(wakeups)
@@ -133,10 +136,13 @@ def test_an_idle_processor_has_one_listening_connection_and_its_workers_none(
     processor.wait_ready(4)
 
     def connections():
+        # A connection's last statement: the listener's is its LISTEN, or the update that
+        # asks for announcements once a worker waits (migration 0013).
         with conn.cursor() as cursor:
             cursor.execute(
                 "SELECT application_name, count(*) FILTER (WHERE query = "
-                "'LISTEN task_processor') FROM pg_stat_activity WHERE "
+                "'LISTEN task_processor' OR query LIKE '%%SET awaits_tasks%%') "
+                "FROM pg_stat_activity WHERE "
                 "datname = current_database() AND application_name LIKE "
                 "'task-processor %%' GROUP BY 1"
             )
@@ -162,3 +168,124 @@ def test_a_task_enqueued_to_an_idle_processor_starts_long_before_the_fallback_po
     start = time.monotonic()
     wait_for(lambda: results("woken"), timeout=10, message="the task to run")
     assert time.monotonic() - start < 5  # the fallback poll is a minute away
+
+
+# -- announcing new tasks only to processors that wait for them (migration 0013) -------------
+
+
+def waiting_beat(slot: int) -> Beat:
+    return dataclasses.replace(idle_beat(slot), state=WorkerState.WAITING)
+
+
+def announced_after_insert(conn, listening) -> bool:
+    """Insert one task; was it announced on ``listening``?"""
+    listening.poll()
+    listening.notifies.clear()
+    with conn.cursor() as cursor:
+        cursor.execute("INSERT INTO task_processor.tasks (identifier) VALUES ('t.announced')")
+    select.select([listening], [], [], 0.3)
+    listening.poll()
+    return bool(listening.notifies)
+
+
+def set_processor(conn, **columns) -> None:
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO task_processor.processors (id, host, pid, num_workers, grace_period_ms) "
+            "VALUES ('test-processor', 'h', 1, 1, 20000) ON CONFLICT (id) DO NOTHING"
+        )
+        for column, value in columns.items():
+            cursor.execute(
+                f"UPDATE task_processor.processors SET {column} = {value} "
+                "WHERE id = 'test-processor'"
+            )
+
+
+@pytest.fixture
+def listening(database_url):
+    connection = psycopg2.connect(database_url)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute("LISTEN task_processor")
+    yield connection
+    connection.close()
+
+
+def test_an_insert_is_announced_only_while_a_live_processor_waits_for_tasks(conn, listening):
+    assert not announced_after_insert(conn, listening)  # no processor at all
+    set_processor(conn)  # awaits_tasks NULL: a processor of an earlier release hears of all
+    assert announced_after_insert(conn, listening)
+    set_processor(conn, awaits_tasks="false")  # every worker of it busy
+    assert not announced_after_insert(conn, listening)
+    set_processor(conn, awaits_tasks="true")
+    assert announced_after_insert(conn, listening)
+    set_processor(conn, last_beat_at="now() - interval '21 seconds'")  # silent past its grace
+    assert not announced_after_insert(conn, listening)
+    set_processor(conn, last_beat_at="now()", state="'stopped'")
+    assert not announced_after_insert(conn, listening)
+
+
+def awaits_tasks(conn) -> bool | None:
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT awaits_tasks FROM task_processor.processors WHERE id = 'test-processor'"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_the_listener_asks_for_announcements_while_a_worker_waits_and_claims_twice(
+    database_url, conn
+):
+    set_processor(conn)
+    wakeups = WakeUps()
+    listener = started_listener(database_url, wakeups, sleep_interval=60)
+    try:
+        serve(listener, [idle_beat(0), idle_beat(1)], 0.2)  # between batches: not waiting
+        assert awaits_tasks(conn) is None and tokens(wakeups) == 0
+        serve(listener, [waiting_beat(0), idle_beat(1)], 0.01)
+        assert awaits_tasks(conn) is True
+        assert tokens(wakeups) == 1  # the claim for what was inserted just before
+        serve(listener, [waiting_beat(0), idle_beat(1)], RECHECK_AFTER + 0.1)
+        assert tokens(wakeups) == 1  # and the second, for what was still committing
+        serve(listener, [idle_beat(1)], QUIET_AFTER / 2)
+        assert awaits_tasks(conn) is True  # a short spell of work changes nothing
+        serve(listener, [], QUIET_AFTER + 0.2)
+        assert awaits_tasks(conn) is False
+        assert tokens(wakeups) == 0
+    finally:
+        listener.close()
+
+
+def test_a_busy_processor_is_not_told_of_new_tasks_and_misses_none_when_it_waits_again(
+    database_url, start_processor, results, conn
+):
+    processor = start_processor("--numthreads", "1", "--sleepintervalms", "60000")
+    processor.wait_ready(1)
+    processor_tasks.sleep_then_record.delay(args=("busy", 2 * QUIET_AFTER + 1))
+
+    def own_flag():
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT awaits_tasks FROM task_processor.processors WHERE pid = %s",
+                (processor.pid,),
+            )
+            return cursor.fetchone()[0]
+
+    wait_for(lambda: own_flag() is False, message="the busy processor asking for no NOTIFY")
+    processor_tasks.record.delay(args=("queued while busy",))  # announced to nobody
+    wait_for(lambda: results("queued while busy"), timeout=20, message="the task queued meanwhile")
+    wait_for(lambda: own_flag() is True, message="the waiting processor asking again")
+    start = time.monotonic()
+    processor_tasks.record.delay(args=("after",))
+    wait_for(lambda: results("after"), timeout=10, message="the next task")
+    assert time.monotonic() - start < 5  # announced: the fallback poll is a minute away
+
+
+def test_a_processor_that_only_polls_asks_for_no_announcements(database_url, start_processor, conn):
+    processor = start_processor("--numthreads", "1", "--listen-database-url", "none")
+    processor.wait_ready(1)
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT awaits_tasks FROM task_processor.processors WHERE pid = %s", (processor.pid,)
+        )
+        assert cursor.fetchone() == (False,)

@@ -39,10 +39,16 @@ def count_tasks(conn, identifier: str) -> int:
 
 @pytest.fixture
 def listener(database_url: str) -> Iterator[psycopg2.extensions.connection]:
-    """A connection LISTENing on the queue's channel, as an idle worker does."""
+    """A connection LISTENing on the queue's channel, as a processor with a waiting worker
+    does; its row says that it waits, without which inserts announce nothing."""
     connection = psycopg2.connect(database_url)
     connection.autocommit = True
     with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO task_processor.processors "
+            "(id, host, pid, num_workers, grace_period_ms, awaits_tasks) "
+            "VALUES ('listening', 'h', 1, 1, 60000, true)"
+        )
         cursor.execute(f"LISTEN {lifecycle.NOTIFY_CHANNEL}")
     yield connection
     connection.close()
