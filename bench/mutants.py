@@ -43,6 +43,7 @@ LIFECYCLE = "common/lifecycle.py"
 CONTROL = "common/control.py"
 API_APP = "api/app.py"
 LOGS = "common/logs.py"
+LISTENER = "supervisor/listener.py"
 
 # And where the tests that catch them live.
 CORE_RULES = "tests/system/test_core_rules.py"
@@ -59,6 +60,7 @@ CANCEL = "tests/system/test_cancel.py"
 PGBOUNCER = "tests/system/test_pgbouncer.py"
 PREPARED_PLANS = "tests/system/test_prepared_plans.py"
 STATISTICS = "tests/system/test_statistics.py"
+WAKEUPS = "tests/system/test_processor_wakeups.py"
 
 
 def at(path: str, test: str) -> str:
@@ -403,6 +405,40 @@ MUTANTS = (
         "",
         (at(STATISTICS, "test_a_backlog_that_lands_at_once_is_analysed"),),
         "a burst of new tasks is analysed within seconds, not at the next half-minute look",
+    ),
+    Mutant(
+        "waiting-processor-never-asks-for-announcements",
+        LISTENER,
+        "            if self.awaiting is not True and self._write_awaiting(now, True):",
+        "            if False:",
+        (
+            at(
+                WAKEUPS,
+                "test_a_busy_processor_is_not_told_of_new_tasks_and_misses_none_when_it_waits_again",
+            ),
+        ),
+        "a processor whose worker waits is told of new tasks (NOTIFY) again",
+    ),
+    Mutant(
+        "no-claim-after-asking-for-announcements",
+        LISTENER,
+        "                self.missed = True\n                self.recheck_at = now + RECHECK_AFTER",
+        "                pass",
+        (
+            at(
+                WAKEUPS,
+                "test_the_listener_asks_for_announcements_while_a_worker_waits_and_claims_twice",
+            ),
+        ),
+        "inserts that committed while the processor asked for announcements are claimed",
+    ),
+    Mutant(
+        "announcements-to-stopped-processors",
+        "common/migrations/0013_announce_to_waiting_processors.sql",
+        "        WHERE state = 'running' AND awaits_tasks IS NOT FALSE\n",
+        "        WHERE awaits_tasks IS NOT FALSE\n",
+        (at(WAKEUPS, "test_an_insert_is_announced_only_while_a_live_processor_waits_for_tasks"),),
+        "only a live processor that waits makes inserts pay for a NOTIFY",
     ),
 )
 

@@ -77,7 +77,8 @@ class Listener:
         return [self.connection] if self.connection is not None else []
 
     def timeout(self, now: float, idle: list[Beat]) -> float:
-        """Seconds until the next timed wake-up (fallback poll, due time, reconnect)."""
+        """Seconds until the next timed wake-up (fallback poll, due time, second claim,
+        reconnect)."""
         moments = [self._next_poll(), *self._pending_due(idle)]
         if self.recheck_at is not None:
             moments.append(self.recheck_at)
@@ -97,10 +98,10 @@ class Listener:
         tokens = min(announced, len(idle))
         due = [moment for moment in self._pending_due(idle) if moment <= now]
         recheck = self.recheck_at is not None and now >= self.recheck_at
+        if recheck:
+            self.recheck_at = None  # served now, or by a busy worker's claim after its batch
         if idle and (due or self.missed or recheck or now >= self._next_poll()):
             tokens = max(tokens, 1)
-            if recheck:
-                self.recheck_at = None
         if tokens or (not idle and now >= self._next_poll()):
             # With no worker idle, none is woken: a busy worker claims after every batch,
             # and a new one when it starts. Either way the queue was just looked at.

@@ -256,6 +256,21 @@ def test_the_listener_asks_for_announcements_while_a_worker_waits_and_claims_twi
         listener.close()
 
 
+def test_a_second_claim_falling_due_while_every_worker_is_busy_is_dropped(database_url, conn):
+    set_processor(conn)
+    wakeups = WakeUps()
+    listener = started_listener(database_url, wakeups, sleep_interval=60)
+    try:
+        serve(listener, [waiting_beat(0)], 0.01)
+        assert tokens(wakeups) == 1
+        time.sleep(RECHECK_AFTER + 0.01)
+        listener.tend(False, [])  # the worker took a task meanwhile: it claims after it
+        assert tokens(wakeups) == 0
+        assert listener.timeout(time.monotonic(), []) > 1  # no moment left due: no busy loop
+    finally:
+        listener.close()
+
+
 def test_a_busy_processor_is_not_told_of_new_tasks_and_misses_none_when_it_waits_again(
     database_url, start_processor, results, conn
 ):
