@@ -440,6 +440,19 @@ MUTANTS = (
         (at(WAKEUPS, "test_an_insert_is_announced_only_while_a_live_processor_waits_for_tasks"),),
         "only a live processor that waits makes inserts pay for a NOTIFY",
     ),
+    Mutant(
+        "every-idle-worker-woken-per-token",
+        "worker/wakeup.py",
+        "select.EPOLLIN | select.EPOLLEXCLUSIVE",
+        "select.EPOLLIN",
+        (
+            at(
+                "tests/unit/test_wakeups.py",
+                "test_each_token_wakes_one_waiting_worker_and_none_wakes_for_nothing",
+            ),
+        ),
+        "a token wakes one waiting worker, not all of them",
+    ),
 )
 
 

@@ -15,7 +15,6 @@ import select
 import signal
 import sys
 import time
-from typing import Any
 
 import psycopg2
 import psycopg2.errors
@@ -33,7 +32,7 @@ from worker.heartbeat import Slots, WorkerState
 from worker.metrics import AttemptMetrics, MetricsBoard
 from worker.runner import ClaimedTask, Outcome, run_within_deadline
 from worker.tracing import run_in_span
-from worker.wakeup import WakeUps
+from worker.wakeup import Waiter, WakeUps
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +76,7 @@ class Worker:
         self.unrecorded: list[Outcome] = []  # a batch's last outcomes, recorded with the claim
         self.prepared = True  # False once a pooler has dropped a prepared statement
         self._wakeup_read = -1
+        self._waiter: Waiter | None = None  # made at boot, with the signal pipe it watches
         self.known = registry.identifiers()  # claimed: only tasks this processor can run
         # counted only with --metrics-bind; the slot's page carries on its predecessors' counts
         self.metrics = AttemptMetrics(metrics_board, slot) if metrics_board else None
@@ -166,6 +166,7 @@ class Worker:
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
         read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wakeup_read = read
+        self._waiter = self.wakeups.waiter(read)
         signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         # The supervisor blocked signals around fork so that none sent in between reached its
         # handlers in this process; with ours in place, they are delivered now.
@@ -210,20 +211,22 @@ class Worker:
     def _wait(self, timeout: float, take_token: bool = True) -> bool:
         """Sleep until a wake-up token (if ``take_token``), a signal or ``timeout``; True if
         this worker took a token (it claims next)."""
-        watched: list[Any] = (
-            [self._wakeup_read, self.wakeups] if take_token else [self._wakeup_read]
-        )
         try:
-            readable, _, _ = select.select(watched, [], [], timeout)
+            if take_token:
+                assert self._waiter is not None
+                signalled, token = self._waiter.wait(timeout)
+            else:
+                readable, _, _ = select.select([self._wakeup_read], [], [], timeout)
+                signalled, token = bool(readable), False
         except OSError:
-            readable = []
-        if self._wakeup_read in readable:
+            signalled = token = False
+        if signalled:
             try:
                 while os.read(self._wakeup_read, 512):
                     pass
             except BlockingIOError:
                 pass
-        return self.wakeups in readable and self.wakeups.take()
+        return token and self.wakeups.take()
 
     def _run_batch(self, batch: list[ClaimedTask]) -> bool:
         """Run a claimed batch in order; True if its rest was handed to idle peers.
