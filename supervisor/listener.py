@@ -37,6 +37,7 @@ import psycopg2
 
 from common import db
 from common.lifecycle import LISTEN
+from common.logs import one_line
 from supervisor.queries import AWAIT_TASKS
 from worker.heartbeat import Beat, WorkerState
 from worker.wakeup import WakeUps
@@ -71,6 +72,7 @@ class Listener:
         self.awaiting: bool | None = None  # what the processor's row says (None: unknown)
         self.busy_since: float | None = None  # since when no worker has waited
         self.recheck_at: float | None = None  # the second claim after asking again
+        self.may_record = True  # False once the row refused an update: it stays as it was
 
     def fds(self) -> list[db.Connection]:
         """What ``select()`` should watch: the listening connection, when there is one."""
@@ -93,7 +95,7 @@ class Listener:
         announced = self._take_notifications() if readable else 0
         if self.connection is None and self.database_url is not None and now >= self.next_connect:
             self._connect(now)
-        if self.connection is not None:
+        if self.connection is not None and self.may_record:
             self._keep_awaiting(now, any(beat.state == WorkerState.WAITING for beat in idle))
         tokens = min(announced, len(idle))
         due = [moment for moment in self._pending_due(idle) if moment <= now]
@@ -151,7 +153,19 @@ class Listener:
                     AWAIT_TASKS, {"processor_id": self.processor_id, "awaiting": awaiting}
                 )
         except (psycopg2.Error, db.DatabaseUnavailable) as error:
-            self._drop(now, error)
+            if db.is_connection_error(error):
+                self._drop(now, error)
+            else:
+                # The listening URL's role may not update the row (one made to LISTEN only):
+                # the row keeps saying nothing, and every insert announces itself, as to a
+                # processor of an earlier release. Listening goes on.
+                self.may_record = False
+                logger.error(
+                    "cannot record in task_processor.processors whether this processor waits "
+                    "for tasks (%s); every new task will send it a notification, which slows "
+                    "enqueueing; let the role of the listening connection UPDATE that table",
+                    one_line(error),
+                )
             return False
         self.awaiting = awaiting
         return True

@@ -26,7 +26,7 @@ _READ_TRIES = 50
 class WorkerState(enum.IntEnum):
     EMPTY = 0
     BOOTING = 1
-    IDLE = 2  # between batches: recording, or about to claim
+    IDLE = 2  # not waiting for a token: between batches, or while the database is away
     BUSY = 3
     WAITING = 4  # its last claim found nothing: it waits to be woken
 

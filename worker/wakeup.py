@@ -50,9 +50,6 @@ class WakeUps:
         except BlockingIOError:
             return False
 
-    def fileno(self) -> int:
-        return self.read_fd
-
     def waiter(self, signal_fd: int) -> Waiter:
         """How one worker waits: for a token, or for its signal pipe ``signal_fd``."""
         return Waiter(self.read_fd, signal_fd)

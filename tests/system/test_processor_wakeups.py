@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import select
 import time
+import uuid
 
 import processor_tasks
 import psycopg2
@@ -269,6 +270,32 @@ def test_a_second_claim_falling_due_while_every_worker_is_busy_is_dropped(databa
         assert listener.timeout(time.monotonic(), []) > 1  # no moment left due: no busy loop
     finally:
         listener.close()
+
+
+def test_a_listener_whose_role_may_not_update_its_row_keeps_listening(database_url, conn, caplog):
+    role = f"tp_listen_only_{uuid.uuid4().hex[:8]}"
+    set_processor(conn)
+    with conn.cursor() as cursor:
+        cursor.execute(f"CREATE ROLE {role} LOGIN")
+        cursor.execute(f"GRANT USAGE ON SCHEMA task_processor TO {role}")
+    wakeups = WakeUps()
+    listener = started_listener(database_url.replace("postgres@", f"{role}@"), wakeups, 60)
+    try:
+        serve(listener, [waiting_beat(0)], 0.05)
+        assert listener.fds(), "still listening"
+        assert awaits_tasks(conn) is None  # says nothing: every insert is announced to it
+        assert "let the role of the listening connection UPDATE" in caplog.text
+        tokens(wakeups)
+        with conn.cursor() as cursor:
+            cursor.execute("NOTIFY task_processor")
+        serve(listener, [waiting_beat(0)], 0.5)
+        assert tokens(wakeups) == 1
+        assert caplog.text.count("cannot record") == 1  # said once, not at every turn
+    finally:
+        listener.close()
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP OWNED BY {role}")
+            cursor.execute(f"DROP ROLE {role}")
 
 
 def test_a_busy_processor_is_not_told_of_new_tasks_and_misses_none_when_it_waits_again(
