@@ -1,11 +1,16 @@
 """Where the time of a single ``.delay()`` goes: the caller's CPU, its backend's CPU, and the
 rest (the commit's WAL flush, the round trip, scheduling), then the caller's largest costs by
-cProfile. Prints numbers; asserts nothing.
+cProfile, and how close it comes to the server's own ceiling. Prints numbers; asserts nothing.
 
-    python3 bench/delay_profile.py [--admin-url postgresql://...] [--tasks 5000]
+    python3 bench/delay_profile.py [--admin-url postgresql://...] [--tasks 5000] [--rounds 3]
 
 One producer, one task at a time, autocommit (a ``.delay()`` outside a transaction is its own
 transaction), as the peer benchmark's single-producer enqueue does; no processor runs.
+
+The ceiling (when ``pgbench`` is on the PATH): pgbench, a C client with prepared statements,
+one client, sending the very insert a ``.delay()`` sends, and the least durable insert there
+is (a row of one ``bigserial`` column), each in its own transaction. Rounds alternate the
+three so that the machine's drift hits each alike; the figures are medians.
 """
 
 from __future__ import annotations
@@ -14,11 +19,18 @@ import argparse
 import cProfile
 import io
 import pstats
+import re
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
 from run import Bench, connect, scalar
+
+from common import enqueue
 
 
 def backend_cpu(bench: Bench) -> float:
@@ -36,10 +48,80 @@ def backend_cpu(bench: Bench) -> float:
     return times.user + times.system
 
 
+def delay_rate(task, calls: int) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        task.delay()
+    return calls / (time.perf_counter() - started)
+
+
+def pgbench_rate(url: str, statement: str, seconds: int) -> float:
+    """Transactions/s of pgbench sending ``statement``, one client, prepared."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+        script.write(statement + ";\n")
+        script.flush()
+        out = subprocess.run(
+            [
+                "pgbench",
+                "-n",
+                "-M",
+                "prepared",
+                "-c",
+                "1",
+                "-T",
+                str(seconds),
+                "-f",
+                script.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    return float(re.search(r"tps = ([0-9.]+)", out).group(1))
+
+
+def ceiling(bench: Bench, rounds: int, calls: int) -> None:
+    """``.delay()`` beside pgbench sending the same insert and the least durable insert."""
+    if shutil.which("pgbench") is None:
+        print("(no pgbench on the PATH: the server's ceiling is not measured)")
+        return
+    with bench.db.cursor() as cursor:
+        cursor.execute("CREATE TABLE one_column (id bigserial PRIMARY KEY)")
+        # The statement a .delay() of the no-op task sends, its parameters written in.
+        task_row = cursor.mogrify(
+            enqueue._INSERT_ONE.plain,
+            {
+                "identifier": bench.tasks.noop.kind.identifier,
+                "args": "[]",
+                "kwargs": "{}",
+                "priority": bench.tasks.noop.kind.priority,
+                "scheduled_for": None,
+                "max_attempts": bench.tasks.noop.kind.max_attempts,
+                "timeout_ms": bench.tasks.noop.kind.timeout_ms,
+                "trace_context": None,
+            },
+        ).decode()
+    seconds = 5
+    rates: dict[str, list[float]] = {"delay": [], "task_row": [], "one_column": []}
+    for _ in range(rounds):
+        rates["delay"].append(delay_rate(bench.tasks.noop, calls))
+        rates["task_row"].append(pgbench_rate(bench.url, task_row, seconds))
+        rates["one_column"].append(
+            pgbench_rate(bench.url, "INSERT INTO one_column DEFAULT VALUES", seconds)
+        )
+    delay, task, least = (statistics.median(rates[key]) for key in rates)
+    print(f"the server's ceiling, one client, each insert its own transaction ({rounds} rounds):")
+    print(f"  .delay()                    {delay:7.0f}/s")
+    print(f"  pgbench, the same insert    {task:7.0f}/s  (.delay(): {delay / task:.0%})")
+    print(f"  pgbench, a one-column row   {least:7.0f}/s  (.delay(): {delay / least:.0%})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the ceiling's A/B/C")
     arguments = parser.parse_args()
     bench = Bench(arguments.admin_url)
     try:
@@ -65,6 +147,7 @@ def main() -> int:
         pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(12)
         print("the caller's largest costs (cProfile, its own time):")
         print("\n".join(out.getvalue().splitlines()[6:]))
+        ceiling(bench, arguments.rounds, arguments.tasks)
         tasks = scalar(bench.db, "SELECT count(*) FROM task_processor.tasks")
         print(f"({tasks} tasks enqueued in all)")
     finally:

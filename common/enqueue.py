@@ -80,6 +80,25 @@ class QueueSizeError(RuntimeError):
     """``queue_size`` cannot be enforced exactly in the caller's transaction."""
 
 
+class EnqueueNotPermitted(PermissionError):
+    """The database role may not insert tasks; the message names the grants it lacks."""
+
+    def __init__(self, kind: TaskKind, role: str, error: psycopg2.Error) -> None:
+        grants = [
+            f"GRANT USAGE ON SCHEMA task_processor TO {role}",
+            f"GRANT INSERT, SELECT (id) ON task_processor.tasks TO {role}",
+            f"GRANT USAGE ON SEQUENCE task_processor.tasks_id_seq TO {role}",
+        ]
+        if kind.queue_size is not None:  # it counts the identifier's waiting tasks
+            grants.append(f"GRANT SELECT (identifier, state) ON task_processor.tasks TO {role}")
+        reason = (error.diag.message_primary or str(error)).strip()
+        super().__init__(
+            f"{kind.identifier}: the database role {role!r} may not enqueue ({reason}). To "
+            f"fix, as the owner of the task_processor schema: {'; '.join(grants)} "
+            f"(docs/operations.md, 'Database roles')"
+        )
+
+
 @dataclass(frozen=True)
 class NewTask:
     """One task to insert: its arguments as JSON text, and when it is due (None: now)."""
@@ -147,13 +166,19 @@ def enqueue(
 ) -> list[int | None]:
     """Insert ``tasks`` on ``connection`` (inside the caller's transaction), or on this
     thread's own queue connection in a transaction of its own."""
+    own = _own_connection() if connection is None else None
     try:
-        if connection is None:
-            return _own_connection().run(lambda own: _insert_own(own, kind, tasks))
+        if own is not None:
+            return own.run(lambda opened: _insert_own(opened, kind, tasks))
+        assert connection is not None
         if connection.autocommit:
             return _insert_atomically(connection, kind, tasks)
         with connection.cursor() as cursor:
             return insert(cursor, kind, tasks)
+    except psycopg2.errors.InsufficientPrivilege as error:
+        used = connection if own is None else own.connection
+        role = used.info.user if used is not None else "<role>"
+        raise EnqueueNotPermitted(kind, role, error) from None
     except psycopg2.errors.UndefinedTable:
         raise SchemaOutdated(
             "the task processor schema is missing from this database; run "

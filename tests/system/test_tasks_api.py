@@ -23,7 +23,7 @@ from harness import processor_settings
 
 from common import enqueue, lifecycle, queue, registry, settings
 from common.config import ConfigError
-from common.enqueue import QueueSizeError
+from common.enqueue import EnqueueNotPermitted, QueueSizeError
 from common.migrations import SchemaOutdated
 from common.serialization import ArgumentError
 from common.tasks import TaskPriority, register_task_handler
@@ -230,6 +230,102 @@ def test_rolled_back_enqueue_leaves_no_task_and_no_wake_up(
     listener.poll()
     assert len(listener.notifies) == 1
     assert fetch_all(conn, "SELECT args FROM task_processor.tasks") == [(["committed"],)]
+
+
+# What an application's role needs to enqueue, as docs/operations.md ("Database roles") lists it.
+ENQUEUE_GRANTS = [
+    "GRANT USAGE ON SCHEMA task_processor TO {role}",
+    "GRANT INSERT, SELECT (id) ON task_processor.tasks TO {role}",
+    "GRANT USAGE ON SEQUENCE task_processor.tasks_id_seq TO {role}",
+]
+QUEUE_SIZE_GRANT = "GRANT SELECT (identifier, state) ON task_processor.tasks TO {role}"
+
+
+@pytest.fixture
+def enqueue_role(database_url: str, conn) -> Iterator[tuple[str, str]]:
+    """A login role granted only what enqueueing needs; yields its name and its URL."""
+    role = f"tp_enqueue_only_{uuid.uuid4().hex[:8]}"
+    with conn.cursor() as cursor:
+        cursor.execute(f"CREATE ROLE {role} LOGIN")
+        for grant in ENQUEUE_GRANTS:
+            cursor.execute(grant.format(role=role))
+    try:
+        yield role, database_url.replace("postgres@", f"{role}@")
+    finally:
+        enqueue.close_own_connection()
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP OWNED BY {role}")
+            cursor.execute(f"DROP ROLE {role}")
+
+
+def test_a_role_granted_only_enqueueing_enqueues_and_announces_to_a_waiting_processor(
+    define, run_method, conn, listener, enqueue_role, monkeypatch
+):
+    """The new-task trigger reads which processors wait (task_processor.processors) as the
+    inserting role: every role may read those columns, so no grant on that table is needed."""
+    run_method("TASK_PROCESSOR")
+    role, url = enqueue_role
+    monkeypatch.setenv("DATABASE_URL", url)
+    enqueue.close_own_connection()
+    handler = define()
+
+    first = handler.delay(args=("own connection",))
+    assert len(wait_for_notifications(listener, 1)) == 1  # the trigger saw the waiting processor
+    caller = psycopg2.connect(url)
+    try:
+        handler.delay_many(
+            [{"args": ("in the caller's transaction", n)} for n in range(3)], connection=caller
+        )
+        caller.commit()
+    finally:
+        caller.close()
+
+    rows = fetch_all(
+        conn,
+        "SELECT id, args FROM task_processor.tasks WHERE identifier = %s ORDER BY id",
+        (handler.identifier,),
+    )
+    assert rows[0] == (first, ["own connection"])
+    assert [args for _, args in rows[1:]] == [["in the caller's transaction", n] for n in range(3)]
+    assert fetch_all(
+        conn,
+        "SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE %s",
+        ("%enqueue%",),
+    ) == [(role,)]
+
+    # queue_size counts the waiting tasks of the identifier: one more grant.
+    limited = define(queue_size=1)
+    with pytest.raises(EnqueueNotPermitted) as refused:
+        limited.delay()
+    assert f"the database role '{role}' may not enqueue" in str(refused.value)
+    assert QUEUE_SIZE_GRANT.format(role=role) in str(refused.value)
+    with conn.cursor() as cursor:
+        cursor.execute(QUEUE_SIZE_GRANT.format(role=role))
+    assert limited.delay() is not None
+    assert limited.delay() is None  # refused: one waits already
+
+
+def test_a_role_that_may_not_insert_tasks_is_told_the_grants_it_needs(
+    define, run_method, conn, enqueue_role, monkeypatch
+):
+    run_method("TASK_PROCESSOR")
+    role, url = enqueue_role
+    with conn.cursor() as cursor:
+        cursor.execute(f"REVOKE INSERT ON task_processor.tasks FROM {role}")
+    monkeypatch.setenv("DATABASE_URL", url)
+    enqueue.close_own_connection()
+    handler = define()
+
+    for connection in (None, psycopg2.connect(url)):
+        with pytest.raises(EnqueueNotPermitted) as refused:
+            handler.delay(connection=connection)
+        message = str(refused.value)
+        assert "permission denied for table tasks" in message
+        for grant in ENQUEUE_GRANTS:
+            assert grant.format(role=role) in message
+        if connection is not None:
+            connection.close()
+    assert count_tasks(conn, handler.identifier) == 0
 
 
 def test_enqueue_on_an_autocommit_connection_commits_at_once(define, run_method, caller, conn):
