@@ -240,7 +240,12 @@ class Supervisor:
         else:
             self.settings, num_workers = reloaded
             self.settings = _same_identity(self.settings, self.database.settings)
-            self.database.settings = self.settings
+            self.database.reconfigure(self.settings)
+            self.listener.reconfigure(
+                self.settings.wake_up_url,
+                self.settings.sleep_interval,
+                self.database.statement_deadline,
+            )
             enter_processor(self.settings)
             # Workers keep the logging they inherit: the new level and format reach them so.
             logs.configure(self.settings.log_level, self.settings.log_format, role="supervisor")

@@ -67,8 +67,7 @@ class SupervisorDatabase:
             "process_start_ticks": start_ticks(pid),
             # what this processor's workers claim, for the status of the queue
             "task_identifiers": registry.identifiers(),
-            # NULL: the listener says; a processor that only polls asks for no announcements
-            "awaits_tasks": False if settings.wake_up_url is None else None,
+            "awaits_tasks": _awaits_tasks(settings),
         }
         self.state = "running"
         self.connection: db.Connection | None = None
@@ -85,6 +84,11 @@ class SupervisorDatabase:
         self.renewals_failed = 0  # renewals that were due and did not happen (for metrics)
         self.duties: list[Duty] = []
         self.duties_paused_until = 0.0
+
+    def reconfigure(self, settings: ProcessorSettings) -> None:
+        """A reloaded configuration; the next beat writes whether this processor listens."""
+        self.settings = settings
+        self.identity["awaits_tasks"] = _awaits_tasks(settings)
 
     @property
     def beat_interval(self) -> float:
@@ -372,3 +376,9 @@ class SupervisorDatabase:
     def _drop(self) -> None:
         db.close_quietly(self.connection)
         self.connection = None
+
+
+def _awaits_tasks(settings: ProcessorSettings) -> bool | None:
+    """What this processor's row says of announcements at registration and at each beat:
+    None lets the listener say; a processor that only polls asks for none."""
+    return False if settings.wake_up_url is None else None

@@ -111,6 +111,30 @@ class Listener:
             self.missed = False
         self.wakeups.ring(tokens)
 
+    def reconfigure(
+        self, database_url: str | None, sleep_interval: float, statement_deadline: float
+    ) -> None:
+        """Apply a reloaded configuration: the fallback poll's interval from the next wake-up
+        on, and a new listening URL (or ``None``: poll only) by reconnecting at once."""
+        self.sleep_interval = sleep_interval
+        self.statement_deadline = statement_deadline
+        if database_url == self.database_url:
+            return
+        self.close()
+        self.database_url = database_url
+        self.next_connect = 0.0
+        self.reconnect_delay = RECONNECT_BASE
+        self.missed = True  # announcements may be lost in the switch: claim once
+        self.awaiting = None
+        self.busy_since = self.recheck_at = None
+        self.may_record = True
+        logger.info(
+            "listening %s",
+            "on nothing: polling only"
+            if database_url is None
+            else f"on {db.describe(database_url)}",
+        )
+
     def close(self) -> None:
         db.close_quietly(self.connection)
         self.connection = None

@@ -82,7 +82,11 @@ WITH processor AS (
             %(awaits_tasks)s)
     ON CONFLICT (id) DO UPDATE
     SET last_beat_at = now(), num_workers = excluded.num_workers, state = excluded.state,
-        grace_period_ms = excluded.grace_period_ms
+        grace_period_ms = excluded.grace_period_ms,
+        -- a processor reloaded to poll only asks for no more announcements; one that
+        -- listens leaves the column to its listener
+        awaits_tasks = CASE WHEN excluded.awaits_tasks IS FALSE THEN false
+                            ELSE p.awaits_tasks END
     RETURNING id
 ), renewed AS (
     -- Rows a worker of this processor holds locked right now are skipped, not waited for: it

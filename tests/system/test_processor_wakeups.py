@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import select
+import signal
 import time
 import uuid
 
@@ -331,3 +332,53 @@ def test_a_processor_that_only_polls_asks_for_no_announcements(database_url, sta
             "SELECT awaits_tasks FROM task_processor.processors WHERE pid = %s", (processor.pid,)
         )
         assert cursor.fetchone() == (False,)
+
+
+def test_a_reload_applies_a_new_sleep_interval_and_listening_url(
+    database_url, start_processor, results, conn, tmp_path
+):
+    """The fallback poll and the listening connection belong to the supervisor, which outlives
+    a reload: SIGHUP must hand them the new --sleepintervalms and --listen-database-url, as it
+    hands the new settings to the workers it starts."""
+    config = tmp_path / "processor.conf"
+
+    def reload(text: str) -> None:
+        before = set(processor.worker_pids())
+        config.write_text(text)
+        processor.signal(signal.SIGHUP)
+        wait_for(
+            lambda: (
+                (rows := processor.workers())
+                and all(pid not in before and state == "idle" for pid, state, _ in rows.values())
+            ),
+            message="the worker replaced after the reload, idle",
+        )
+
+    def awaits_tasks():
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT awaits_tasks FROM task_processor.processors WHERE pid = %s",
+                (processor.pid,),
+            )
+            return cursor.fetchone()[0]
+
+    def picked_up_within(key: str, seconds: float) -> bool:
+        processor_tasks.record.delay(args=(key,))
+        started = time.monotonic()
+        wait_for(lambda: results(key), timeout=30, message=key)
+        return time.monotonic() - started < seconds
+
+    config.write_text("numthreads = 1\nsleepintervalms = 60000\nlisten-database-url = none\n")
+    processor = start_processor("--config", str(config))
+    processor.wait_ready(1)
+
+    reload("numthreads = 1\nsleepintervalms = 200\nlisten-database-url = none\n")
+    assert picked_up_within("polled every 200 ms", 5)  # not the minute the start asked for
+
+    reload("numthreads = 1\nsleepintervalms = 60000\n")  # listens on the queue's URL again
+    wait_for(lambda: awaits_tasks() is True, message="the processor asking for announcements")
+    assert picked_up_within("announced", 5)
+
+    reload("numthreads = 1\nsleepintervalms = 60000\nlisten-database-url = none\n")
+    wait_for(lambda: awaits_tasks() is False, timeout=20, message="polling only, told nothing")
+    assert "listening on nothing: polling only" in processor.log_text()
