@@ -8,9 +8,11 @@ One producer, one task at a time, autocommit (a ``.delay()`` outside a transacti
 transaction), as the peer benchmark's single-producer enqueue does; no processor runs.
 
 The ceiling (when ``pgbench`` is on the PATH): pgbench, a C client with prepared statements,
-one client, sending the very insert a ``.delay()`` sends, and the least durable insert there
-is (a row of one ``bigserial`` column), each in its own transaction. Rounds alternate the
-three so that the machine's drift hits each alike; the figures are medians.
+one client, sending the very insert a ``.delay()`` sends, then the same insert into copies of
+the tasks table that carry less (no new-task trigger; no check constraints either; the primary
+key as its only index), then the least durable insert there is (a row of one ``bigserial``
+column), each in its own transaction. Rounds alternate them all so that the machine's drift
+hits each alike; the figures are medians.
 """
 
 from __future__ import annotations
@@ -81,47 +83,75 @@ def pgbench_rate(url: str, statement: str, seconds: int) -> float:
     return float(re.search(r"tps = ([0-9.]+)", out).group(1))
 
 
+# What the task row costs the server, one part at a time: copies of the tasks table (same
+# columns and defaults, same sequence) with less and less of what it carries, then a row of
+# one column. Each is a table of the bench database, so that rounds can alternate them all.
+_LADDER = [
+    ("the tasks table", None),
+    ("without the new-task trigger", "INCLUDING ALL"),
+    ("without the check constraints either", "INCLUDING DEFAULTS INCLUDING INDEXES"),
+    ("with its primary key only", "INCLUDING DEFAULTS"),
+]
+
+
+def _ladder_tables(cursor) -> list[str]:
+    tables = ["task_processor.tasks"]
+    for step, (_, like) in enumerate(_LADDER[1:], start=1):
+        table = f"public.tasks_step_{step}"
+        cursor.execute(f"CREATE TABLE {table} (LIKE task_processor.tasks {like})")
+        if like == "INCLUDING DEFAULTS":
+            cursor.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
+        tables.append(table)
+    cursor.execute("CREATE TABLE public.one_column (id bigserial PRIMARY KEY)")
+    return tables
+
+
 def ceiling(bench: Bench, rounds: int, calls: int) -> None:
-    """``.delay()`` beside pgbench sending the same insert and the least durable insert."""
+    """``.delay()`` beside pgbench sending the same insert, the same insert into tables that
+    carry less, and the least durable insert there is."""
     if shutil.which("pgbench") is None:
         print("(no pgbench on the PATH: the server's ceiling is not measured)")
         return
+    kind = bench.tasks.noop.kind
     with bench.db.cursor() as cursor:
-        cursor.execute("CREATE TABLE one_column (id bigserial PRIMARY KEY)")
+        tables = _ladder_tables(cursor)
         # The statement a .delay() of the no-op task sends, its parameters written in.
         task_row = cursor.mogrify(
             enqueue._INSERT_ONE.plain,
             {
-                "identifier": bench.tasks.noop.kind.identifier,
+                "identifier": kind.identifier,
                 "args": "[]",
                 "kwargs": "{}",
-                "priority": bench.tasks.noop.kind.priority,
+                "priority": kind.priority,
                 "scheduled_for": None,
-                "max_attempts": bench.tasks.noop.kind.max_attempts,
-                "timeout_ms": bench.tasks.noop.kind.timeout_ms,
+                "max_attempts": kind.max_attempts,
+                "timeout_ms": kind.timeout_ms,
                 "trace_context": None,
             },
         ).decode()
+    statements = [task_row.replace("task_processor.tasks", table) for table in tables]
+    statements.append("INSERT INTO public.one_column DEFAULT VALUES")
+    labels = [label for label, _ in _LADDER] + ["a row of one bigserial column"]
     seconds = 5
-    rates: dict[str, list[float]] = {"delay": [], "task_row": [], "one_column": []}
+    delays: list[float] = []
+    rates: list[list[float]] = [[] for _ in statements]
     for _ in range(rounds):
-        rates["delay"].append(delay_rate(bench.tasks.noop, calls))
-        rates["task_row"].append(pgbench_rate(bench.url, task_row, seconds))
-        rates["one_column"].append(
-            pgbench_rate(bench.url, "INSERT INTO one_column DEFAULT VALUES", seconds)
-        )
-    delay, task, least = (statistics.median(rates[key]) for key in rates)
+        delays.append(delay_rate(bench.tasks.noop, calls))
+        for index, statement in enumerate(statements):
+            rates[index].append(pgbench_rate(bench.url, statement, seconds))
+    delay = statistics.median(delays)
+    medians = [statistics.median(each) for each in rates]
     print(f"the server's ceiling, one client, each insert its own transaction ({rounds} rounds):")
-    print(f"  .delay()                    {delay:7.0f}/s")
-    print(f"  pgbench, the same insert    {task:7.0f}/s  (.delay(): {delay / task:.0%})")
-    print(f"  pgbench, a one-column row   {least:7.0f}/s  (.delay(): {delay / least:.0%})")
+    print(f"  .delay()                                        {delay:7.0f}/s")
+    for label, rate in zip(labels, medians, strict=True):
+        print(f"  pgbench: {label:39s} {rate:7.0f}/s  (.delay(): {delay / rate:.0%})")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--tasks", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the ceiling's A/B/C")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the ceiling's alternation")
     arguments = parser.parse_args()
     bench = Bench(arguments.admin_url)
     try:
