@@ -453,6 +453,28 @@ MUTANTS = (
         ),
         "a token wakes one waiting worker, not all of them",
     ),
+    Mutant(
+        "reload-keeps-the-old-poll-interval",
+        LISTENER,
+        "        self.sleep_interval = sleep_interval\n"
+        "        self.statement_deadline = statement_deadline\n        if database_url ==",
+        "        self.statement_deadline = statement_deadline\n        if database_url ==",
+        (at(WAKEUPS, "test_a_reload_applies_a_new_sleep_interval_and_listening_url"),),
+        "a reload reaches the supervisor's fallback poll, not only the workers",
+    ),
+    Mutant(
+        "enqueue-needs-a-grant-on-processors",
+        "common/migrations/0014_producers_read_waiting_processors.sql",
+        "    ON task_processor.processors TO PUBLIC;",
+        "    ON task_processor.processors TO pg_monitor;",
+        (
+            at(
+                "tests/system/test_tasks_api.py",
+                "test_a_role_granted_only_enqueueing_enqueues_and_announces_to_a_waiting_processor",
+            ),
+        ),
+        "a role granted only what enqueueing needs can enqueue (the trigger reads processors)",
+    ),
 )
 
 
