@@ -227,11 +227,17 @@ def test_an_insert_is_announced_only_while_a_live_processor_waits_for_tasks(conn
     assert not announced_after_insert(conn, listening)
 
 
-def awaits_tasks(conn) -> bool | None:
+def awaits_tasks(conn, pid: int | None = None) -> bool | None:
+    """What the row of the processor with ``pid`` (None: the test's own row) says."""
     with conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT awaits_tasks FROM task_processor.processors WHERE id = 'test-processor'"
-        )
+        if pid is None:
+            cursor.execute(
+                "SELECT awaits_tasks FROM task_processor.processors WHERE id = 'test-processor'"
+            )
+        else:
+            cursor.execute(
+                "SELECT awaits_tasks FROM task_processor.processors WHERE pid = %s", (pid,)
+            )
         return cursor.fetchone()[0]
 
 
@@ -307,12 +313,7 @@ def test_a_busy_processor_is_not_told_of_new_tasks_and_misses_none_when_it_waits
     processor_tasks.sleep_then_record.delay(args=("busy", 2 * QUIET_AFTER + 1))
 
     def own_flag():
-        with conn.cursor() as cursor:
-            cursor.execute(
-                "SELECT awaits_tasks FROM task_processor.processors WHERE pid = %s",
-                (processor.pid,),
-            )
-            return cursor.fetchone()[0]
+        return awaits_tasks(conn, processor.pid)
 
     wait_for(lambda: own_flag() is False, message="the busy processor asking for no NOTIFY")
     processor_tasks.record.delay(args=("queued while busy",))  # announced to nobody
@@ -327,11 +328,7 @@ def test_a_busy_processor_is_not_told_of_new_tasks_and_misses_none_when_it_waits
 def test_a_processor_that_only_polls_asks_for_no_announcements(database_url, start_processor, conn):
     processor = start_processor("--numthreads", "1", "--listen-database-url", "none")
     processor.wait_ready(1)
-    with conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT awaits_tasks FROM task_processor.processors WHERE pid = %s", (processor.pid,)
-        )
-        assert cursor.fetchone() == (False,)
+    assert awaits_tasks(conn, processor.pid) is False
 
 
 def test_a_reload_applies_a_new_sleep_interval_and_listening_url(
@@ -342,25 +339,21 @@ def test_a_reload_applies_a_new_sleep_interval_and_listening_url(
     hands the new settings to the workers it starts."""
     config = tmp_path / "processor.conf"
 
-    def reload(text: str) -> None:
-        before = set(processor.worker_pids())
-        config.write_text(text)
-        processor.signal(signal.SIGHUP)
+    def idle_worker_other_than(before: set[int]) -> None:
+        # Not wait_ready(): the start-up work it waits for would wait a minute for the poll.
         wait_for(
             lambda: (
                 (rows := processor.workers())
                 and all(pid not in before and state == "idle" for pid, state, _ in rows.values())
             ),
-            message="the worker replaced after the reload, idle",
+            message="a new worker, idle",
         )
 
-    def awaits_tasks():
-        with conn.cursor() as cursor:
-            cursor.execute(
-                "SELECT awaits_tasks FROM task_processor.processors WHERE pid = %s",
-                (processor.pid,),
-            )
-            return cursor.fetchone()[0]
+    def reload(text: str) -> None:
+        before = set(processor.worker_pids())
+        config.write_text(text)
+        processor.signal(signal.SIGHUP)
+        idle_worker_other_than(before)
 
     def picked_up_within(key: str, seconds: float) -> bool:
         processor_tasks.record.delay(args=(key,))
@@ -370,15 +363,22 @@ def test_a_reload_applies_a_new_sleep_interval_and_listening_url(
 
     config.write_text("numthreads = 1\nsleepintervalms = 60000\nlisten-database-url = none\n")
     processor = start_processor("--config", str(config))
-    processor.wait_ready(1)
+    idle_worker_other_than(set())
 
     reload("numthreads = 1\nsleepintervalms = 200\nlisten-database-url = none\n")
     assert picked_up_within("polled every 200 ms", 5)  # not the minute the start asked for
 
     reload("numthreads = 1\nsleepintervalms = 60000\n")  # listens on the queue's URL again
-    wait_for(lambda: awaits_tasks() is True, message="the processor asking for announcements")
+    wait_for(
+        lambda: awaits_tasks(conn, processor.pid) is True,
+        message="the processor asking for announcements",
+    )
     assert picked_up_within("announced", 5)
 
     reload("numthreads = 1\nsleepintervalms = 60000\nlisten-database-url = none\n")
-    wait_for(lambda: awaits_tasks() is False, timeout=20, message="polling only, told nothing")
+    wait_for(
+        lambda: awaits_tasks(conn, processor.pid) is False,
+        timeout=20,
+        message="polling only, told nothing",
+    )
     assert "listening on nothing: polling only" in processor.log_text()
