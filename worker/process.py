@@ -349,6 +349,13 @@ class Worker:
     def _statements(self) -> queries.Statements:
         return queries.prepared(self.settings.queue_pop_size)
 
+    @staticmethod
+    def build_before_fork(settings: ProcessorSettings) -> None:
+        """Build in the supervisor what every worker would otherwise build after fork, its
+        prepared statements (cached): built there once, their pages stay shared; built in each
+        worker, each would own a copy of every page the building touched."""
+        queries.prepared(settings.queue_pop_size)
+
     def _sql(self, statement: Prepared) -> str:
         """The statement as prepared on this connection, or its text behind a pooler that
         does not keep prepared statements."""
