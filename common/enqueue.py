@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -84,19 +85,25 @@ class EnqueueNotPermitted(PermissionError):
     """The database role may not insert tasks; the message names the grants it lacks."""
 
     def __init__(self, kind: TaskKind, role: str, error: psycopg2.Error) -> None:
+        grantee = role if re.fullmatch(r"[a-z_][a-z0-9_]*", role) else _quoted_identifier(role)
         grants = [
-            f"GRANT USAGE ON SCHEMA task_processor TO {role}",
-            f"GRANT INSERT, SELECT (id) ON task_processor.tasks TO {role}",
-            f"GRANT USAGE ON SEQUENCE task_processor.tasks_id_seq TO {role}",
+            f"GRANT USAGE ON SCHEMA task_processor TO {grantee}",
+            f"GRANT INSERT, SELECT (id) ON task_processor.tasks TO {grantee}",
+            f"GRANT USAGE ON SEQUENCE task_processor.tasks_id_seq TO {grantee}",
         ]
         if kind.queue_size is not None:  # it counts the identifier's waiting tasks
-            grants.append(f"GRANT SELECT (identifier, state) ON task_processor.tasks TO {role}")
+            grants.append(f"GRANT SELECT (identifier, state) ON task_processor.tasks TO {grantee}")
         reason = (error.diag.message_primary or str(error)).strip()
         super().__init__(
             f"{kind.identifier}: the database role {role!r} may not enqueue ({reason}). To "
             f"fix, as the owner of the task_processor schema: {'; '.join(grants)} "
             f"(docs/operations.md, 'Database roles')"
         )
+
+
+def _quoted_identifier(name: str) -> str:
+    """A role name as SQL must write it when it is not all lower case letters and digits."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)

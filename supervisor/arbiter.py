@@ -739,7 +739,8 @@ def _freeze_heap() -> None:
     object it scans; in a worker, that would copy each page of the inherited heap (the
     imported code, the task modules) that copy-on-write still shares with the supervisor.
     Then hand the C heap's free pages back to the kernel: the supervisor's RSS shrinks, and a
-    worker's own allocations there start from fresh pages (bench/memory.py: -0.7 MiB)."""
+    worker's own allocations there start from fresh pages (bench/memory.py: -0.9 MiB for the
+    supervisor and five workers)."""
     gc.freeze()
     gc.enable()
     if libc.malloc_trim is not None:

@@ -129,7 +129,7 @@ class Fence:
 
     def start(self) -> None:
         self._follow()
-        # A bare thread: threading.Thread's bookkeeping would copy about 0.2 MiB of the
+        # A bare thread: threading.Thread's bookkeeping would copy about 0.1 MiB of the
         # supervisor's heap into each worker (bench/memory.py), for nothing used here.
         _thread.start_new_thread(self._keep_following, ())
 

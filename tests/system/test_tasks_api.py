@@ -242,15 +242,17 @@ QUEUE_SIZE_GRANT = "GRANT SELECT (identifier, state) ON task_processor.tasks TO 
 
 
 @pytest.fixture
-def enqueue_role(database_url: str, conn) -> Iterator[tuple[str, str]]:
-    """A login role granted only what enqueueing needs; yields its name and its URL."""
-    role = f"tp_enqueue_only_{uuid.uuid4().hex[:8]}"
+def enqueue_role(database_url: str, conn) -> Iterator[tuple[str, str, str]]:
+    """A login role granted only what enqueueing needs, named in capitals (so SQL quotes it);
+    yields its name, its name as SQL writes it, and its URL."""
+    name = f"TP_enqueue_only_{uuid.uuid4().hex[:8]}"
+    role = f'"{name}"'
     with conn.cursor() as cursor:
         cursor.execute(f"CREATE ROLE {role} LOGIN")
         for grant in ENQUEUE_GRANTS:
             cursor.execute(grant.format(role=role))
     try:
-        yield role, database_url.replace("postgres@", f"{role}@")
+        yield name, role, database_url.replace("postgres@", f"{name}@")
     finally:
         enqueue.close_own_connection()
         with conn.cursor() as cursor:
@@ -264,7 +266,7 @@ def test_a_role_granted_only_enqueueing_enqueues_and_announces_to_a_waiting_proc
     """The new-task trigger reads which processors wait (task_processor.processors) as the
     inserting role: every role may read those columns, so no grant on that table is needed."""
     run_method("TASK_PROCESSOR")
-    role, url = enqueue_role
+    name, role, url = enqueue_role
     monkeypatch.setenv("DATABASE_URL", url)
     enqueue.close_own_connection()
     handler = define()
@@ -291,13 +293,13 @@ def test_a_role_granted_only_enqueueing_enqueues_and_announces_to_a_waiting_proc
         conn,
         "SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE %s",
         ("%enqueue%",),
-    ) == [(role,)]
+    ) == [(name,)]
 
     # queue_size counts the waiting tasks of the identifier: one more grant.
     limited = define(queue_size=1)
     with pytest.raises(EnqueueNotPermitted) as refused:
         limited.delay()
-    assert f"the database role '{role}' may not enqueue" in str(refused.value)
+    assert f"the database role '{name}' may not enqueue" in str(refused.value)
     assert QUEUE_SIZE_GRANT.format(role=role) in str(refused.value)
     with conn.cursor() as cursor:
         cursor.execute(QUEUE_SIZE_GRANT.format(role=role))
@@ -309,7 +311,7 @@ def test_a_role_that_may_not_insert_tasks_is_told_the_grants_it_needs(
     define, run_method, conn, enqueue_role, monkeypatch
 ):
     run_method("TASK_PROCESSOR")
-    role, url = enqueue_role
+    name, role, url = enqueue_role
     with conn.cursor() as cursor:
         cursor.execute(f"REVOKE INSERT ON task_processor.tasks FROM {role}")
     monkeypatch.setenv("DATABASE_URL", url)
@@ -320,6 +322,7 @@ def test_a_role_that_may_not_insert_tasks_is_told_the_grants_it_needs(
         with pytest.raises(EnqueueNotPermitted) as refused:
             handler.delay(connection=connection)
         message = str(refused.value)
+        assert f"the database role '{name}' may not enqueue" in message
         assert "permission denied for table tasks" in message
         for grant in ENQUEUE_GRANTS:
             assert grant.format(role=role) in message
