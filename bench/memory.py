@@ -18,6 +18,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -104,6 +105,49 @@ os.waitpid(pid, 0)
 """
 
 
+def copied_pages(supervisor: int, workers: list[int], worker: int) -> set[int]:
+    """Addresses of the pages ``worker`` copied from ``supervisor`` (written after fork): its
+    frame differs from the supervisor's and no other worker has it (a page the supervisor
+    copied has a new frame there while the workers still share the original)."""
+    parent = frames(supervisor)
+    owners = collections.Counter(frame for pid in workers for frame in frames(pid).values())
+    return {
+        address
+        for address, frame in frames(worker).items()
+        if address in parent and parent[address] != frame and owners[frame] == 1
+    }
+
+
+def kinds_on_pages(census: str, pages: set[int]) -> tuple[collections.Counter[str], int]:
+    """For each kind of object in the census, how many of ``pages`` hold at least one; and
+    how many of the pages hold any object the census knows."""
+    kinds_by_page: dict[int, set[str]] = collections.defaultdict(set)
+    with open(census) as lines:
+        for line in lines:
+            address, size, label = line.rstrip("\n").split(" ", 2)
+            start = int(address)
+            for page in range(start // _PAGE * _PAGE, start + max(1, int(size)), _PAGE):
+                if page in pages:
+                    kinds_by_page[page].add(label)
+    counts: collections.Counter[str] = collections.Counter()
+    for kinds in kinds_by_page.values():
+        counts.update(kinds)
+    return counts, len(kinds_by_page)
+
+
+def print_objects(census: str, supervisor: int, workers: list[int], most: int) -> None:
+    """Which objects lie on the pages one worker copied."""
+    worker = workers[-1]
+    pages = copied_pages(supervisor, workers, worker)
+    counts, known = kinds_on_pages(census, pages)
+    print(
+        f"worker {worker}: {len(pages)} pages copied, {known} of them hold objects the "
+        f"supervisor had before its last fork; pages holding each kind (a page may hold several):"
+    )
+    for label, count in counts.most_common(most):
+        print(f"  {count:5} {label}")
+
+
 def bare_fork_private() -> int:
     """Private bytes of a bare interpreter's child at its first line after ``fork()``."""
     run = subprocess.run([sys.executable, "-c", _BARE_FORK], capture_output=True, text=True)
@@ -114,10 +158,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds idle before measuring")
+    parser.add_argument(
+        "--objects",
+        type=int,
+        default=0,
+        metavar="N",
+        help="name the N kinds of object found most on a worker's copied pages (root only; "
+        "the census taken before each fork moves the other figures a little)",
+    )
     arguments = parser.parse_args()
     bench = Bench(arguments.admin_url)
+    census = os.path.join(tempfile.mkdtemp(prefix="tp-census-"), "census")
     try:
-        bench.start_processor()
+        if arguments.objects:
+            os.environ["TP_FORK_CENSUS"] = census
+        bench.start_processor(preload="fork_census" if arguments.objects else None)
         time.sleep(arguments.idle)
         supervisor = psutil.Process(bench.processor.pid)
         workers = [child.pid for child in supervisor.children()]
@@ -143,6 +198,8 @@ def main() -> int:
                 f"from the supervisor, {new / _MIB / len(workers):.2f} MiB each new"
             )
         print(f"a bare interpreter's child right after fork: {bare_fork_private() / _MIB:.2f} MiB")
+        if arguments.objects:
+            print_objects(census, supervisor.pid, workers, arguments.objects)
     finally:
         bench.close()
     return 0

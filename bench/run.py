@@ -44,12 +44,22 @@ def scalar(connection, sql: str, params=()):
         return cursor.fetchone()[0]
 
 
-def processor_command(*options: str, numthreads: int = 5) -> list[str]:
-    """``run-task-processor`` running the bench tasks, from the checkout on ``PYTHONPATH``."""
+def processor_command(*options: str, numthreads: int = 5, preload: str | None = None) -> list[str]:
+    """``run-task-processor`` running the bench tasks, from the checkout on ``PYTHONPATH``;
+    ``preload``: a module imported before the processor's own (``fork_census``)."""
+    if preload is None:
+        start = ["-m", "supervisor.cli"]
+    else:
+        start = [
+            "-c",
+            (
+                f"import {preload}, runpy; runpy.run_module('supervisor.cli', "
+                "run_name='__main__', alter_sys=True)"
+            ),
+        ]
     return [
         sys.executable,
-        "-m",
-        "supervisor.cli",
+        *start,
         "--tasks",
         "bench_tasks",
         "--numthreads",
@@ -82,10 +92,10 @@ class Bench:
 
         self.tasks = bench_tasks
 
-    def start_processor(self, wait: bool = True) -> None:
+    def start_processor(self, wait: bool = True, preload: str | None = None) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO)])}
         self.processor = subprocess.Popen(
-            processor_command(),
+            processor_command(preload=preload),
             cwd=REPO,
             env=env,
             stderr=subprocess.DEVNULL,
