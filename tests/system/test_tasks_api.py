@@ -291,7 +291,8 @@ def test_a_role_granted_only_enqueueing_enqueues_and_announces_to_a_waiting_proc
     assert [args for _, args in rows[1:]] == [["in the caller's transaction", n] for n in range(3)]
     assert fetch_all(
         conn,
-        "SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE %s",
+        "SELECT DISTINCT usename FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name LIKE %s",
         ("%enqueue%",),
     ) == [(name,)]
 
