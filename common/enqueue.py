@@ -173,18 +173,15 @@ def enqueue(
 ) -> list[int | None]:
     """Insert ``tasks`` on ``connection`` (inside the caller's transaction), or on this
     thread's own queue connection in a transaction of its own."""
-    own = _own_connection() if connection is None else None
     try:
-        if own is not None:
-            return own.run(lambda opened: _insert_own(opened, kind, tasks))
-        assert connection is not None
+        if connection is None:
+            return _own_connection().run(lambda own: _insert_own(own, kind, tasks))
         if connection.autocommit:
             return _insert_atomically(connection, kind, tasks)
         with connection.cursor() as cursor:
             return insert(cursor, kind, tasks)
     except psycopg2.errors.InsufficientPrivilege as error:
-        used = connection if own is None else own.connection
-        role = used.info.user if used is not None else "<role>"
+        role = _own_connection().role if connection is None else connection.info.user
         raise EnqueueNotPermitted(kind, role, error) from None
     except psycopg2.errors.UndefinedTable:
         raise SchemaOutdated(
@@ -257,11 +254,15 @@ class _OwnConnection:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.connection: db.Connection | None = None
+        self.role = ""  # the database role of the last connection, kept if it is closed
         self.prepared = True  # False once a pooler has dropped a prepared statement
 
     def connect(self) -> db.Connection:
         if self.connection is None or self.connection.closed:
             connection = db.connect(db.queue_database_url(), "enqueue")
+            # Preparing needs USAGE on the schema: a role without it is refused here, and the
+            # refusal names this role although the connection is closed by then.
+            self.role = connection.info.user
             try:
                 if self.prepared:
                     with connection.cursor() as cursor:

@@ -308,13 +308,23 @@ def test_a_role_granted_only_enqueueing_enqueues_and_announces_to_a_waiting_proc
     assert limited.delay() is None  # refused: one waits already
 
 
+@pytest.mark.parametrize(
+    ("revoked", "refusal"),
+    [
+        ("INSERT ON task_processor.tasks", "permission denied for table tasks"),
+        ("USAGE ON SCHEMA task_processor", "permission denied for schema task_processor"),
+        ("USAGE ON SEQUENCE task_processor.tasks_id_seq", "permission denied for sequence"),
+    ],
+)
 def test_a_role_that_may_not_insert_tasks_is_told_the_grants_it_needs(
-    define, run_method, conn, enqueue_role, monkeypatch
+    define, run_method, conn, enqueue_role, monkeypatch, revoked, refusal
 ):
+    """Refused on the queue's own connection (by the PREPARE made when it opens, for the
+    schema) or in the caller's transaction: either way the message names the role."""
     run_method("TASK_PROCESSOR")
     name, role, url = enqueue_role
     with conn.cursor() as cursor:
-        cursor.execute(f"REVOKE INSERT ON task_processor.tasks FROM {role}")
+        cursor.execute(f"REVOKE {revoked} FROM {role}")
     monkeypatch.setenv("DATABASE_URL", url)
     enqueue.close_own_connection()
     handler = define()
@@ -324,7 +334,7 @@ def test_a_role_that_may_not_insert_tasks_is_told_the_grants_it_needs(
             handler.delay(connection=connection)
         message = str(refused.value)
         assert f"the database role '{name}' may not enqueue" in message
-        assert "permission denied for table tasks" in message
+        assert refusal in message
         for grant in ENQUEUE_GRANTS:
             assert grant.format(role=role) in message
         if connection is not None:
