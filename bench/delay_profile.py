@@ -1,11 +1,17 @@
 """Where the time of a single ``.delay()`` goes: the caller's CPU, its backend's CPU, and the
 rest (the commit's WAL flush, the round trip, scheduling), then the caller's largest costs by
-cProfile, and how close it comes to the server's own ceiling. Prints numbers; asserts nothing.
+cProfile, what the client's path costs, and how close it comes to the server's own ceiling.
+Prints numbers; asserts nothing.
 
     python3 bench/delay_profile.py [--admin-url postgresql://...] [--tasks 5000] [--rounds 3]
 
 One producer, one task at a time, autocommit (a ``.delay()`` outside a transaction is its own
 transaction), as the peer benchmark's single-producer enqueue does; no processor runs.
+
+The client's path: the same prepared insert sent three ways in turn on the queue's own
+connection, by ``.delay()`` (libpq's ``PQexecPrepared``, common/libpq.py), by libpq's call
+alone (what the task API around it costs) and by psycopg2's ``EXECUTE`` text (what libpq's call
+saves); medians of the rounds, with the caller's CPU per insert.
 
 The ceiling (when ``pgbench`` is on the PATH): pgbench, a C client with prepared statements,
 one client, sending the very insert a ``.delay()`` sends, then the same insert into copies of
@@ -32,7 +38,7 @@ import time
 import psutil
 from run import Bench, connect, scalar
 
-from common import enqueue
+from common import enqueue, libpq
 
 
 def backend_cpu(bench: Bench) -> float:
@@ -55,6 +61,57 @@ def delay_rate(task, calls: int) -> float:
     for _ in range(calls):
         task.delay()
     return calls / (time.perf_counter() - started)
+
+
+def client_paths(bench: Bench, rounds: int, calls: int) -> None:
+    """``.delay()`` beside the same prepared insert by libpq's call alone and by psycopg2."""
+    noop = bench.tasks.noop
+    kind = noop.kind
+    values = {
+        "identifier": kind.identifier,
+        "args": "[]",
+        "kwargs": "{}",
+        "priority": kind.priority,
+        "scheduled_for": None,
+        "max_attempts": kind.max_attempts,
+        "timeout_ms": kind.timeout_ms,
+        "trace_context": None,
+    }
+    statement = enqueue._INSERT_ONE
+    ordered = [values[name] for name in statement.parameters]
+
+    def by_libpq(connection) -> None:
+        libpq.first_value(connection, statement.name, ordered)
+
+    def by_psycopg2(connection) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(statement.execute, values)
+            cursor.fetchone()
+
+    connection = enqueue.on_own_connection(lambda own: own)
+    paths = {
+        ".delay()": noop.delay,
+        "libpq's call alone": lambda: by_libpq(connection),
+        "psycopg2's EXECUTE": lambda: by_psycopg2(connection),
+    }
+    figures: dict[str, list[tuple[float, float, float]]] = {label: [] for label in paths}
+    for _ in range(rounds):
+        for label, send in paths.items():
+            backend, cpu, started = backend_cpu(bench), time.process_time(), time.perf_counter()
+            for _ in range(calls):
+                send()
+            wall = time.perf_counter() - started
+            caller = (time.process_time() - cpu) * 1e6 / calls
+            figures[label].append(
+                (calls / wall, caller, (backend_cpu(bench) - backend) * 1e6 / calls)
+            )
+    print(f"the client's path, the same prepared insert ({rounds} rounds):")
+    for label, runs in figures.items():
+        rate, caller, backend = (statistics.median(run[i] for run in runs) for i in range(3))
+        print(
+            f"  {label:20s} {rate:6.0f}/s, CPU per insert: caller {caller:3.0f} us, "
+            f"backend {backend:3.0f} us"
+        )
 
 
 def pgbench_rate(url: str, statement: str, seconds: int) -> float:
@@ -177,6 +234,7 @@ def main() -> int:
         pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(12)
         print("the caller's largest costs (cProfile, its own time):")
         print("\n".join(out.getvalue().splitlines()[6:]))
+        client_paths(bench, arguments.rounds, arguments.tasks)
         ceiling(bench, arguments.rounds, arguments.tasks)
         tasks = scalar(bench.db, "SELECT count(*) FROM task_processor.tasks")
         print(f"({tasks} tasks enqueued in all)")

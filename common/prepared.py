@@ -62,6 +62,7 @@ class Prepared:
         self.name = f"task_processor_{name}_{digest:08x}"
         self.prepare = f"PREPARE {self.name} ({signature}) AS {body}"
         self.execute = f"EXECUTE {self.name} ({', '.join(f'%({key})s' for key in order)})"
+        self.parameters = tuple(order)  # the names, in the order of $1, $2, ...
 
     def prepare_on(self, cursor: Any) -> None:
         """Prepare on the cursor's connection (once per connection). A statement of the same

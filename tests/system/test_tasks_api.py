@@ -21,7 +21,7 @@ from databases import fetch_all
 from defined_tasks import Recorder
 from harness import processor_settings
 
-from common import enqueue, lifecycle, queue, registry, settings
+from common import enqueue, libpq, lifecycle, queue, registry, settings
 from common.config import ConfigError
 from common.enqueue import EnqueueNotPermitted, QueueSizeError
 from common.migrations import SchemaOutdated
@@ -725,3 +725,28 @@ def test_args_none_means_no_arguments(define, run_method, conn):
     assert fetch_all(conn, "SELECT args FROM task_processor.tasks WHERE id = %s", (task_id,)) == [
         ([],)
     ]
+
+
+@pytest.mark.parametrize("connection_speaks", ["UTF8", "LATIN1"])
+def test_delay_stores_the_same_row_by_libpq_and_by_psycopg2(
+    define, run_method, conn, monkeypatch, connection_speaks
+):
+    # A connection that does not speak UTF-8 leaves the insert to psycopg2, which converts.
+    run_method("TASK_PROCESSOR")
+    monkeypatch.setenv("PGCLIENTENCODING", connection_speaks)
+    enqueue.close_own_connection()
+    handler = define(priority=TaskPriority.LOW, max_attempts=2)
+    due = datetime(2100, 1, 2, 3, 4, 5, 678901, tzinfo=timezone(timedelta(hours=-3, minutes=-30)))
+    try:
+        task_id = handler.delay(args=("café", 1.5), kwargs={"ü": None}, delay_until=due)
+        by_libpq = enqueue.on_own_connection(libpq.usable)
+    finally:
+        enqueue.close_own_connection()
+
+    assert by_libpq is (connection_speaks == "UTF8")
+    assert fetch_all(
+        conn,
+        "SELECT identifier, args, kwargs, args_exact::text, priority, max_attempts, "
+        "scheduled_for FROM task_processor.tasks WHERE id = %s",
+        (task_id,),
+    ) == [(handler.identifier, ["café", 1.5], {"ü": None}, '["caf\\u00e9",1.5]', 50, 2, due)]
