@@ -136,8 +136,8 @@ def serialize_arguments(
             raise ArgumentError(f"{task}: kwargs key {key!r} must be a string")
         _check(key, f"{task}: kwargs key {key!r}")
         _check(value, f"{task}: kwargs[{key!r}]")
-    args_json = _encode(list(args))
-    kwargs_json = _encode(kwargs or {})
+    args_json = _encode(list(args)) if args else "[]"  # none: no encoder to start
+    kwargs_json = _encode(kwargs) if kwargs else "{}"
     size = len(args_json.encode()) + len(kwargs_json.encode())
     limit = max_argument_bytes()
     if size > limit:

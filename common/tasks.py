@@ -69,6 +69,12 @@ def run_method() -> TaskRunMethod:
     if processor_settings() is not None:
         return TaskRunMethod.TASK_PROCESSOR
     raw = os.environ.get("TASK_RUN_METHOD", TaskRunMethod.SEPARATE_THREAD.value)
+    return _run_method_named(raw)
+
+
+@functools.lru_cache(maxsize=8)
+def _run_method_named(raw: str) -> TaskRunMethod:
+    """The run method a ``TASK_RUN_METHOD`` value names (read at every ``.delay()``)."""
     try:
         return TaskRunMethod(raw.strip().upper())
     except ValueError:
@@ -164,11 +170,19 @@ class TaskHandler:
             )
         self.function = function
         self.identifier = identifier
-        self.priority = int(priority)
-        self.timeout = timeout
-        self.max_attempts = max_attempts
-        self.queue_size = queue_size
         self.transaction_on_commit = transaction_on_commit
+        self._timeout = timeout
+        # What every one of its tasks shares, fixed at registration (the settings below read
+        # it): built once, not at each .delay().
+        self.kind = enqueue.TaskKind(
+            identifier=identifier,
+            priority=int(priority),
+            max_attempts=max_attempts,
+            timeout_ms=(
+                NO_TIME_LIMIT_MS if timeout is None else max(1, int(timeout.total_seconds() * 1000))
+            ),
+            queue_size=queue_size,
+        )
         functools.update_wrapper(self, function)
 
     @property
@@ -182,19 +196,20 @@ class TaskHandler:
         return self.function
 
     @property
-    def kind(self) -> enqueue.TaskKind:
-        timeout_ms = (
-            NO_TIME_LIMIT_MS
-            if self.timeout is None
-            else max(1, int(self.timeout.total_seconds() * 1000))
-        )
-        return enqueue.TaskKind(
-            identifier=self.identifier,
-            priority=self.priority,
-            max_attempts=self.max_attempts,
-            timeout_ms=timeout_ms,
-            queue_size=self.queue_size,
-        )
+    def priority(self) -> int:
+        return self.kind.priority
+
+    @property
+    def timeout(self) -> timedelta | None:
+        return self._timeout
+
+    @property
+    def max_attempts(self) -> int:
+        return self.kind.max_attempts
+
+    @property
+    def queue_size(self) -> int | None:
+        return self.kind.queue_size
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the task here and now, after the argument check of ``.delay()``: arguments that
@@ -221,9 +236,7 @@ class TaskHandler:
         a :class:`TaskQueueFullError`.
         """
         _check_connection(self.identifier, connection)
-        new_task = self._new_task(
-            {"args": args, "kwargs": kwargs, "delay_until": delay_until}, self.identifier
-        )
+        new_task = _new_task(self.identifier, args, kwargs, delay_until)
         task_id = self._enqueue([new_task], connection)[0]
         if task_id is None and raise_if_full and run_method() is TaskRunMethod.TASK_PROCESSOR:
             raise TaskQueueFullError(self.identifier, self.queue_size or 0)
@@ -250,7 +263,15 @@ class TaskHandler:
                     f"{label}: a call must be a dict with args, kwargs and "
                     f"delay_until, got {type(call).__name__}"
                 )
-            new_tasks.append(self._new_task(call, label))
+            unknown = set(call) - _CALL_KEYS
+            if unknown:
+                raise TypeError(
+                    f"{label}: unknown keys in a call: {sorted(unknown)}; "
+                    f"use args, kwargs and delay_until"
+                )
+            new_tasks.append(
+                _new_task(label, call.get("args"), call.get("kwargs"), call.get("delay_until"))
+            )
         return self._enqueue(new_tasks, connection)
 
     def _enqueue(
@@ -272,31 +293,6 @@ class TaskHandler:
                 len(ids),
             )
         return ids
-
-    def _new_task(self, call: Mapping[str, Any], label: str) -> enqueue.NewTask:
-        """One call as a row to insert; ``label`` names the call in errors."""
-        unknown = set(call) - {"args", "kwargs", "delay_until"}
-        if unknown:
-            raise TypeError(
-                f"{label}: unknown keys in a call: {sorted(unknown)}; "
-                f"use args, kwargs and delay_until"
-            )
-        args_json, kwargs_json = serialize_arguments(
-            label, _none_as(call.get("args"), ()), call.get("kwargs")
-        )
-        delay_until = call.get("delay_until")
-        if delay_until is not None:
-            if not isinstance(delay_until, datetime):
-                raise TypeError(
-                    f"{label}: delay_until must be a datetime, got {type(delay_until).__name__}"
-                )
-            if delay_until.utcoffset() is None:  # naive, or a tzinfo that gives no offset
-                raise ValueError(
-                    f"{label}: delay_until must be timezone-aware, with a tzinfo "
-                    f"that gives its UTC offset (e.g. datetime.now(timezone.utc) "
-                    f"+ timedelta(hours=1))"
-                )
-        return enqueue.NewTask(args_json, kwargs_json, delay_until)
 
     def _run_here(self, method: TaskRunMethod, task: enqueue.NewTask) -> None:
         """Run without the processor, on the JSON round-tripped arguments, so a task sees the
@@ -336,6 +332,28 @@ class TaskHandler:
         )
         self._start_thread(thread)
         return thread
+
+
+_CALL_KEYS = frozenset({"args", "kwargs", "delay_until"})  # what a call of delay_many holds
+
+
+def _new_task(
+    label: str, args: Sequence[Any] | None, kwargs: Any, delay_until: Any
+) -> enqueue.NewTask:
+    """One call as a row to insert; ``label`` names the call in errors."""
+    args_json, kwargs_json = serialize_arguments(label, _none_as(args, ()), kwargs)
+    if delay_until is not None:
+        if not isinstance(delay_until, datetime):
+            raise TypeError(
+                f"{label}: delay_until must be a datetime, got {type(delay_until).__name__}"
+            )
+        if delay_until.utcoffset() is None:  # naive, or a tzinfo that gives no offset
+            raise ValueError(
+                f"{label}: delay_until must be timezone-aware, with a tzinfo "
+                f"that gives its UTC offset (e.g. datetime.now(timezone.utc) "
+                f"+ timedelta(hours=1))"
+            )
+    return enqueue.NewTask(args_json, kwargs_json, delay_until)
 
 
 def _check_connection(identifier: str, connection: Any) -> None:
