@@ -16,6 +16,7 @@ unlike it, it counts a suspend of the machine, during which the leases expire to
 
 from __future__ import annotations
 
+import _signal
 import _thread
 import ctypes
 import logging
@@ -135,7 +136,8 @@ class Fence:
 
     def _keep_following(self) -> None:
         # Signals are the main thread's business (the task runs there): none lands here.
-        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        # _signal, not signal: its wrappers would make an enum member of every signal number.
+        _signal.pthread_sigmask(signal.SIG_BLOCK, _signal.valid_signals())
         while True:
             time.sleep(self.interval)
             self._follow()

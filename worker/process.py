@@ -7,6 +7,7 @@ supervisor reads it and kills the worker if it goes silent or overruns a task's 
 
 from __future__ import annotations
 
+import _signal
 import faulthandler
 import logging
 import math
@@ -148,7 +149,12 @@ class Worker:
 
     def _reset_signals(self) -> None:
         """Drop the supervisor's handlers: TERM asks this worker to stop after its task; the
-        rest is the supervisor's business. USR1 dumps every thread's stack to the log."""
+        rest is the supervisor's business. USR1 dumps every thread's stack to the log.
+
+        Handlers and mask are set through ``_signal``, the C module under ``signal``: the
+        wrappers of ``signal`` turn every number and handler they return into an enum member,
+        and the supervisor's handler, a bound method, fails that only after its ``repr()`` has
+        walked the whole supervisor, copying its pages into each worker (bench/memory.py)."""
         signal.set_wakeup_fd(-1)
         for signum in (
             signal.SIGINT,
@@ -159,10 +165,10 @@ class Worker:
         ):
             # Caught and dropped rather than SIG_IGN: an ignored signal would stay ignored in
             # every program a task starts, while a handler resets to the default on exec.
-            signal.signal(signum, _drop_signal)
+            _signal.signal(signum, _drop_signal)
             signal.siginterrupt(signum, False)  # task code's system calls are not interrupted
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, self._on_term)
+        _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
+        _signal.signal(signal.SIGTERM, self._on_term)
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
         read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wakeup_read = read
@@ -170,7 +176,7 @@ class Worker:
         signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         # The supervisor blocked signals around fork so that none sent in between reached its
         # handlers in this process; with ours in place, they are delivered now.
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.signal_mask)
+        _signal.pthread_sigmask(signal.SIG_SETMASK, self.signal_mask)
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.stopping = True
