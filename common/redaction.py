@@ -40,6 +40,7 @@ _PASSWORD_PARAMETER = re.compile(
 )
 
 _remembered: set[str] = set()
+_remembered_urls: set[str] = set()
 _from_environment: tuple[tuple[str | None, ...], frozenset[str]] = ((), frozenset())
 
 
@@ -83,7 +84,12 @@ def remember(*secrets: str) -> None:
 
 
 def remember_database(url: str) -> None:
-    remember(*database_secrets(url))
+    """Remember the secrets of a database URL, once per URL: a worker connects with the URL
+    its supervisor remembered before the fork, and parsing it again would copy the pages of
+    every object the parsers touch (bench/memory.py)."""
+    if url not in _remembered_urls:
+        remember(*database_secrets(url))
+        _remembered_urls.add(url)
 
 
 def remember_sentry_dsn(dsn: str) -> None:
