@@ -305,9 +305,16 @@ class Supervisor:
         if self.database.lease_at_risk():
             return
         now = time.monotonic()
-        for slot in range(self.num_workers):
-            if slot not in self.workers and now >= self.history[slot].respawn_at:
-                self._spawn(slot)
+        due = [
+            slot
+            for slot in range(self.num_workers)
+            if slot not in self.workers and now >= self.history[slot].respawn_at
+        ]
+        if due:
+            Worker.build_before_fork(self.settings)
+            _freeze_heap()
+        for slot in due:
+            self._spawn(slot)
 
     def _spawn(self, slot: int) -> None:
         history = self.history[slot]
@@ -317,8 +324,6 @@ class Supervisor:
         # Signals are blocked across fork: one sent to the new worker before it installs its
         # own handlers waits for them instead of reaching copies of the supervisor's.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        Worker.build_before_fork(settings)
-        _freeze_heap()
         try:
             pid = os.fork()
         except OSError as error:
