@@ -750,3 +750,25 @@ def test_delay_stores_the_same_row_by_libpq_and_by_psycopg2(
         "scheduled_for FROM task_processor.tasks WHERE id = %s",
         (task_id,),
     ) == [(handler.identifier, ["café", 1.5], {"ü": None}, '["caf\\u00e9",1.5]', 50, 2, due)]
+
+
+def test_a_tasks_settings_are_fixed_at_registration(define, run_method, conn):
+    # Every .delay() shares the settings built at registration: changing one later would
+    # silently apply to some of its tasks and not to others, so it is refused.
+    run_method("TASK_PROCESSOR")
+    handler = define(priority=TaskPriority.LOW, timeout=timedelta(seconds=3), queue_size=9)
+    for setting, value in [
+        ("priority", 0),
+        ("timeout", None),
+        ("max_attempts", 9),
+        ("queue_size", 1),
+    ]:
+        with pytest.raises(AttributeError):
+            setattr(handler, setting, value)
+
+    task_id = handler.delay()
+
+    assert (handler.priority, handler.timeout, handler.queue_size) == (50, timedelta(seconds=3), 9)
+    assert fetch_all(
+        conn, "SELECT priority, timeout_ms FROM task_processor.tasks WHERE id = %s", (task_id,)
+    ) == [(50, 3000)]
