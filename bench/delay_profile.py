@@ -63,11 +63,9 @@ def delay_rate(task, calls: int) -> float:
     return calls / (time.perf_counter() - started)
 
 
-def client_paths(bench: Bench, rounds: int, calls: int) -> None:
-    """``.delay()`` beside the same prepared insert by libpq's call alone and by psycopg2."""
-    noop = bench.tasks.noop
-    kind = noop.kind
-    values = {
+def noop_row(kind: enqueue.TaskKind) -> dict[str, object]:
+    """The parameters of the one-task insert that a ``.delay()`` of the no-op task sends."""
+    return {
         "identifier": kind.identifier,
         "args": "[]",
         "kwargs": "{}",
@@ -77,6 +75,12 @@ def client_paths(bench: Bench, rounds: int, calls: int) -> None:
         "timeout_ms": kind.timeout_ms,
         "trace_context": None,
     }
+
+
+def client_paths(bench: Bench, rounds: int, calls: int) -> None:
+    """``.delay()`` beside the same prepared insert by libpq's call alone and by psycopg2."""
+    noop = bench.tasks.noop
+    values = noop_row(noop.kind)
     statement = enqueue._INSERT_ONE
     ordered = [values[name] for name in statement.parameters]
 
@@ -173,19 +177,7 @@ def ceiling(bench: Bench, rounds: int, calls: int) -> None:
     with bench.db.cursor() as cursor:
         tables = _ladder_tables(cursor)
         # The statement a .delay() of the no-op task sends, its parameters written in.
-        task_row = cursor.mogrify(
-            enqueue._INSERT_ONE.plain,
-            {
-                "identifier": kind.identifier,
-                "args": "[]",
-                "kwargs": "{}",
-                "priority": kind.priority,
-                "scheduled_for": None,
-                "max_attempts": kind.max_attempts,
-                "timeout_ms": kind.timeout_ms,
-                "trace_context": None,
-            },
-        ).decode()
+        task_row = cursor.mogrify(enqueue._INSERT_ONE.plain, noop_row(kind)).decode()
     statements = [task_row.replace("task_processor.tasks", table) for table in tables]
     statements.append("INSERT INTO public.one_column DEFAULT VALUES")
     labels = [label for label, _ in _LADDER] + ["a row of one bigserial column"]
