@@ -61,6 +61,7 @@ PGBOUNCER = "tests/system/test_pgbouncer.py"
 PREPARED_PLANS = "tests/system/test_prepared_plans.py"
 STATISTICS = "tests/system/test_statistics.py"
 WAKEUPS = "tests/system/test_processor_wakeups.py"
+LIBPQ = "tests/system/test_libpq.py"
 
 
 def at(path: str, test: str) -> str:
@@ -474,6 +475,32 @@ MUTANTS = (
             ),
         ),
         "a role granted only what enqueueing needs can enqueue (the trigger reads processors)",
+    ),
+    Mutant(
+        "libpq-refusal-taken-for-an-id",
+        "common/libpq.py",
+        '            raise psycopg2.OperationalError(reason.decode(errors="replace").strip())\n'
+        "        return None\n",
+        '            raise psycopg2.OperationalError(reason.decode(errors="replace").strip())\n'
+        '        return "0"\n',
+        (at(LIBPQ, "test_a_refusal_is_left_to_psycopg2_and_leaves_the_connection_fit_for_use"),),
+        "a statement the server refused is never taken for an inserted task",
+    ),
+    Mutant(
+        "libpq-broken-connection-sent-again",
+        "common/libpq.py",
+        "        if not result or _LIBPQ.status(pgconn) != _CONNECTION_OK:",
+        "        if not result:",
+        (at(LIBPQ, "test_a_connection_the_server_ended_raises_operational_error"),),
+        "an insert on a connection that broke is not sent again (its commit may have happened)",
+    ),
+    Mutant(
+        "libpq-nul-cuts-a-parameter-short",
+        "common/libpq.py",
+        '    if "\\x00" in text:',
+        "    if False:",
+        (at(LIBPQ, "test_a_nul_character_is_refused_not_cut_short"),),
+        "a parameter is never cut short at a NUL character",
     ),
 )
 
