@@ -1,0 +1,53 @@
+"""What every connection is opened with: GSSAPI encryption is skipped where Kerberos could not
+provide it (libpq's default would start Kerberos at each connection only to find nothing), and
+left to libpq wherever it could."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common import db
+
+
+@pytest.fixture
+def no_kerberos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A machine without Kerberos: none of its files, none of its variables."""
+    monkeypatch.setattr(db, "_KERBEROS_FILES", (str(tmp_path / "krb5.conf"),))
+    for name in db._KERBEROS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def gssencmode(url: str) -> str:
+    connection = db.connect(url, "connections test")
+    try:
+        return connection.get_dsn_parameters()["gssencmode"]
+    finally:
+        connection.close()
+
+
+def test_without_kerberos_a_connection_does_not_look_for_it(database_url, no_kerberos):
+    assert gssencmode(database_url) == "disable"
+
+
+def test_a_kerberos_configuration_leaves_the_choice_to_libpq(database_url, no_kerberos):
+    (no_kerberos / "krb5.conf").write_text("[libdefaults]\n")
+    assert gssencmode(database_url) == "prefer"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("KRB5CCNAME", "FILE:/nonexistent"), ("PGGSSENCMODE", "prefer"), ("KRB5_CONFIG", "/x")],
+)
+def test_a_kerberos_variable_leaves_the_choice_to_libpq(
+    database_url, no_kerberos, monkeypatch, variable, value
+):
+    monkeypatch.setenv(variable, value)
+    assert gssencmode(database_url) == "prefer"
+
+
+def test_the_urls_own_choice_is_kept(database_url, no_kerberos):
+    separator = "&" if "?" in database_url else "?"
+    assert gssencmode(f"{database_url}{separator}gssencmode=prefer") == "prefer"
