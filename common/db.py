@@ -7,6 +7,7 @@ tell the processes apart in ``pg_stat_activity``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -163,8 +164,11 @@ _KERBEROS_FILES = (
 )
 
 
+@functools.cache
 def _without_kerberos(url: str) -> dict[str, Any]:
-    """``gssencmode=disable`` where GSSAPI encryption cannot happen anyway.
+    """``gssencmode=disable`` where GSSAPI encryption cannot happen anyway; decided once per
+    URL in a process (a worker inherits its supervisor's decision instead of touching, in its
+    own memory, what looking again would).
 
     libpq's default (``prefer``) starts Kerberos at every connection to look for credentials,
     which costs each process that connects about 0.2 MiB of memory and its share of the

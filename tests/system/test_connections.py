@@ -4,6 +4,7 @@ left to libpq wherever it could."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,14 @@ from common import db
 
 
 @pytest.fixture
-def no_kerberos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def no_kerberos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A machine without Kerberos: none of its files, none of its variables."""
     monkeypatch.setattr(db, "_KERBEROS_FILES", (str(tmp_path / "krb5.conf"),))
     for name in db._KERBEROS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    return tmp_path
+    db._without_kerberos.cache_clear()  # decided once per URL in a process
+    yield tmp_path
+    db._without_kerberos.cache_clear()
 
 
 def gssencmode(url: str) -> str:
