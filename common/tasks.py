@@ -168,6 +168,9 @@ class TaskHandler:
                 f"{identifier}: transaction_on_commit must be True or False; got "
                 f"{transaction_on_commit!r}"
             )
+        # First: it copies the function's own attributes onto the handler, and one of the
+        # same name (a decorator's ``kind``, say) must not replace the handler's.
+        functools.update_wrapper(self, function)
         self.function = function
         self.identifier = identifier
         self.transaction_on_commit = transaction_on_commit
@@ -183,7 +186,6 @@ class TaskHandler:
             ),
             queue_size=queue_size,
         )
-        functools.update_wrapper(self, function)
 
     @property
     def task_identifier(self) -> str:

@@ -740,9 +740,11 @@ def _kill_leftovers(pid: int) -> None:
 
 def _freeze_heap() -> None:
     """Move every object that exists now out of the garbage collector's reach, in this
-    process and in the child about to be forked. A collection writes to the header of every
-    object it scans; in a worker, that would copy each page of the inherited heap (the
-    imported code, the task modules) that copy-on-write still shares with the supervisor.
+    process and in the children about to be forked (once before a burst of forks: what the
+    supervisor writes between two of them is a page more for the workers already forked). A
+    collection writes to the header of every object it scans; in a worker, that would copy
+    each page of the inherited heap (the imported code, the task modules) that copy-on-write
+    still shares with the supervisor.
     Then hand the C heap's free pages back to the kernel: the supervisor's RSS shrinks, and a
     worker's own allocations there start from fresh pages (bench/memory.py: -0.9 MiB for the
     supervisor and five workers)."""

@@ -772,3 +772,23 @@ def test_a_tasks_settings_are_fixed_at_registration(define, run_method, conn):
     assert fetch_all(
         conn, "SELECT priority, timeout_ms FROM task_processor.tasks WHERE id = %s", (task_id,)
     ) == [(50, 3000)]
+
+
+def test_a_function_attribute_does_not_replace_the_handlers_own(define, run_method, conn):
+    # The handler copies the function's attributes (functools.update_wrapper); one named like
+    # the handler's own (a decorator's marker, say) must not shadow it.
+    run_method("TASK_PROCESSOR")
+
+    def report() -> None:
+        pass
+
+    report.kind = "report"  # type: ignore[attr-defined]
+    report.identifier = "not.this"  # type: ignore[attr-defined]
+    handler = define(report, priority=TaskPriority.HIGH)
+
+    task_id = handler.delay()
+
+    assert handler.kind.identifier == handler.identifier != "not.this"
+    assert fetch_all(
+        conn, "SELECT identifier, priority FROM task_processor.tasks WHERE id = %s", (task_id,)
+    ) == [(handler.identifier, 10)]
