@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import socket
 import threading
 from typing import Any
 
@@ -288,6 +287,8 @@ class Deadline:
         with self._lock:
             if self._done or self.connection.closed:
                 return
+            import socket  # here: it maps its enums into every process, for a rare path
+
             try:
                 cut = socket.socket(fileno=os.dup(self.connection.fileno()))
             except (OSError, psycopg2.Error):

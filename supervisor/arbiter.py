@@ -14,7 +14,6 @@ import os
 import queue
 import select
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -104,7 +103,7 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self.pid = os.getpid()
-        self.host = socket.gethostname()
+        self.host = os.uname().nodename
         self.slots = Slots(MAX_WORKERS)
         self.fence = fence.FenceBoard()
         self.history = [SlotHistory() for _ in range(MAX_WORKERS)]

@@ -8,7 +8,6 @@ import argparse
 import gc
 import logging
 import os
-import socket
 import sys
 import traceback
 from collections.abc import Sequence
@@ -122,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(PROG, DESCRIPTION, OPTIONS)
     options = parse_args(parser, argv)
     logs.configure(options.log_level, options.log_format, role="supervisor")
-    processor_id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+    processor_id = f"{os.uname().nodename}-{os.getpid()}-{os.urandom(3).hex()}"
     try:
         settings = processor_settings(options, processor_id)
     except ConfigError as error:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ class Notifier:
             return
         try:
             if self._socket is None:
+                import socket  # under systemd only: no process of the tree carries it otherwise
+
                 self._socket = socket.socket(
                     socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                 )

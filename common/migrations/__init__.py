@@ -8,9 +8,9 @@ the others wait, then find nothing left to do.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
-from importlib import resources
 
 from common.db import Connection
 
@@ -31,12 +31,17 @@ class Migration:
 
 
 def available() -> list[Migration]:
-    """The migrations shipped with this package, in version order."""
+    """The migrations shipped with this package, in version order. They are read beside this
+    module, not through ``importlib.resources``: that module and the archive, temporary-file
+    and compression modules it imports would stay in every process of the processor for a
+    handful of files that pip always installs unpacked (docs/architecture.md, "Memory")."""
     found = []
-    for entry in resources.files(__package__).iterdir():
-        match = _FILE_PATTERN.match(entry.name)
-        if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    with os.scandir(os.path.dirname(__file__)) as entries:
+        for entry in entries:
+            match = _FILE_PATTERN.match(entry.name)
+            if match:
+                with open(entry.path, encoding="utf-8") as file:
+                    found.append(Migration(int(match[1]), match[2], file.read()))
     return sorted(found, key=lambda migration: migration.version)
 
 

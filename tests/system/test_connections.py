@@ -1,12 +1,14 @@
 """What every connection is opened with: GSSAPI encryption is skipped where Kerberos could not
 provide it (libpq's default would start Kerberos at each connection only to find nothing), and
-left to libpq wherever it could."""
+left to libpq wherever it could. And how a connection whose statement outlives its deadline is
+cut."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from common import db
@@ -54,3 +56,19 @@ def test_a_kerberos_variable_leaves_the_choice_to_libpq(
 def test_the_urls_own_choice_is_kept(database_url, no_kerberos):
     separator = "&" if "?" in database_url else "?"
     assert gssencmode(f"{database_url}{separator}gssencmode=prefer") == "prefer"
+
+
+def test_a_statement_past_its_deadline_has_its_connection_cut(database_url):
+    """The client gives up at its deadline whatever the server does: a statement still running
+    fails with a connection error (the socket is shut down under libpq), not after it ends."""
+    connection = db.connect(database_url, "deadline test")
+    try:
+        with (
+            pytest.raises(psycopg2.OperationalError),
+            db.Deadline(connection, 0.2) as deadline,
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("SELECT pg_sleep(60)")
+        assert deadline.fired
+    finally:
+        connection.close()
