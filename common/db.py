@@ -284,11 +284,13 @@ class Deadline:
         self._timer.join()  # no thread left behind: the supervisor forks right after
 
     def _cut(self) -> None:
+        # Imported on this rare path: at the top, socket's enums would be in every process of
+        # the processor (docs/architecture.md, "Processes").
+        import socket
+
         with self._lock:
             if self._done or self.connection.closed:
                 return
-            import socket  # here: it maps its enums into every process, for a rare path
-
             try:
                 cut = socket.socket(fileno=os.dup(self.connection.fileno()))
             except (OSError, psycopg2.Error):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,7 +30,7 @@ run-task-processor), and every worker slot is idle with a heartbeat within the g
 busy before its task's deadline plus the grace period. Otherwise one line says which worker,
 since when and why. All times are compared on the database clock.
 
-By default the processor checked is the newest one on this host (socket.gethostname()) that
+By default the processor checked is the newest one on this host (os.uname().nodename) that
 has not stopped. Exit status: 0 healthy, 1 anything else, including an unreachable database
 and configuration errors (Docker HEALTHCHECK semantics).
 """
@@ -88,7 +88,7 @@ def _check(cursor, arguments: argparse.Namespace) -> Report:
             )
         processors = [found]
     else:
-        host = socket.gethostname()
+        host = os.uname().nodename  # as the supervisor names its host
         scope = f"host {host}"
         found = queries.processor_of_host(cursor, host)
         if found is None:
