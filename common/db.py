@@ -153,9 +153,17 @@ def connect(
     return connection
 
 
-# Where Kerberos finds its configuration and credentials (MIT krb5's defaults), and what
-# libpq reads to choose GSSAPI encryption.
-_KERBEROS_VARIABLES = ("KRB5_CONFIG", "KRB5CCNAME", "KRB5_CLIENT_KTNAME", "PGGSSENCMODE")
+# Where Kerberos finds its configuration and credentials (MIT krb5's defaults), and where
+# libpq may be told a GSSAPI encryption mode: its variable, or a connection service, whose
+# pg_service.conf entry a keyword given with the URL would override.
+_KERBEROS_VARIABLES = (
+    "KRB5_CONFIG",
+    "KRB5CCNAME",
+    "KRB5_CLIENT_KTNAME",
+    "PGGSSENCMODE",
+    "PGSERVICE",
+)
+_CHOSEN_BY_THE_URL = ("gssencmode", "service")
 _KERBEROS_FILES = (
     "/etc/krb5.conf",
     "/tmp/krb5cc_{uid}",
@@ -173,10 +181,17 @@ def _without_kerberos(url: str) -> dict[str, Any]:
     which costs each process that connects about 0.2 MiB of memory and its share of the
     Kerberos libraries' pages (bench/memory.py: 1.1 MiB for a processor of five workers).
     Where Kerberos has no configuration, no credential cache and no client keytab at their
-    default places, and neither the URL nor the environment chooses, ``prefer`` could only
-    fall back: disabling it changes nothing but the cost.
+    default places, and neither the URL (by ``gssencmode`` or a ``service``) nor the
+    environment chooses, ``prefer`` could only fall back: disabling it changes nothing but the
+    cost.
     """
-    if "gssencmode" in url or psycopg2.extensions.libpq_version() < 120000:
+    if psycopg2.extensions.libpq_version() < 120000:
+        return {}
+    try:
+        chosen = psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError:
+        return {}  # not a URL libpq reads: the connection itself says what is wrong
+    if any(keyword in chosen for keyword in _CHOSEN_BY_THE_URL):
         return {}
     if any(os.environ.get(name) for name in _KERBEROS_VARIABLES):
         return {}

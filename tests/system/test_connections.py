@@ -44,11 +44,19 @@ def test_a_kerberos_configuration_leaves_the_choice_to_libpq(database_url, no_ke
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("KRB5CCNAME", "FILE:/nonexistent"), ("PGGSSENCMODE", "prefer"), ("KRB5_CONFIG", "/x")],
+    [
+        ("KRB5CCNAME", "FILE:/nonexistent"),
+        ("PGGSSENCMODE", "prefer"),
+        ("KRB5_CONFIG", "/x"),
+        ("PGSERVICE", "queue"),
+    ],
 )
 def test_a_kerberos_variable_leaves_the_choice_to_libpq(
     database_url, no_kerberos, monkeypatch, variable, value
 ):
+    services = no_kerberos / "pg_service.conf"
+    services.write_text("[queue]\n")  # the service PGSERVICE names, choosing nothing
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
     monkeypatch.setenv(variable, value)
     assert gssencmode(database_url) == "prefer"
 
@@ -56,6 +64,15 @@ def test_a_kerberos_variable_leaves_the_choice_to_libpq(
 def test_the_urls_own_choice_is_kept(database_url, no_kerberos):
     separator = "&" if "?" in database_url else "?"
     assert gssencmode(f"{database_url}{separator}gssencmode=prefer") == "prefer"
+
+
+def test_a_connection_services_choice_is_kept(database_url, no_kerberos, monkeypatch):
+    # A keyword passed beside the URL would override the service file's entry.
+    services = no_kerberos / "pg_service.conf"
+    services.write_text("[queue]\ngssencmode=prefer\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    separator = "&" if "?" in database_url else "?"
+    assert gssencmode(f"{database_url}{separator}service=queue") == "prefer"
 
 
 def test_a_statement_past_its_deadline_has_its_connection_cut(database_url):
