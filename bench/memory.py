@@ -2,9 +2,10 @@
 
     python3 bench/memory.py [--admin-url ...] [--numthreads 5] [--idle 10]
 
-Starts ``run-task-processor --tasks bench_tasks`` on a database of its own, lets it idle, and
-prints for each process its PSS and USS (private memory) and where the private part lies: the
-interpreter's object arenas, the C heap (malloc), libpython's own data, the rest. Then, read
+Starts ``run-task-processor --tasks bench_tasks`` on a database of its own, runs one task, lets
+it idle, and prints for each process its PSS and USS (private memory) and where the private
+part lies: the interpreter's object arenas, the C heap (malloc), libpython's own data, the
+rest. Then, read
 from ``/proc/<pid>/pagemap`` (root only), how much of the workers' private memory is pages
 copied from the supervisor (written after fork: reference counts, mostly) and how much is new,
 and, for scale, what a bare interpreter's child owns right after ``fork()``.
@@ -22,7 +23,7 @@ import tempfile
 import time
 
 import psutil
-from run import Bench
+from run import Bench, wait_until
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _PRESENT, _PFN_MASK = 1 << 63, (1 << 55) - 1
@@ -173,6 +174,8 @@ def main() -> int:
         if arguments.objects:
             os.environ["TP_FORK_CENSUS"] = census
         bench.start_processor(preload="fork_census" if arguments.objects else None)
+        bench.tasks.noop.delay()  # one task first, as the peer benchmark's idle measure does
+        wait_until(lambda: bench.count("succeeded") == 1, 30)
         time.sleep(arguments.idle)
         supervisor = psutil.Process(bench.processor.pid)
         workers = [child.pid for child in supervisor.children()]

@@ -193,6 +193,9 @@ class Option:
         parser.add_argument(*self.flags, **kwargs)
 
 
+# The queue's URL; the processor also gives it to its workers, for the programs tasks start.
+QUEUE_URL_VARIABLE = "TASK_PROCESSOR_DATABASE_URL"
+
 OPTIONS: dict[str, Option] = {
     option.dest: option
     for option in (
@@ -208,7 +211,7 @@ OPTIONS: dict[str, Option] = {
         Option(
             ("--task-processor-database-url",),
             "task_processor_database_url",
-            env="TASK_PROCESSOR_DATABASE_URL",
+            env=QUEUE_URL_VARIABLE,
             type=database_url,
             metavar="URL",
             help="PostgreSQL URL of a database of its own for the queue (default: DATABASE_URL)",

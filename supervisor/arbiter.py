@@ -15,13 +15,15 @@ import queue
 import select
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import setproctitle
 
 from common import db, logs
+from common.config import QUEUE_URL_VARIABLE
 from common.lifecycle import RunResult, lease_owner
 from common.procfs import is_stopped, resident_mb
 from common.settings import ProcessorSettings, enter_processor
@@ -245,7 +247,7 @@ class Supervisor:
                 self.settings.sleep_interval,
                 self.database.statement_deadline,
             )
-            enter_processor(self.settings)
+            enter_processor(self.settings)  # for the workers forked from now on too
             # Workers keep the logging they inherit: the new level and format reach them so.
             logs.configure(self.settings.log_level, self.settings.log_format, role="supervisor")
             logger.info("SIGHUP: configuration reloaded; replacing workers one by one")
@@ -309,13 +311,20 @@ class Supervisor:
             for slot in range(self.num_workers)
             if slot not in self.workers and now >= self.history[slot].respawn_at
         ]
-        if due:
-            Worker.build_before_fork(self.settings)
-            _freeze_heap()
-        for slot in due:
-            self._spawn(slot)
+        if not due:
+            return
+        Worker.build_before_fork(self.settings)
+        _freeze_heap()
+        # Programs that tasks start find the queue even when its URL was given to the
+        # processor only as a flag or in a config file.
+        with _exported(QUEUE_URL_VARIABLE, self.settings.database_url):
+            for index, slot in enumerate(due):
+                # One claim per burst: work may be waiting, and a full claim wakes the next
+                # worker. The others connect when a token first comes their way, so that an
+                # idle processor holds no connection (about 0.5 MiB in a worker) it does not use.
+                self._spawn(slot, claim_at_start=index == 0)
 
-    def _spawn(self, slot: int) -> None:
+    def _spawn(self, slot: int, claim_at_start: bool) -> None:
         history = self.history[slot]
         history.generation += 1
         self.slots.clear(slot)
@@ -342,6 +351,7 @@ class Supervisor:
                     fence_board=self.fence,
                     wakeups=self.wakeups,
                     metrics_board=self.metrics.board,
+                    claim_at_start=claim_at_start,
                 ).run()
             finally:
                 os._exit(1)  # never back into the supervisor's loop
@@ -751,6 +761,22 @@ def _freeze_heap() -> None:
     gc.enable()
     if libc.malloc_trim is not None:
         libc.malloc_trim(0)
+
+
+@contextmanager
+def _exported(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment while workers are forked: each inherits
+    it without setting it after fork (which would copy the pages that setting it writes), and
+    the supervisor's own environment, from which a reload reads the options, stays as it was."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous
 
 
 def _drain(fd: int) -> None:

@@ -67,7 +67,7 @@ class Listener:
         self.connection: db.Connection | None = None
         self.next_connect = 0.0
         self.reconnect_delay = RECONNECT_BASE
-        self.last_wake = time.monotonic()  # the workers claim at start
+        self.last_wake = time.monotonic()  # a worker claims at start
         self.missed = False  # notifications may have been lost: claim once connected
         self.awaiting: bool | None = None  # what the processor's row says (None: unknown)
         self.busy_since: float | None = None  # since when no worker has waited

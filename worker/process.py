@@ -26,7 +26,7 @@ from common.lifecycle import NO_TIME_LIMIT_MS, lease_owner
 from common.logs import one_line
 from common.prepared import Prepared, vanished
 from common.procfs import resident_mb
-from common.settings import ProcessorSettings, enter_processor
+from common.settings import ProcessorSettings
 from worker import libc, queries
 from worker.fence import Fence, FenceBoard
 from worker.heartbeat import Slots, WorkerState
@@ -59,6 +59,7 @@ class Worker:
         fence_board: FenceBoard,
         wakeups: WakeUps,
         metrics_board: MetricsBoard | None = None,
+        claim_at_start: bool = True,
     ) -> None:
         self.settings = settings
         self.slots = slots
@@ -70,7 +71,9 @@ class Worker:
         self.wakeups = wakeups
         self.owner = lease_owner(settings.processor_id, slot, generation)
         self.pid = os.getpid()
-        self.connection: db.Connection | None = None
+        self.claim_at_start = claim_at_start
+        self.connection: db.Connection | None = None  # opened by the first claim
+        self.fenced = False  # the lease fence is armed by the first claim too
         self.stopping = False
         self.tasks_done = 0
         self.due_at = 0.0  # when the next delayed task falls due (monotonic; 0: none known)
@@ -105,17 +108,12 @@ class Worker:
 
     def _boot(self) -> None:
         self._die_with_parent()
-        self._arm_fence()
         self._lead_process_group()
         self._reset_signals()
         self.pid = os.getpid()
         self._beat(WorkerState.BOOTING)
         logs.set_role(f"worker {self.slot}")
         sentry.init(self.settings.sentry_dsn, f"worker {self.slot}")
-        enter_processor(self.settings)
-        # Programs that tasks start find the queue even when its URL was given to the
-        # processor only as a flag or in a config file.
-        os.environ["TASK_PROCESSOR_DATABASE_URL"] = self.settings.database_url
         self._title("booting")
 
     def _die_with_parent(self) -> None:
@@ -127,8 +125,11 @@ class Worker:
 
     def _arm_fence(self) -> None:
         """Die by the kernel's hand before this processor's leases can expire (see
-        worker/fence.py), whatever the supervisor does."""
+        worker/fence.py), whatever the supervisor does. Armed before the first claim (a worker
+        that holds no lease needs no fence), so that an idle worker that never claimed has no
+        timer and no thread; a fence armed late, past the published time, fires at once."""
         Fence(self.fence_board, min(1.0, self.settings.lease_seconds / 20)).start()
+        self.fenced = True
 
     def _lead_process_group(self) -> None:
         """Lead a process group of its own, which the processes that tasks start join: the
@@ -188,8 +189,10 @@ class Worker:
 
         The worker never polls: the processor wakes it when a commit announces tasks, when a
         delayed task falls due (the worker publishes the due time in its slot), and once per
-        ``--sleepintervalms`` as the fallback."""
-        wake = True  # claim at once on start: work may be waiting
+        ``--sleepintervalms`` as the fallback. Of the workers started together, only the first
+        claims at once; the others wait for a token, and connect to the database only when
+        they first take one (a claim that comes back full wakes the next worker)."""
+        wake = self.claim_at_start
         hold_until = 0.0  # after handing tasks to idle peers, let them claim first
         while not self.stopping and not self._should_recycle():
             self._reap_children()
@@ -346,6 +349,8 @@ class Worker:
                 delay = min(delay * 2, _RETRY_CAP)
 
     def _connect(self) -> None:
+        if not self.fenced:  # every claim runs on a connection: none runs unfenced
+            self._arm_fence()
         self.connection = db.connect(self.settings.database_url, f"worker {self.slot}")
         if self.prepared:
             with self.connection.cursor() as cursor:

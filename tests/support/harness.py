@@ -142,7 +142,7 @@ class Processor:
         return {slot: (pid, state, task_id) for slot, pid, state, task_id in rows}
 
     def wait_ready(self, count: int, timeout: float = 20.0) -> list[int]:
-        """Wait until ``count`` workers have claimed at least once (their row is written) and
+        """Wait until ``count`` workers have started (the supervisor wrote their row) and
         the built-in clean-up that a processor runs at its first start is over, so that a test
         finds its workers idle."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -218,6 +219,18 @@ def grows(step_mb: int, seconds: float) -> None:
 @register_task_handler(max_attempts=1)
 def fails_with_a_lone_surrogate() -> None:
     raise ValueError("bytes decoded with surrogateescape: \udcff\udcfe")
+
+
+@register_task_handler()
+def records_the_queue_url_its_programs_see(key: str) -> None:
+    """Starts a program that prints the queue's URL as it finds it in its environment."""
+    seen = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ.get('TASK_PROCESSOR_DATABASE_URL'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    record_key(f"{key}={seen}")
 
 
 @register_task_handler()

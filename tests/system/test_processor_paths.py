@@ -1,11 +1,12 @@
-"""Paths of a processor that nothing else exercises: a periodic duty that raises, and the JSON
-log format."""
+"""Paths of a processor that nothing else exercises: a periodic duty that raises, the JSON
+log format, and the queue's URL in the environment of the programs that tasks start."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import signal
 import socket
 
 import processor_tasks
@@ -78,3 +79,27 @@ def test_the_json_log_format_is_one_object_per_line_from_every_process(
     assert failure["level"] == "WARNING" and failure["logger"] == "worker.runner"
     assert "RuntimeError: failure number for json" in failure["message"]
     assert results("json")
+
+
+def test_programs_that_tasks_start_find_the_queue_as_reloaded(
+    database_url, start_processor, results, tmp_path
+):
+    # The processor has the queue's URL from its config file; a program a task starts finds
+    # it as TASK_PROCESSOR_DATABASE_URL, and after a reload that changed it, the new one (the
+    # supervisor's own environment, from which a reload reads the options, kept no copy).
+    config = tmp_path / "processor.conf"
+    before, after = f"{database_url}?connect_timeout=7", f"{database_url}?connect_timeout=9"
+    config.write_text(f"numthreads = 1\ntask-processor-database-url = {before}\n")
+    processor = start_processor("--config", str(config))
+    (first,) = processor.wait_ready(1)
+    processor_tasks.records_the_queue_url_its_programs_see.delay(args=("before",))
+    wait_for(lambda: results(f"before={before}"), message="the URL before the reload")
+
+    config.write_text(f"numthreads = 1\ntask-processor-database-url = {after}\n")
+    processor.signal(signal.SIGHUP)
+    wait_for(
+        lambda: (pids := processor.worker_pids()) and first not in pids,
+        message="the worker replaced after the reload",
+    )
+    processor_tasks.records_the_queue_url_its_programs_see.delay(args=("after",))
+    wait_for(lambda: results(f"after={after}"), message="the URL after the reload")

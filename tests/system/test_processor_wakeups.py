@@ -131,6 +131,21 @@ def test_a_full_claim_wakes_one_more_worker_but_tokens_never_pile_up():
     assert tokens(wakeups) == 1
 
 
+def processor_connections(conn) -> dict[str, int]:
+    """The processor's connections by application name, each with how many are listening: the
+    listener's last statement is its LISTEN, or the update that asks for announcements once a
+    worker waits (migration 0013)."""
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT application_name, count(*) FILTER (WHERE query = "
+            "'LISTEN task_processor' OR query LIKE '%%SET awaits_tasks%%') "
+            "FROM pg_stat_activity WHERE "
+            "datname = current_database() AND application_name LIKE "
+            "'task-processor %%' GROUP BY 1"
+        )
+        return dict(cursor.fetchall())
+
+
 def test_an_idle_processor_has_one_listening_connection_and_its_workers_none(
     database_url, start_processor, conn
 ):
@@ -138,22 +153,39 @@ def test_an_idle_processor_has_one_listening_connection_and_its_workers_none(
     processor.wait_ready(4)
 
     def connections():
-        # A connection's last statement: the listener's is its LISTEN, or the update that
-        # asks for announcements once a worker waits (migration 0013).
-        with conn.cursor() as cursor:
-            cursor.execute(
-                "SELECT application_name, count(*) FILTER (WHERE query = "
-                "'LISTEN task_processor' OR query LIKE '%%SET awaits_tasks%%') "
-                "FROM pg_stat_activity WHERE "
-                "datname = current_database() AND application_name LIKE "
-                "'task-processor %%' GROUP BY 1"
-            )
-            found = dict(cursor.fetchall())
-        return found if len(found) == 6 else None  # supervisor, listener, 4 workers
+        found = processor_connections(conn)
+        workers = [name for name in found if name.startswith("task-processor worker")]
+        return found if "task-processor listener" in found and workers else None
 
-    found = wait_for(connections, message="the processor's connections")
+    found = wait_for(connections, message="the listener's and a worker's connections")
     assert found["task-processor listener"] == 1
-    assert all(found[f"task-processor worker {slot}"] == 0 for slot in range(4))
+    assert all(found[name] == 0 for name in found if name.startswith("task-processor worker"))
+
+
+def test_workers_connect_only_when_they_first_claim(database_url, start_processor, conn):
+    # No listening connection and no fallback poll within the test: only the first worker
+    # of the start claims; the others have not taken a token, so they hold no connection.
+    processor = start_processor(
+        "--numthreads", "3", "--sleepintervalms", "60000", "--listen-database-url", "none"
+    )
+    wait_for(lambda: len(processor.worker_pids()) == 3, message="3 workers")
+
+    def one_worker_connected():
+        found = processor_connections(conn)
+        return found if "task-processor worker 0" in found else None
+
+    wait_for(one_worker_connected, message="the first worker's connection")
+    time.sleep(1)  # the others had time to connect, had they claimed
+    found = processor_connections(conn)
+    assert sorted(name for name in found if "worker" in name) == ["task-processor worker 0"]
+    processor.signal(signal.SIGTTIN)  # a worker started on its own claims at once
+    wait_for(
+        lambda: "task-processor worker 3" in processor_connections(conn),
+        message="the added worker's connection",
+    )
+    assert not {"task-processor worker 1", "task-processor worker 2"} & set(
+        processor_connections(conn)
+    )
 
 
 def test_a_task_enqueued_to_an_idle_processor_starts_long_before_the_fallback_poll(
