@@ -8,12 +8,14 @@ pings systemd.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
 import os
 import queue
 import select
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -178,6 +180,10 @@ class Supervisor:
     def _install_signal_handlers(self) -> None:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, self._queue_signal)
+        # SIGUSR1 dumps the stacks of the process it reaches to the log: the supervisor's, and
+        # a worker's, which inherits this (the supervisor sends it to a worker before killing
+        # it). Registered once here, it costs the workers no page of their own.
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
         # A signal also writes to this pipe, which ends the loop's select() at once.
         signal.set_wakeup_fd(self.signal_pipe[1], warn_on_full_buffer=False)
 
@@ -332,6 +338,19 @@ class Supervisor:
         # Signals are blocked across fork: one sent to the new worker before it installs its
         # own handlers waits for them instead of reaching copies of the supervisor's.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        # Built before fork: what building it touches stays shared with the supervisor.
+        worker = Worker(
+            settings,
+            self.slots,
+            slot,
+            history.generation,
+            self.pid,
+            mask,
+            fence_board=self.fence,
+            wakeups=self.wakeups,
+            metrics_board=self.metrics.board,
+            claim_at_start=claim_at_start,
+        )
         try:
             pid = os.fork()
         except OSError as error:
@@ -341,18 +360,7 @@ class Supervisor:
             return
         if pid == 0:
             try:
-                Worker(
-                    settings,
-                    self.slots,
-                    slot,
-                    history.generation,
-                    self.pid,
-                    mask,
-                    fence_board=self.fence,
-                    wakeups=self.wakeups,
-                    metrics_board=self.metrics.board,
-                    claim_at_start=claim_at_start,
-                ).run()
+                worker.run()
             finally:
                 os._exit(1)  # never back into the supervisor's loop
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -8,13 +8,11 @@ supervisor reads it and kills the worker if it goes silent or overruns a task's 
 from __future__ import annotations
 
 import _signal
-import faulthandler
 import logging
 import math
 import os
 import select
 import signal
-import sys
 import time
 
 import psycopg2
@@ -150,7 +148,8 @@ class Worker:
 
     def _reset_signals(self) -> None:
         """Drop the supervisor's handlers: TERM asks this worker to stop after its task; the
-        rest is the supervisor's business. USR1 dumps every thread's stack to the log.
+        rest is the supervisor's business. USR1 dumps every thread's stack to the log, as the
+        supervisor registered it before forking.
 
         Handlers and mask are set through ``_signal``, the C module under ``signal``: the
         wrappers of ``signal`` turn every number and handler they return into an enum member,
@@ -170,7 +169,6 @@ class Worker:
             signal.siginterrupt(signum, False)  # task code's system calls are not interrupted
         _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
         _signal.signal(signal.SIGTERM, self._on_term)
-        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
         read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wakeup_read = read
         self._waiter = self.wakeups.waiter(read)

@@ -103,3 +103,24 @@ def test_programs_that_tasks_start_find_the_queue_as_reloaded(
     )
     processor_tasks.records_the_queue_url_its_programs_see.delay(args=("after",))
     wait_for(lambda: results(f"after={after}"), message="the URL after the reload")
+
+
+def test_sigusr1_dumps_the_stack_of_the_supervisor_and_of_a_worker_killed_as_stuck(
+    database_url, start_processor
+):
+    processor = start_processor("--numthreads", "1")
+    processor.wait_ready(1)
+    processor.signal(signal.SIGUSR1)
+    wait_for(
+        lambda: 'supervisor/arbiter.py", line' in processor.log_text(),
+        message="the supervisor's stack in the log",
+    )
+    assert processor.process.poll() is None  # a dump, not the signal's default (exit)
+    # A task past its timeout: the supervisor sends the worker SIGUSR1, then SIGKILL.
+    processor_tasks.hang_in_python.delay()
+    wait_for(
+        lambda: 'processor_tasks.py", line' in processor.log_text(),
+        timeout=30,
+        message="the stuck worker's stack in the log",
+    )
+    assert "in hang_in_python" in processor.log_text()
