@@ -14,8 +14,7 @@ import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit
 
 import configargparse
@@ -164,8 +163,7 @@ def sentry_dsn(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One configuration option. ``flags[0]`` is its canonical name; ``env`` its variable."""
 
     flags: tuple[str, ...]
@@ -178,10 +176,10 @@ class Option:
     metavar: str | None = None
     choices: Sequence[str] | None = None
     required: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] | None = None  # more keywords for ``add_argument``
 
     def add_to(self, parser: configargparse.ArgumentParser) -> None:
-        kwargs: dict[str, Any] = {"dest": self.dest, "help": self.help, **self.extra}
+        kwargs: dict[str, Any] = {"dest": self.dest, "help": self.help, **(self.extra or {})}
         if self.env:
             kwargs["env_var"] = self.env
         for name in ("default", "type", "action", "metavar", "choices"):

@@ -28,8 +28,8 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import psutil
@@ -57,8 +57,7 @@ class EmbeddedServerError(ConfigError):
     """The embedded server cannot be used; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class EmbeddedServer:
+class EmbeddedServer(NamedTuple):
     """A running server: its postmaster's pid and where its socket is."""
 
     pid: int

@@ -13,9 +13,8 @@ import os
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg2
 import psycopg2.errors
@@ -106,8 +105,7 @@ def _quoted_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-@dataclass(frozen=True)
-class NewTask:
+class NewTask(NamedTuple):
     """One task to insert: its arguments as JSON text, and when it is due (None: now)."""
 
     args_json: str
@@ -115,8 +113,7 @@ class NewTask:
     scheduled_for: datetime | None = None
 
 
-@dataclass(frozen=True)
-class TaskKind:
+class TaskKind(NamedTuple):
     """What every task of one identifier shares."""
 
     identifier: str

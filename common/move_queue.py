@@ -9,7 +9,7 @@ and ``task-processor move-queue`` moves them (:mod:`admin.move_queue`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from common import db
 from common.logs import one_line
@@ -27,8 +27,7 @@ END
 """
 
 
-@dataclass(frozen=True)
-class LeftBehind:
+class LeftBehind(NamedTuple):
     """Tasks in the queue of a database that processors no longer run."""
 
     waiting: int

@@ -9,10 +9,9 @@ slot. After downtime of several periods the latest passed slot runs once. See do
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from datetime import time as time_of_day
-from typing import Any
+from typing import Any, NamedTuple
 
 from common import registry
 from common.enqueue import TaskKind
@@ -22,8 +21,7 @@ MIN_RUN_EVERY = timedelta(seconds=1)
 TIME_OF_DAY_EPOCH = date(1970, 1, 1)
 
 
-@dataclass(frozen=True)
-class RecurringDefinition:
+class RecurringDefinition(NamedTuple):
     """One recurring task as the code defines it."""
 
     kind: TaskKind

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from common.config import OPTIONS
 
@@ -21,8 +20,7 @@ def _default(option: str) -> Any:
     return OPTIONS[option].default
 
 
-@dataclass(frozen=True)
-class ProcessorSettings:
+class ProcessorSettings(NamedTuple):
     """The options of ``run-task-processor`` that its processes act on; the defaults are the
     options' own."""
 

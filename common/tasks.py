@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import inspect
 import json
 import logging
 import os
@@ -376,8 +375,7 @@ def _none_as(value: Any, default: Any) -> Any:
 
 def _default_identifier(function: Callable[..., Any], task_name: str | None) -> str:
     """``<last module part>.<name>``, as the reference names tasks."""
-    module = inspect.getmodule(function)
-    module_name = (module.__name__ if module else function.__module__).rsplit(".", 1)[-1]
+    module_name = function.__module__.rsplit(".", 1)[-1]
     return f"{module_name}.{task_name or getattr(function, '__name__', type(function).__name__)}"
 
 

@@ -9,8 +9,7 @@ endpoint and every processor (which warns about tasks it cannot run that wait lo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 # Due waiting tasks per identifier outside ``%(known)s`` (NULL: outside what every live
 # processor knows; a live processor from before task_identifiers existed knows everything).
@@ -55,8 +54,7 @@ ORDER BY o.identifier
 """
 
 
-@dataclass(frozen=True)
-class Unrunnable:
+class Unrunnable(NamedTuple):
     """Due tasks of one identifier that wait for a processor that knows it."""
 
     identifier: str

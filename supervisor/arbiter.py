@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import setproctitle
@@ -61,51 +60,60 @@ HANDLED_SIGNALS = {
 }
 
 
-@dataclass
 class WorkerProcess:
     """The supervisor's record of one live worker process."""
 
-    slot: int
-    generation: int
-    pid: int
-    started: float
-    settings: ProcessorSettings
-    last_beat: Beat | None = None
-    kill_reason: str | None = None
-    kill_kind: str = ""  # the reason label of task_processor_workers_killed_total
-    kill_result: RunResult = RunResult.WORKER_LOST
-    kill_beat: Beat | None = None  # what the worker was doing when the kill was decided
-    kill_cancellable: bool = False
-    dump_sent_at: float | None = None
-    stop_requested: bool = False
-    stopped_since: float | None = None  # when the kernel first showed it stopped
+    def __init__(
+        self, slot: int, generation: int, pid: int, started: float, settings: ProcessorSettings
+    ) -> None:
+        self.slot = slot
+        self.generation = generation
+        self.pid = pid
+        self.started = started
+        self.settings = settings
+        self.last_beat: Beat | None = None
+        self.kill_reason: str | None = None
+        self.kill_kind = ""  # the reason label of task_processor_workers_killed_total
+        self.kill_result = RunResult.WORKER_LOST
+        self.kill_beat: Beat | None = None  # what the worker was doing when the kill was decided
+        self.kill_cancellable = False
+        self.dump_sent_at: float | None = None
+        self.stop_requested = False
+        self.stopped_since: float | None = None  # when the kernel first showed it stopped
 
     @property
     def owner(self) -> str:
         return lease_owner(self.settings.processor_id, self.slot, self.generation)
 
 
-@dataclass
 class SlotHistory:
     """Per slot: generations started, and quick deaths in a row (crash-loop backoff)."""
 
-    generation: int = 0
-    quick_deaths: int = 0
-    respawn_at: float = 0.0
+    def __init__(self) -> None:
+        self.generation = 0
+        self.quick_deaths = 0
+        self.respawn_at = 0.0
 
 
-@dataclass
 class Supervisor:
-    settings: ProcessorSettings
-    num_workers: int
-    drain_timeout: float
-    reload_settings: Callable[[], tuple[ProcessorSettings, int] | None]
-    duties: list[Duty] = field(default_factory=list)
-    migrate: bool = True
-    workers: dict[int, WorkerProcess] = field(default_factory=dict)
-    metrics: ProcessorMetrics = field(default_factory=ProcessorMetrics.disabled)
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        settings: ProcessorSettings,
+        num_workers: int,
+        drain_timeout: float,
+        reload_settings: Callable[[], tuple[ProcessorSettings, int] | None],
+        duties: list[Duty] | None = None,
+        migrate: bool = True,
+        metrics: ProcessorMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.num_workers = num_workers
+        self.drain_timeout = drain_timeout
+        self.reload_settings = reload_settings
+        self.duties = duties or []
+        self.migrate = migrate
+        self.metrics = metrics or ProcessorMetrics.disabled()
+        self.workers: dict[int, WorkerProcess] = {}
         self.pid = os.getpid()
         self.host = os.uname().nodename
         self.slots = Slots(MAX_WORKERS)
@@ -734,7 +742,7 @@ def stuck(
 
 def _same_identity(new: ProcessorSettings, old: ProcessorSettings) -> ProcessorSettings:
     """A reload keeps the processor id: it is the same processor."""
-    return replace(new, processor_id=old.processor_id)
+    return new._replace(processor_id=old.processor_id)
 
 
 def signal_name(signum: int) -> str:

@@ -8,8 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import psycopg2
 
@@ -45,8 +44,7 @@ class Duty(Protocol):
         """New tasks were committed (a notification came): a duty may want to look sooner."""
 
 
-@dataclass(frozen=True)
-class Release:
+class Release(NamedTuple):
     """The leases of one worker that exited, to give back (not before ``not_before``)."""
 
     owner: str
@@ -251,7 +249,7 @@ class SupervisorDatabase:
         release = Release(owner, task_id, reason, result, running_seconds)
         self.pending += [
             release,
-            replace(release, task_id=0, not_before=time.monotonic() + LATE_CLAIM_SECONDS),
+            release._replace(task_id=0, not_before=time.monotonic() + LATE_CLAIM_SECONDS),
         ]
         if time.monotonic() >= self.next_attempt:  # else the database is known to be away
             self.tend_releases()

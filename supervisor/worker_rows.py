@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from common.procfs import resident_bytes
 from worker.heartbeat import Beat, WorkerState
@@ -27,8 +27,7 @@ _STATES = {
 }
 
 
-@dataclass(frozen=True)
-class WorkerRows:
+class WorkerRows(NamedTuple):
     """Rows of the live workers, as the heartbeat statement takes them: times relative to the
     statement's ``now()``, since slots hold the monotonic clock."""
 

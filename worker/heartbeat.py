@@ -14,7 +14,7 @@ import enum
 import mmap
 import struct
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from worker.seqlock import SequenceWords
 
@@ -34,8 +34,7 @@ class WorkerState(enum.IntEnum):
 IDLE_STATES = (WorkerState.IDLE, WorkerState.WAITING)
 
 
-@dataclass(frozen=True)
-class Beat:
+class Beat(NamedTuple):
     """One consistent reading of a slot."""
 
     pid: int

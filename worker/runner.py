@@ -7,9 +7,8 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from common import registry
 from common.logs import one_line
@@ -18,8 +17,7 @@ from common.tasks import TaskBackoffError
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ClaimedTask:
+class ClaimedTask(NamedTuple):
     """A claimed row. Its arguments stay JSON text until the task runs: a row that cannot be
     decoded (nested too deep, the wrong shape) fails that task alone, with its reason."""
 
@@ -39,8 +37,7 @@ class UndecodableArguments(ValueError):
     """A row's arguments are not what a task can be called with."""
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """One attempt, as the runs table records it."""
 
     task_id: int
@@ -53,8 +50,7 @@ class Outcome:
     def unrecordable(self, problem: Exception) -> Outcome:
         """This attempt as a failure that says why its own outcome could not be stored."""
         reason = one_line(problem, 500)
-        return replace(
-            self,
+        return self._replace(
             result="failure",
             retry_at=None,
             error=storable(
@@ -68,8 +64,7 @@ class Outcome:
         (a signal may have cut short the C call it was blocked in)."""
         took = (self.finished_at - self.started_at).total_seconds()
         note = f"; its code had returned: {self.result}" + (f"\n{self.error}" if self.error else "")
-        return replace(
-            self,
+        return self._replace(
             result="timeout",
             retry_at=None,
             error=storable(

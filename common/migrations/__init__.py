@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from common.db import Connection
 
@@ -23,8 +23,7 @@ class SchemaOutdated(Exception):
     """The database lacks migrations that this code needs; the message says what to run."""
 
 
-@dataclass(frozen=True)
-class Migration:
+class Migration(NamedTuple):
     version: int
     name: str
     sql: str

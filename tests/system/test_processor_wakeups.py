@@ -3,7 +3,6 @@ database, a real pipe, the supervisor's own Listener class, and a running proces
 
 from __future__ import annotations
 
-import dataclasses
 import select
 import signal
 import time
@@ -208,7 +207,7 @@ def test_a_task_enqueued_to_an_idle_processor_starts_long_before_the_fallback_po
 
 
 def waiting_beat(slot: int) -> Beat:
-    return dataclasses.replace(idle_beat(slot), state=WorkerState.WAITING)
+    return idle_beat(slot)._replace(state=WorkerState.WAITING)
 
 
 def announced_after_insert(conn, listening) -> bool:

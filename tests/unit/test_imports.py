@@ -17,7 +17,9 @@ OPTIONAL_AT_START = ("prometheus_client", "sentry_sdk", "opentelemetry", "gunico
 # archive, temporary-file and compression modules it brings, for reading the migrations
 # (common/migrations: 1 MiB of the tree, bench/memory.py), and socket, whose enums cost the tree
 # 0.4 to 0.7 MiB for the host name (os.uname() gives it), systemd's notifications and cutting a
-# connection past its deadline (each imports it where it is used).
+# connection past its deadline (each imports it where it is used), and dataclasses with the
+# inspect, dis and opcode modules it brings (0.9 MiB of the tree: the processor's records are
+# NamedTuples, its mutable state plain classes).
 UNUSED_AT_START = (
     "ssl",
     "_ssl",
@@ -32,6 +34,8 @@ UNUSED_AT_START = (
     "bz2",
     "lzma",
     "socket",
+    "dataclasses",
+    "inspect",
 )
 
 
