@@ -11,7 +11,7 @@ import uuid
 import processor_tasks
 import psycopg2
 import pytest
-from harness import wait_for
+from harness import query, task_states, wait_for
 
 from supervisor.listener import QUIET_AFTER, RECHECK_AFTER, Listener
 from worker.heartbeat import Beat, WorkerState
@@ -185,6 +185,27 @@ def test_workers_connect_only_when_they_first_claim(database_url, start_processo
     assert not {"task-processor worker 1", "task-processor worker 2"} & set(
         processor_connections(conn)
     )
+
+
+def test_a_backlog_waiting_at_start_spreads_over_every_worker(
+    database_url, start_processor, results
+):
+    # Only the first worker claims at start; the others connect when they are woken (by a full
+    # claim, or by the announcement of tasks a busy worker hands back after a slow one): every
+    # worker gets a share long before the first could have run them all (40 x 0.2 s), with no
+    # fallback poll (a minute away).
+    processor_tasks.sleep_then_record.delay_many(
+        [{"args": (f"backlog-{n}", 0.2)} for n in range(40)]
+    )
+    processor = start_processor("--numthreads", "4", "--sleepintervalms", "60000")
+    wait_for(
+        lambda: task_states(database_url).get("succeeded") == 40,
+        timeout=30,
+        message="the backlog run",
+    )
+    workers = query(database_url, "SELECT DISTINCT worker FROM task_processor.runs")
+    assert len(workers) == 4, workers
+    assert processor.process.poll() is None
 
 
 def test_a_task_enqueued_to_an_idle_processor_starts_long_before_the_fallback_poll(
