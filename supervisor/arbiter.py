@@ -96,6 +96,9 @@ class SlotHistory:
 
 
 class Supervisor:
+    """The processor's parent process: forks the workers, reads their heartbeats and kills the
+    stuck, and tends the database (heartbeat, leases, duties); :meth:`run` is its loop."""
+
     def __init__(
         self,
         settings: ProcessorSettings,
