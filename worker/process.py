@@ -56,8 +56,8 @@ class Worker:
         *,
         fence_board: FenceBoard,
         wakeups: WakeUps,
-        metrics_board: MetricsBoard | None = None,
-        claim_at_start: bool = True,
+        metrics_board: MetricsBoard | None,
+        claim_at_start: bool,
     ) -> None:
         self.settings = settings
         self.slots = slots
@@ -68,7 +68,7 @@ class Worker:
         self.fence_board = fence_board
         self.wakeups = wakeups
         self.owner = lease_owner(settings.processor_id, slot, generation)
-        self.pid = os.getpid()
+        self.pid = 0  # its own, once forked (the supervisor builds it before the fork)
         self.claim_at_start = claim_at_start
         self.connection: db.Connection | None = None  # opened by the first claim
         self.fenced = False  # the lease fence is armed by the first claim too

@@ -3,6 +3,7 @@ database, a real pipe, the supervisor's own Listener class, and a running proces
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import time
@@ -161,9 +162,16 @@ def test_an_idle_processor_has_one_listening_connection_and_its_workers_none(
     assert all(found[name] == 0 for name in found if name.startswith("task-processor worker"))
 
 
-def test_workers_connect_only_when_they_first_claim(database_url, start_processor, conn):
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_workers_connect_and_arm_their_fence_only_when_they_first_claim(
+    database_url, start_processor, conn
+):
     # No listening connection and no fallback poll within the test: only the first worker
-    # of the start claims; the others have not taken a token, so they hold no connection.
+    # of the start claims; the others have not taken a token, so they hold no connection and
+    # no lease fence (its thread is a worker's only thread besides the main one).
     processor = start_processor(
         "--numthreads", "3", "--sleepintervalms", "60000", "--listen-database-url", "none"
     )
@@ -177,6 +185,9 @@ def test_workers_connect_only_when_they_first_claim(database_url, start_processo
     time.sleep(1)  # the others had time to connect, had they claimed
     found = processor_connections(conn)
     assert sorted(name for name in found if "worker" in name) == ["task-processor worker 0"]
+    rows = wait_for(lambda: len(processor.workers()) == 3 and processor.workers())
+    pids = {slot: pid for slot, (pid, _, _) in rows.items()}
+    assert [threads(pids[slot]) for slot in range(3)] == [2, 1, 1]
     processor.signal(signal.SIGTTIN)  # a worker started on its own claims at once
     wait_for(
         lambda: "task-processor worker 3" in processor_connections(conn),
@@ -185,6 +196,8 @@ def test_workers_connect_only_when_they_first_claim(database_url, start_processo
     assert not {"task-processor worker 1", "task-processor worker 2"} & set(
         processor_connections(conn)
     )
+    rows = wait_for(lambda: 3 in processor.workers() and processor.workers())
+    assert threads(rows[3][0]) == 2
 
 
 def test_a_backlog_waiting_at_start_spreads_over_every_worker(
