@@ -113,3 +113,34 @@ def test_a_deferred_module_runs_on_its_first_use_and_is_whole():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['ast', 'configparser', 'csv', 'ipaddress']"
+
+
+def test_a_deferred_module_that_fails_raises_its_error_and_is_imported_again(tmp_path):
+    """A deferred module whose code raises behaves as a failed import: the first name looked
+    up raises the module's own error, and the module leaves ``sys.modules``, so the next
+    import runs it afresh."""
+    (tmp_path / "fails_once.py").write_text(
+        "import os\n"
+        "if not os.path.exists(__file__ + '.ran'):\n"
+        "    open(__file__ + '.ran', 'w').close()\n"
+        "    raise RuntimeError('first run fails')\n"
+        "VALUE = 42\n"
+    )
+    code = (
+        "import sys, supervisor\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "supervisor._defer('fails_once')\n"
+        "import fails_once\n"
+        "try:\n"
+        "    fails_once.VALUE\n"
+        "except RuntimeError as error:\n"
+        "    print('raised:', error)\n"
+        "print('fails_once' in sys.modules)\n"
+        "import fails_once\n"
+        "print(fails_once.VALUE)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPOSITORY
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["raised: first run fails", "False", "42"]
