@@ -37,7 +37,8 @@ UNUSED_AT_START = (
     "dataclasses",
     "inspect",
     # Imported by configargparse (for config-file formats the processor does not read) and by
-    # urllib.parse (for bracketed IPv6 hosts); supervisor/__init__.py defers them: about 1 MiB.
+    # urllib.parse (for bracketed IPv6 hosts); supervisor/__init__.py defers them, so that their
+    # code runs only when first used: about half a megabyte of the tree (bench/memory.py).
     "ast",
     "_ast",
     "configparser",
@@ -53,7 +54,8 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 _LIST_MODULES = f"""
 import site, sys
 def _deferred(module):  # a module put off by supervisor/__init__.py whose code has not run
-    return module is not None and '__getattr__' in vars(module) and '__file__' in vars(module)
+    loader = vars(module).get('__getattr__') if module is not None else None
+    return getattr(loader, '__module__', None) == 'supervisor'
 sys.path[:0] = [{REPOSITORY!r}]
 sys.path += site.getsitepackages() + [site.getusersitepackages()]
 import {PROCESSOR_MODULES}
@@ -66,6 +68,15 @@ def modules_loaded_by_a_processor() -> set[str]:
         [sys.executable, "-S", "-c", _LIST_MODULES], capture_output=True, text=True, check=True
     )
     return set(run.stdout.split())
+
+
+def python_output(code: str) -> str:
+    """What ``code`` prints, run by a fresh interpreter in the repository; it must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPOSITORY
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 @pytest.mark.parametrize("kind", ["optional", "unused"])
@@ -88,9 +99,7 @@ def test_psycopg2_loaded_without_ssl_still_lets_task_code_import_ssl():
         "import sys, supervisor.cli, psycopg2; assert 'ssl' not in sys.modules; "
         "import ssl; print(ssl.OPENSSL_VERSION)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "OpenSSL" in result.stdout
+    assert "OpenSSL" in python_output(code)
 
 
 def test_a_deferred_module_runs_on_its_first_use_and_is_whole():
@@ -108,11 +117,7 @@ def test_a_deferred_module_runs_on_its_first_use_and_is_whole():
         "print(sorted(name for name in ('ast', 'csv', 'configparser', 'ipaddress')\n"
         "             if '__getattr__' not in vars(sys.modules[name])))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPOSITORY
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "['ast', 'configparser', 'csv', 'ipaddress']"
+    assert python_output(code).strip() == "['ast', 'configparser', 'csv', 'ipaddress']"
 
 
 def test_a_deferred_module_that_fails_raises_its_error_and_is_imported_again(tmp_path):
@@ -139,8 +144,4 @@ def test_a_deferred_module_that_fails_raises_its_error_and_is_imported_again(tmp
         "import fails_once\n"
         "print(fails_once.VALUE)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPOSITORY
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:3] == ["raised: first run fails", "False", "42"]
+    assert python_output(code).split("\n")[:3] == ["raised: first run fails", "False", "42"]
